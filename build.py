@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""The project's task runner (standard library only).
+
+    python build.py setup            create .venv and install the engine + test dependencies
+    python build.py test [ARGS]      set up if needed, then run pytest (ARGS go to pytest)
+    python build.py build            validate and build the Blender extension zip into dist/
+
+Run ``python build.py COMMAND --help`` for the options of each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+DIST = ROOT / "dist"
+STAMP = VENV / ".vist3a-setup.json"
+MANIFEST = ROOT / "blender_manifest.toml"
+
+# The CPU build of torch that machines without CUDA install. Where a GPU is present, the CUDA build of
+# the same version is installed instead (the default wheel on PyPI for Linux).
+TORCH_VERSION = "2.13.0"
+# Blender as a Python module, for the tests (Python 3.11 only; it pins numpy < 2).
+BPY_REQUIREMENT = "bpy==5.0.1"
+
+
+def log(message: str) -> None:
+    print(f"[build] {message}", flush=True)
+
+
+def fail(message: str, code: int = 1) -> "NoReturn":  # noqa: F821
+    print(f"[build] error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def has_cuda() -> bool:
+    """True when an NVIDIA driver answers; decides between the CUDA and the CPU torch build."""
+    if os.environ.get("VIST3A_FORCE_CPU"):
+        return False
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        return subprocess.run([smi, "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def requirements(cuda: bool) -> list[str]:
+    """Engine and test requirements from pyproject.toml, with torch pinned for this machine."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [r for r in project["dependencies"] if not r.startswith("torch")]
+    reqs += project["optional-dependencies"]["test"]
+    reqs.insert(0, f"torch=={TORCH_VERSION}")
+    return reqs
+
+
+def setup_fingerprint(reqs: list[str], cuda: bool) -> str:
+    text = json.dumps({"reqs": reqs, "cuda": cuda, "python": sys.version.split()[0]}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    cuda = has_cuda()
+    reqs = requirements(cuda)
+    fingerprint = setup_fingerprint(reqs, cuda)
+    if STAMP.exists() and venv_python().exists() and not args.force:
+        if json.loads(STAMP.read_text()).get("fingerprint") == fingerprint:
+            log(f"environment up to date: {VENV}")
+            return 0
+    if sys.version_info[:2] != (3, 11):
+        log(f"warning: Python {sys.version.split()[0]}; the test dependency {BPY_REQUIREMENT} needs Python 3.11")
+    if not venv_python().exists():
+        log(f"creating {VENV}")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(venv_python()), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # torch first and alone: on a machine without CUDA the pinned CPU wheel must win before anything
+    # else can ask for a torch build and drag in the CUDA packages.
+    log(f"installing torch=={TORCH_VERSION} ({'CUDA' if cuda else 'CPU'} build)")
+    run_checked(pip + [reqs[0]])
+    if not cuda:
+        check_no_cuda_packages()
+    log("installing engine and test dependencies")
+    # Constrain torch to the installed version so that no dependency can swap it for another build.
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
+        constraints.write(f"torch=={TORCH_VERSION}\n")
+    try:
+        run_checked(pip + ["-c", constraints.name] + reqs[1:])
+    finally:
+        os.unlink(constraints.name)
+    if not cuda:
+        check_no_cuda_packages()
+    STAMP.write_text(json.dumps({"fingerprint": fingerprint, "cuda": cuda, "requirements": reqs}, indent=2))
+    log("environment ready")
+    return 0
+
+
+def run_checked(command: list[str]) -> None:
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        fail(f"command failed ({result.returncode}): {' '.join(command)}")
+
+
+def check_no_cuda_packages() -> None:
+    """Fails when CUDA runtime packages were pulled onto a machine without CUDA (gigabytes for nothing)."""
+    out = subprocess.run(
+        [str(venv_python()), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cuda_pkgs = sorted(p["name"] for p in json.loads(out) if p["name"].lower().startswith(("nvidia-", "cuda-")))
+    if cuda_pkgs:
+        fail(
+            "this machine has no CUDA, yet CUDA packages were installed: "
+            + ", ".join(cuda_pkgs)
+            + f". Make the CPU wheel torch=={TORCH_VERSION}+cpu available to pip (e.g. PIP_FIND_LINKS or "
+            "PIP_EXTRA_INDEX_URL pointing at the PyTorch CPU wheels), delete .venv and run setup again."
+        )
+
+
+def ensure_setup() -> None:
+    rc = cmd_setup(argparse.Namespace(force=False))
+    if rc:
+        sys.exit(rc)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    ensure_setup()
+    command = [str(venv_python()), "-m", "pytest", *args.pytest_args]
+    log("running " + " ".join(command[1:]))
+    code = subprocess.run(command, cwd=ROOT).returncode
+    if code == 5:
+        log("pytest collected no tests: that is a failure")
+        return 1
+    return code
+
+
+def bpy_root() -> Path:
+    """The installed bpy package directory inside .venv (it ships Blender's extension tool)."""
+    out = subprocess.run(
+        [str(venv_python()), "-c", "import importlib.util as u; print(u.find_spec('bpy').submodule_search_locations[0])"],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        fail("bpy is not installed in .venv: run `python build.py setup`")
+    return Path(out.stdout.strip())
+
+
+def extension_tool() -> tuple[Path, Path]:
+    """Blender's blender_ext.py and its tags file, from the bpy wheel."""
+    root = bpy_root()
+    versions = sorted(p for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit())
+    if not versions:
+        fail(f"no Blender data directory found in {root}")
+    scripts = versions[-1] / "scripts"
+    return scripts / "addons_core/bl_pkg/cli/blender_ext.py", scripts / "modules/_bpy_internal/extensions/tags.py"
+
+
+def stage_extension(stage: Path) -> None:
+    """Lays out the extension source: the add-on at the root, the engine beside it for the worker."""
+    shutil.copytree(ROOT / "addon", stage, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(MANIFEST, stage / "blender_manifest.toml")
+    shutil.copytree(ROOT / "engine", stage / "engine", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("README.md", "pyproject.toml"):
+        shutil.copy2(ROOT / name, stage / name)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    ensure_setup()
+    tool, tags = extension_tool()
+    DIST.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vist3a-ext-") as tmp:
+        stage = Path(tmp) / "extension"
+        stage_extension(stage)
+        python = str(venv_python())
+        log("validating the manifest with Blender's extension tool")
+        result = subprocess.run(
+            [python, str(tool), "validate", "--valid-tags", str(tags), str(stage)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            fail("Blender's validator rejected the extension:\n" + (result.stdout + result.stderr).strip())
+        log("building the extension zip")
+        result = subprocess.run(
+            [python, str(tool), "build", "--valid-tags", str(tags), "--source-dir", str(stage), "--output-dir", str(DIST)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            fail("Blender's extension build failed:\n" + (result.stdout + result.stderr).strip())
+    manifest = tomllib.loads(MANIFEST.read_text())
+    zip_path = DIST / f"{manifest['id']}-{manifest['version']}.zip"
+    if not zip_path.exists():
+        fail(f"the extension tool reported success but {zip_path} is missing")
+    log(f"built {zip_path.relative_to(ROOT)}")
+    print(zip_path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", help="create .venv and install dependencies (idempotent)")
+    p.add_argument("--force", action="store_true", help="reinstall even if the environment is up to date")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("test", help="run the test suite (sets up first if needed)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("build", help="build the Blender extension zip into dist/")
+    p.set_defaults(func=cmd_build)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

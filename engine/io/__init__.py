@@ -1,0 +1,1 @@
+"""File formats: standard 3DGS PLY, point-cloud PLY, cameras JSON, atomic writes."""

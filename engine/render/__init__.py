@@ -1,0 +1,1 @@
+"""Differentiable Gaussian rasterization (gsplat on CUDA, pure PyTorch on the CPU)."""
