@@ -20,6 +20,7 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -38,7 +39,7 @@ def log(message: str) -> None:
     print(f"[build] {message}", flush=True)
 
 
-def fail(message: str, code: int = 1) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int = 1) -> NoReturn:
     print(f"[build] error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -153,7 +154,11 @@ def cmd_test(args: argparse.Namespace) -> int:
 def bpy_root() -> Path:
     """The installed bpy package directory inside .venv (it ships Blender's extension tool)."""
     out = subprocess.run(
-        [str(venv_python()), "-c", "import importlib.util as u; print(u.find_spec('bpy').submodule_search_locations[0])"],
+        [
+            str(venv_python()),
+            "-c",
+            "import importlib.util as u; print(u.find_spec('bpy').submodule_search_locations[0])",
+        ],
         capture_output=True,
         text=True,
     )
@@ -172,48 +177,71 @@ def extension_tool() -> tuple[Path, Path]:
     return scripts / "addons_core/bl_pkg/cli/blender_ext.py", scripts / "modules/_bpy_internal/extensions/tags.py"
 
 
-def stage_extension(stage: Path) -> None:
+class BuildError(RuntimeError):
+    """The extension could not be validated or built; the message says why."""
+
+
+def stage_extension(stage: Path, manifest: Path) -> None:
     """Lays out the extension source: the add-on at the root, the engine beside it for the worker."""
     shutil.copytree(ROOT / "addon", stage, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(MANIFEST, stage / "blender_manifest.toml")
+    shutil.copy2(manifest, stage / "blender_manifest.toml")
     shutil.copytree(ROOT / "engine", stage / "engine", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("README.md", "pyproject.toml"):
         shutil.copy2(ROOT / name, stage / name)
 
 
-def cmd_build(args: argparse.Namespace) -> int:
-    ensure_setup()
+def build_extension(manifest: Path = MANIFEST, out_dir: Path = DIST) -> Path:
+    """Validates and builds the extension zip with Blender's own tool; returns the zip's path."""
     tool, tags = extension_tool()
-    DIST.mkdir(exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    python = str(venv_python())
     with tempfile.TemporaryDirectory(prefix="vist3a-ext-") as tmp:
         stage = Path(tmp) / "extension"
-        stage_extension(stage)
-        python = str(venv_python())
-        log("validating the manifest with Blender's extension tool")
+        stage_extension(stage, manifest)
         result = subprocess.run(
             [python, str(tool), "validate", "--valid-tags", str(tags), str(stage)], capture_output=True, text=True
         )
         if result.returncode != 0:
-            fail("Blender's validator rejected the extension:\n" + (result.stdout + result.stderr).strip())
-        log("building the extension zip")
+            raise BuildError("Blender's validator rejected the extension:\n" + (result.stdout + result.stderr).strip())
         result = subprocess.run(
-            [python, str(tool), "build", "--valid-tags", str(tags), "--source-dir", str(stage), "--output-dir", str(DIST)],
+            [
+                python,
+                str(tool),
+                "build",
+                "--valid-tags",
+                str(tags),
+                "--source-dir",
+                str(stage),
+                "--output-dir",
+                str(out_dir),
+            ],
             capture_output=True,
             text=True,
         )
         if result.returncode != 0:
-            fail("Blender's extension build failed:\n" + (result.stdout + result.stderr).strip())
-    manifest = tomllib.loads(MANIFEST.read_text())
-    zip_path = DIST / f"{manifest['id']}-{manifest['version']}.zip"
+            raise BuildError("Blender's extension build failed:\n" + (result.stdout + result.stderr).strip())
+    info = tomllib.loads(manifest.read_text())
+    zip_path = out_dir / f"{info['id']}-{info['version']}.zip"
     if not zip_path.exists():
-        fail(f"the extension tool reported success but {zip_path} is missing")
-    log(f"built {zip_path.relative_to(ROOT)}")
-    print(zip_path)
+        raise BuildError(f"the extension tool reported success but {zip_path} is missing")
+    return zip_path
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    ensure_setup()
+    log("validating and building the extension with Blender's extension tool")
+    try:
+        zip_path = build_extension(args.manifest, args.out_dir)
+    except BuildError as exc:
+        fail(str(exc))
+    log(f"built {zip_path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("setup", help="create .venv and install dependencies (idempotent)")
@@ -225,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("build", help="build the Blender extension zip into dist/")
+    p.add_argument("--manifest", type=Path, default=MANIFEST, help="manifest to build with (default: the project's)")
+    p.add_argument("--out-dir", type=Path, default=DIST, help="where the zip goes (default: dist/)")
     p.set_defaults(func=cmd_build)
 
     args = parser.parse_args(argv)

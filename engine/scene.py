@@ -19,8 +19,9 @@ Conventions
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -61,7 +62,8 @@ def _check(cond: bool, cls_name: str, message: str) -> None:
 def _check_tensor(cls_name: str, name: str, value, shape: Sequence[Optional[int]], floating=True) -> None:
     """Checks that ``value`` is a tensor of the given shape (None = any size) and a float dtype."""
     _check(isinstance(value, Tensor), cls_name, f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    expected = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+    dims = ["N" if s is None else str(s) for s in shape]
+    expected = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
     _check(
         value.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, value.shape)),
         cls_name,
@@ -81,7 +83,9 @@ def _check_same(cls_name: str, tensors: dict) -> None:
             cls_name,
             f"{name} has {value.shape[0]} rows but {first_name} has {first.shape[0]}",
         )
-        _check(value.device == first.device, cls_name, f"{name} is on {value.device} but {first_name} on {first.device}")
+        _check(
+            value.device == first.device, cls_name, f"{name} is on {value.device} but {first_name} on {first.device}"
+        )
         _check(value.dtype == first.dtype, cls_name, f"{name} is {value.dtype} but {first_name} is {first.dtype}")
 
 
@@ -170,7 +174,7 @@ class GaussianScene(_TensorDataclass):
     @classmethod
     def from_activated(
         cls, means: Tensor, rotations: Tensor, scales: Tensor, opacities: Tensor, sh: Tensor, eps: float = 1e-12
-    ) -> "GaussianScene":
+    ) -> GaussianScene:
         """Builds a scene from linear scales and opacities in (0, 1) (stored as logs / logits)."""
         opacities = opacities.clamp(eps, 1 - 1e-7)
         return cls(
@@ -182,14 +186,14 @@ class GaussianScene(_TensorDataclass):
         )
 
     @classmethod
-    def concatenate(cls, scenes: Sequence["GaussianScene"]) -> "GaussianScene":
+    def concatenate(cls, scenes: Sequence[GaussianScene]) -> GaussianScene:
         """Joins scenes; SH degrees must agree."""
         degrees = {s.sh_degree for s in scenes}
         if len(degrees) != 1:
             raise SceneValidationError(f"GaussianScene.concatenate: mixed SH degrees {sorted(degrees)}")
         return cls(**{f.name: torch.cat([getattr(s, f.name) for s in scenes]) for f in fields(cls)})
 
-    def with_sh_degree(self, degree: int) -> "GaussianScene":
+    def with_sh_degree(self, degree: int) -> GaussianScene:
         """The same scene with SH truncated or zero-padded to ``degree``."""
         if not 0 <= degree <= MAX_SH_DEGREE:
             raise SceneValidationError(f"GaussianScene: SH degree must be in 0..{MAX_SH_DEGREE}, got {degree}")
@@ -328,11 +332,11 @@ class Cameras(_TensorDataclass):
         x = (us[None] - self.cx[:, None, None]) / self.fx[:, None, None] * depth
         y = (vs[None] - self.cy[:, None, None]) / self.fy[:, None, None] * depth
         cam = torch.stack([x, y, depth], dim=-1)
-        rot = self.camera_to_world[:, None, :3, :3]
+        rot = self.camera_to_world[:, None, None, :3, :3]
         return (rot @ cam.unsqueeze(-1)).squeeze(-1) + self.camera_to_world[:, None, None, :3, 3]
 
     @classmethod
-    def concatenate(cls, cams: Sequence["Cameras"]) -> "Cameras":
+    def concatenate(cls, cams: Sequence[Cameras]) -> Cameras:
         sizes = {(c.width, c.height) for c in cams}
         if len(sizes) != 1:
             raise SceneValidationError(f"Cameras.concatenate: mixed image sizes {sorted(sizes)}")

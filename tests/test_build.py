@@ -1,0 +1,87 @@
+"""The task runner: idempotent setup, the extension build and its validation, the CI entry point."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_build_module():
+    spec = importlib.util.spec_from_file_location("vist3a_build", ROOT / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build_module()
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, str(ROOT / "build.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("setup", "test", "build"):
+        assert command in out.stdout
+
+
+def test_second_setup_is_a_fast_no_op():
+    # The suite itself runs inside the environment that setup made, so it is up to date here.
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, str(ROOT / "build.py"), "setup"], capture_output=True, text=True)
+    elapsed = time.monotonic() - start
+    assert out.returncode == 0, out.stderr
+    assert "environment up to date" in out.stdout
+    assert "installing" not in out.stdout
+    assert elapsed < 5, f"no-op setup took {elapsed:.1f} s"
+
+
+def test_requirements_pin_the_cpu_torch_and_bpy():
+    reqs = build.requirements(cuda=False)
+    assert reqs[0] == f"torch=={build.TORCH_VERSION}"
+    assert sum(r.startswith("torch") for r in reqs) == 1
+    assert "bpy==5.0.1" in reqs
+    assert any(re.fullmatch(r"numpy.*<2", r) for r in reqs)
+
+
+def test_cuda_packages_on_a_cpu_machine_fail_setup(monkeypatch, capsys):
+    listing = '[{"name": "torch", "version": "2.13.0"}, {"name": "nvidia-cublas", "version": "13.0"}]'
+
+    def fake_run(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 0, stdout=listing, stderr="")
+
+    monkeypatch.setattr(build.subprocess, "run", fake_run)
+    with pytest.raises(SystemExit):
+        build.check_no_cuda_packages()
+    assert "nvidia-cublas" in capsys.readouterr().err
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 build.py test" in ci
+    assert "python3 build.py test" in readme
+
+
+@pytest.mark.slow
+def test_build_produces_a_valid_extension_zip(tmp_path):
+    zip_path = build.build_extension(out_dir=tmp_path)
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+    assert {"blender_manifest.toml", "__init__.py", "engine/__init__.py", "engine/scene.py"} <= names
+    assert not any("__pycache__" in n for n in names)
+
+
+@pytest.mark.slow
+def test_invalid_manifest_fails_the_build_with_the_validators_message(tmp_path):
+    text = (ROOT / "blender_manifest.toml").read_text()
+    bad = tmp_path / "blender_manifest.toml"
+    bad.write_text(re.sub(r"(?m)^tagline = .*$", 'tagline = "Ends with a full stop."', text))
+    with pytest.raises(build.BuildError, match="tagline"):
+        build.build_extension(manifest=bad, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
