@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.models.gaussian_adapter import gaussian_head_output_dim
+
 # Official constants: the sincos frequency base and the weight of the positional embedding.
 POS_EMBED_OMEGA_0 = 100.0
 POS_EMBED_RATIO = 0.1
@@ -431,13 +433,6 @@ class DPTHead(nn.Module):
         preds = activate_values(out[..., :-1], self.activation)
         conf = activate_confidence(out[..., -1], self.conf_activation)
         return preds.view(batch, frames, *preds.shape[1:]), conf.view(batch, frames, *conf.shape[1:])
-
-
-def gaussian_head_output_dim(sh_degree: int) -> int:
-    """Raw channels of the Gaussian head: density 1 + scale 3 + quaternion 4 + SH 3*(d+1)^2 + conf 1."""
-    if sh_degree < 0:
-        raise ValueError(f"sh_degree must be >= 0, got {sh_degree}")
-    return 1 + 3 + 4 + 3 * (sh_degree + 1) ** 2 + 1
 
 
 class GaussianParamHead(DPTHead):
