@@ -329,7 +329,8 @@ class DPTHead(nn.Module):
 
         Args:
             aggregated_tokens_list: either the 4 taps in ``intermediate_layer_idx`` order or all
-                aggregator layers (indexed by layer then); each (B, S, P, C).
+                aggregator layers (indexed by layer then); each (B, S, P, C). A list of exactly 4
+                tensors is always read as the taps.
             images: (B, S, 3, H, W) in [0, 1]; only its shape is used here.
             patch_start_idx: index of the first patch token (5 in VGGT: camera + 4 registers).
             frames_chunk_size: frames per chunk; None or >= S processes all frames at once.
