@@ -2,6 +2,8 @@
 
 import bpy
 
+from . import operators, panel
+
 
 class VIST3AAddonPreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
@@ -17,14 +19,18 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
         self.layout.prop(self, "engine_python")
 
 
-_classes = (VIST3AAddonPreferences,)
+_classes = (VIST3AAddonPreferences, *operators.classes, *panel.classes)
 
 
 def register():
     for cls in _classes:
         bpy.utils.register_class(cls)
+    panel.register_properties()
+    bpy.types.TOPBAR_MT_file_import.append(operators.menu_import)
 
 
 def unregister():
+    bpy.types.TOPBAR_MT_file_import.remove(operators.menu_import)
+    panel.unregister_properties()
     for cls in reversed(_classes):
         bpy.utils.unregister_class(cls)

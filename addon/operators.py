@@ -1,0 +1,125 @@
+"""Operators: thin wrappers that call importer / rendering and report the outcome to the user."""
+
+import os
+
+import bpy
+from bpy_extras.io_utils import ImportHelper
+
+from . import importer, rendering
+
+SPLAT_MODE_ITEMS = (
+    ("AUTO", "Automatic", "Blender's own Gaussian splats where available, otherwise point-cloud spheres"),
+    ("POINTS", "Point cloud", "Cycles spheres with a soft Gaussian footprint (isotropic; fast, light)"),
+    (
+        "ELLIPSOIDS",
+        "Ellipsoids",
+        "Instanced ellipsoids that keep each splat's shape and orientation (slower, more memory)",
+    ),
+    ("NATIVE", "Native splats", "Blender's own Gaussian-splat point cloud (Blender versions that have it)"),
+)
+
+
+class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
+    """Import a VIST3A result folder (scene.ply + cameras.json), a 3DGS or point PLY, or a cameras JSON"""
+
+    bl_idname = "vist3a.import_result"
+    bl_label = "Import VIST3A Result"
+    bl_options = {"REGISTER", "UNDO", "PRESET"}
+
+    filename_ext = ".ply"
+    filter_glob: bpy.props.StringProperty(default="*.ply;*.json", options={"HIDDEN"})
+    directory: bpy.props.StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+
+    splat_mode: bpy.props.EnumProperty(name="Splats As", items=SPLAT_MODE_ITEMS, default="AUTO")
+    z_up: bpy.props.BoolProperty(
+        name="Z Up",
+        description="Turn the engine's OpenCV world (y down, z forward) upright, with Blender's Z up",
+        default=True,
+    )
+    set_scene_camera: bpy.props.BoolProperty(
+        name="Use First Camera",
+        description="Make the first imported camera the scene camera, with its resolution",
+        default=True,
+    )
+    point_radius: bpy.props.FloatProperty(
+        name="Point Radius",
+        description="Radius of imported coloured points (0: from the point spacing)",
+        default=0.0,
+        min=0.0,
+        subtype="DISTANCE",
+    )
+
+    def source_path(self) -> str:
+        """The chosen file, or the folder when no file name was given (a result folder)."""
+        if self.filepath and not os.path.isdir(self.filepath) and os.path.basename(self.filepath):
+            return self.filepath
+        return self.directory or self.filepath
+
+    def execute(self, context):
+        path = self.source_path()
+        if not path:
+            self.report({"ERROR"}, "Choose a VIST3A result folder or a .ply / .json file")
+            return {"CANCELLED"}
+        try:
+            loaded = importer.load_result(path)
+            result = importer.build_result(
+                context,
+                loaded,
+                splat_mode=importer.SplatMode(self.splat_mode),
+                z_up=self.z_up,
+                set_scene_camera=self.set_scene_camera,
+                point_radius=self.point_radius,
+            )
+        except (importer.ResultImportError, ValueError, RuntimeError) as exc:
+            self.report({"ERROR"}, f"VIST3A import failed: {exc}")
+            return {"CANCELLED"}
+        parts = []
+        if result.geometry is not None:
+            kind = "splats" if loaded.gaussians is not None else "points"
+            parts.append(f"{len(result.geometry.data.points)} {kind}")
+        parts.append(f"{len(result.cameras)} camera(s)")
+        self.report({"INFO"}, f"Imported {', '.join(parts)} into '{result.collection.name}'")
+        return {"FINISHED"}
+
+
+class VIST3A_OT_render_camera(bpy.types.Operator):
+    """Render the scene with Cycles from a generated camera and save the image as PNG"""
+
+    bl_idname = "vist3a.render_camera"
+    bl_label = "Render from Camera"
+    bl_options = {"REGISTER"}
+
+    camera_name: bpy.props.StringProperty(
+        name="Camera", description="Camera object to render from (empty: the one chosen in the VIST3A panel)"
+    )
+    samples: bpy.props.IntProperty(name="Samples", default=rendering.DEFAULT_SAMPLES, min=1, soft_max=1024)
+    filepath: bpy.props.StringProperty(
+        name="Output", description="PNG to write (empty: renders/<camera>.png)", subtype="FILE_PATH"
+    )
+    show: bpy.props.BoolProperty(name="Show Result", description="Open the render in a window", default=True)
+
+    def execute(self, context):
+        scene = context.scene
+        if self.camera_name:
+            camera = bpy.data.objects.get(self.camera_name)
+        else:
+            camera = scene.vist3a.render_camera or scene.camera
+        if camera is None or camera.type != "CAMERA":
+            self.report({"ERROR"}, f"No camera to render from ({self.camera_name or 'none chosen'})")
+            return {"CANCELLED"}
+        try:
+            path = rendering.render_from_camera(scene, camera, self.filepath, self.samples)
+        except (ValueError, RuntimeError, OSError) as exc:
+            self.report({"ERROR"}, f"VIST3A render failed: {exc}")
+            return {"CANCELLED"}
+        if self.show and not bpy.app.background:
+            bpy.ops.render.view_show("INVOKE_DEFAULT")
+        self.report({"INFO"}, f"Rendered {camera.name} to {path}")
+        return {"FINISHED"}
+
+
+def menu_import(self, context):
+    self.layout.operator(VIST3A_OT_import_result.bl_idname, text="VIST3A Result (.ply, folder)")
+
+
+classes = (VIST3A_OT_import_result, VIST3A_OT_render_camera)
