@@ -84,8 +84,6 @@ class Aggregator(nn.Module):
 
         self.frame_blocks = nn.ModuleList(make_block() for _ in range(config.depth))
         self.global_blocks = nn.ModuleList(make_block() for _ in range(config.depth))
-        self.register_buffer("_resnet_mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("_resnet_std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False)
         if not self.camera_token.is_meta:
             nn.init.normal_(self.camera_token, std=1e-6)
             nn.init.normal_(self.register_token, std=1e-6)
@@ -131,8 +129,14 @@ class Aggregator(nn.Module):
         return taps, self.patch_start_idx
 
     def normalize(self, images: Tensor) -> Tensor:
-        """[0, 1] RGB (B, S, 3, H, W) -> ImageNet-normalised."""
-        return (images - self._resnet_mean) / self._resnet_std
+        """[0, 1] RGB (B, S, 3, H, W) -> ImageNet-normalised.
+
+        The constants are made per call rather than kept as buffers, so that a model built on the meta
+        device and filled with ``load_state_dict(assign=True)`` has no uninitialised state.
+        """
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 1, 3, 1, 1)
+        return (images - mean) / std
 
     def trace(self, images: Tensor, stages: Optional[Iterable[str]] = None) -> dict[str, Tensor]:
         """Outputs of the named stages (all if None) for images (B, S, 3, H, W) in [0, 1].

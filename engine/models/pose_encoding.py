@@ -10,9 +10,6 @@ Intrinsics are rebuilt with the principal point at (W/2, H/2) and
 ``f = (size/2) / (tan(fov/2) + eps)``: VGGT uses eps = 0, AnySplat's copy of this function adds
 ``1e-3`` to the tangent (``fov_eps`` below). ``quat_to_mat`` scales by 2/|q|^2, so a non-unit quaternion
 still gives a rotation.
-
-Unprojection follows the official networks: pixel (u, v) is taken at integer coordinates u = 0..W-1,
-v = 0..H-1 (not u + 0.5), ``x_cam = (u - cx) * d / fx``; see ``unproject_depth_official``.
 """
 
 from __future__ import annotations
@@ -148,23 +145,3 @@ def closed_form_inverse_se3(transform: Tensor) -> Tensor:
     out[..., :3, 3:] = -rot_t @ translation
     out[..., 3, 3] = 1
     return out
-
-
-def unproject_depth_official(depth: Tensor, extrinsics: Tensor, intrinsics: Tensor) -> Tensor:
-    """Depth (..., H, W) + world-to-camera (..., 3, 4) + intrinsics (..., 3, 3) -> world points (..., H, W, 3).
-
-    Official convention: pixel (u, v) sits at integer coordinates; ``x = (u - cx) * d / fx`` etc.; the
-    camera point is taken to the world with the closed-form inverse of the extrinsic.
-    """
-    height, width = depth.shape[-2:]
-    u = torch.arange(width, device=depth.device)[None, :]
-    v = torch.arange(height, device=depth.device)[:, None]
-    fx, fy = intrinsics[..., 0, 0, None, None], intrinsics[..., 1, 1, None, None]
-    cx, cy = intrinsics[..., 0, 2, None, None], intrinsics[..., 1, 2, None, None]
-    x_cam = (u - cx) * depth / fx
-    y_cam = (v - cy) * depth / fy
-    cam = torch.stack([x_cam, y_cam, depth], dim=-1)  # (..., H, W, 3)
-    cam_to_world = closed_form_inverse_se3(extrinsics)
-    rotation = cam_to_world[..., None, None, :3, :3]
-    translation = cam_to_world[..., None, None, :3, 3]
-    return (rotation @ cam[..., None]).squeeze(-1) + translation

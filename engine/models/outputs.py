@@ -1,0 +1,305 @@
+"""Network outputs and their conversion to the engine's scene types.
+
+Coordinate conventions
+----------------------
+* The networks predict, per view, a *world-to-camera* pose in OpenCV axes (x right, y down, z forward)
+  in a world frame they learned to align with view 0's camera, at the scale of their training
+  normalisation (mean point distance ~1). The frame is learned, not enforced: view 0's raw pose is only
+  close to the identity.
+* ``cameras(..., relative_to_first=True)`` (the default) re-expresses everything in view 0's camera frame
+  by the rigid transform ``T = world_to_camera[0]``: cameras become ``T @ camera_to_world`` (view 0 is
+  exactly the identity), points ``T(p)``, Gaussian means ``T(mu)``, their rotations ``R_T * q`` and
+  their SH coefficients rotated by ``R_T`` (degrees 1-3). Renders are unchanged by this. Pass
+  ``relative_to_first=False`` for the network's own frame (the official outputs).
+* Intrinsics are the official pixel intrinsics: principal point (W/2, H/2),
+  ``f = (size/2) / (tan(fov/2) + eps)`` (eps 0 for VGGT, 1e-3 for AnySplat). These are the intrinsics
+  the official renderer (gsplat, pixel centres at u + 0.5) used in training.
+* Depth unprojection (AnySplat's Gaussian means, VGGT's depth-derived points) follows the official code:
+  pixel (u, v) is unprojected at integer coordinates (u, v), not at its centre (u + 0.5, v + 0.5). In the
+  engine's convention this is ``Cameras.unproject_depth`` with the principal point moved by +0.5 pixel;
+  the half-pixel offset is part of the official models and is kept.
+* AnySplat predicts SH degree 4; ``GaussianScene`` holds degree <= 3, so the scene conversion truncates
+  to degree 3 (degree-4 coefficients are damped by 0.1 * 0.25^4 in the model anyway). The raw degree-4
+  harmonics stay available in ``AnySplatPrediction.gaussians()``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from engine.models.gaussian_adapter import AnySplatGaussians, gaussians_from_raw, unproject_depth_official
+from engine.models.pose_encoding import (
+    ANYSPLAT_FOV_EPS,
+    VGGT_FOV_EPS,
+    closed_form_inverse_se3,
+    mat_to_quat,
+    pose_encoding_to_extri_intri,
+)
+from engine.scene import Cameras, GaussianScene, PointScene
+
+# ------------------------------------------------------------------------------------------------------
+# Real spherical harmonics (3DGS / gsplat basis) and their rotation
+# ------------------------------------------------------------------------------------------------------
+
+_C1 = 0.4886025119029199
+_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
+
+
+def sh_basis(directions: Tensor, degree: int) -> Tensor:
+    """(..., 3) unit directions -> (..., (degree+1)^2) real SH basis values, in the 3DGS / gsplat order."""
+    if not 0 <= degree <= 3:
+        raise ValueError(f"SH degree must be in 0..3, got {degree}")
+    x, y, z = directions.unbind(-1)
+    values = [torch.full_like(x, 0.28209479177387814)]
+    if degree >= 1:
+        values += [-_C1 * y, _C1 * z, -_C1 * x]
+    if degree >= 2:
+        xx, yy, zz = x * x, y * y, z * z
+        values += [
+            _C2[0] * x * y,
+            _C2[1] * y * z,
+            _C2[2] * (2 * zz - xx - yy),
+            _C2[3] * x * z,
+            _C2[4] * (xx - yy),
+        ]
+    if degree >= 3:
+        values += [
+            _C3[0] * y * (3 * xx - yy),
+            _C3[1] * x * y * z,
+            _C3[2] * y * (4 * zz - xx - yy),
+            _C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
+            _C3[4] * x * (4 * zz - xx - yy),
+            _C3[5] * z * (xx - yy),
+            _C3[6] * x * (xx - 3 * yy),
+        ]
+    return torch.stack(values, dim=-1)
+
+
+@functools.lru_cache(maxsize=1)
+def _sample_directions() -> Tensor:
+    """64 fixed, well-spread unit directions (float64) for fitting SH rotation matrices."""
+    generator = torch.Generator().manual_seed(0)
+    dirs = torch.randn(64, 3, generator=generator, dtype=torch.float64)
+    return dirs / dirs.norm(dim=-1, keepdim=True)
+
+
+def sh_rotation_matrix(rotation: Tensor, degree: int) -> Tensor:
+    """((d+1)^2, (d+1)^2) matrix M with f'(dir) = f(R^T dir) for coefficients c' = M c.
+
+    Each band l is closed under rotation, so M is block diagonal and exact: it is solved per band from
+    the basis evaluated at fixed sample directions (least squares on 64 directions, float64).
+    """
+    rot = rotation.detach().to(torch.float64).cpu()
+    dirs = _sample_directions()
+    full = sh_basis(dirs, degree)
+    rotated = sh_basis(dirs @ rot, degree)  # rows: R^T d
+    size = (degree + 1) ** 2
+    out = torch.zeros(size, size, dtype=torch.float64)
+    for band in range(degree + 1):
+        lo, hi = band * band, (band + 1) ** 2
+        out[lo:hi, lo:hi] = torch.linalg.lstsq(full[:, lo:hi], rotated[:, lo:hi]).solution
+    return out
+
+
+def rotate_sh(sh: Tensor, rotation: Tensor) -> Tensor:
+    """SH coefficients (N, K, 3) of functions in the world frame -> the same functions after rotating
+    the world by ``rotation`` (3, 3): f'(R d) = f(d)."""
+    degree = round(sh.shape[1] ** 0.5) - 1
+    matrix = sh_rotation_matrix(rotation, degree).to(device=sh.device, dtype=sh.dtype)
+    return torch.einsum("ij,njc->nic", matrix, sh)
+
+
+def _quat_multiply_wxyz(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product a * b of (..., 4) quaternions in (w, x, y, z) order."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
+
+
+def transform_gaussian_scene(scene: GaussianScene, transform: Tensor) -> GaussianScene:
+    """Applies a rigid (4, 4) world transform to Gaussians: means, rotations and SH coefficients."""
+    rotation = transform[:3, :3].to(scene.dtype)
+    translation = transform[:3, 3].to(scene.dtype)
+    quat_xyzw = mat_to_quat(rotation.to(torch.float64)).to(scene.dtype)
+    quat_wxyz = quat_xyzw.roll(1, dims=-1)
+    return GaussianScene(
+        means=scene.means @ rotation.T + translation,
+        rotations=_quat_multiply_wxyz(quat_wxyz.expand_as(scene.rotations), scene.rotations),
+        log_scales=scene.log_scales,
+        opacity_logits=scene.opacity_logits,
+        sh=rotate_sh(scene.sh, rotation) if scene.sh.shape[1] > 1 else scene.sh,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Predictions
+# ------------------------------------------------------------------------------------------------------
+
+
+def _cameras_from_pose(
+    pose_enc: Tensor, image_size_hw: tuple[int, int], fov_eps: float, batch_index: int, relative_to_first: bool
+) -> tuple[Cameras, Tensor]:
+    """(B, S, 9) encodings -> (Cameras of one batch element, the (4, 4) world transform applied)."""
+    extrinsics, intrinsics = pose_encoding_to_extri_intri(
+        pose_enc[batch_index : batch_index + 1].float(), image_size_hw, fov_eps
+    )
+    camera_to_world = closed_form_inverse_se3(extrinsics[0])  # (S, 4, 4)
+    transform = torch.eye(4, dtype=camera_to_world.dtype, device=camera_to_world.device)
+    if relative_to_first:
+        transform[:3, :4] = extrinsics[0, 0]  # world-to-camera of view 0
+        camera_to_world = transform @ camera_to_world
+        # T @ T^-1 is the identity up to rounding; make view 0 exactly the reference frame.
+        camera_to_world[0] = torch.eye(4, dtype=camera_to_world.dtype, device=camera_to_world.device)
+    height, width = image_size_hw
+    return Cameras(camera_to_world, intrinsics[0], width=int(width), height=int(height)), transform
+
+
+def _apply_transform(points: Tensor, transform: Tensor) -> Tensor:
+    return points @ transform[:3, :3].T.to(points.dtype) + transform[:3, 3].to(points.dtype)
+
+
+@dataclass
+class VGGTPrediction:
+    """VGGT outputs (official names). B batch, S views, H x W image.
+
+    Attributes:
+        pose_enc: (B, S, 9) final camera encoding; pose_enc_list: one (B, S, 9) per refinement iteration.
+        depth: (B, S, H, W, 1) camera z-depth; depth_conf: (B, S, H, W) confidence (> 1).
+        world_points: (B, S, H, W, 3) per-pixel points of the point head, network world frame;
+            world_points_conf: (B, S, H, W) (> 1).
+        images: (B, S, 3, H, W) the input frames in [0, 1].
+    """
+
+    pose_enc: Tensor
+    pose_enc_list: list[Tensor]
+    depth: Tensor
+    depth_conf: Tensor
+    world_points: Tensor
+    world_points_conf: Tensor
+    images: Tensor
+
+    fov_eps = VGGT_FOV_EPS
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+    def extrinsics_intrinsics(self) -> tuple[Tensor, Tensor]:
+        """World-to-camera (B, S, 3, 4) and pixel intrinsics (B, S, 3, 3), official network frame."""
+        return pose_encoding_to_extri_intri(self.pose_enc.float(), self.image_size, self.fov_eps)
+
+    def points_from_depth(self) -> Tensor:
+        """(B, S, H, W, 3) depth unprojected with the predicted cameras (network frame, official way)."""
+        extrinsics, intrinsics = self.extrinsics_intrinsics()
+        return unproject_depth_official(self.depth.float(), extrinsics, intrinsics)
+
+    def cameras(self, batch_index: int = 0, relative_to_first: bool = True) -> Cameras:
+        return _cameras_from_pose(self.pose_enc, self.image_size, self.fov_eps, batch_index, relative_to_first)[0]
+
+    def point_scene(
+        self,
+        batch_index: int = 0,
+        source: str = "points",
+        relative_to_first: bool = True,
+        min_confidence: Optional[float] = None,
+    ) -> PointScene:
+        """One batch element as coloured points, one per pixel in (view, row, column) order.
+
+        ``source``: "points" (the point head, ``world_points_conf``) or "depth" (depth unprojected with
+        the predicted cameras, ``depth_conf``) - the two branches of the official demo.
+        ``min_confidence`` drops points whose confidence is below it.
+        """
+        if source == "points":
+            points, conf = self.world_points[batch_index], self.world_points_conf[batch_index]
+        elif source == "depth":
+            points, conf = self.points_from_depth()[batch_index], self.depth_conf[batch_index]
+        else:
+            raise ValueError(f"source must be 'points' or 'depth', got {source!r}")
+        _, transform = _cameras_from_pose(self.pose_enc, self.image_size, self.fov_eps, batch_index, relative_to_first)
+        points = _apply_transform(points.reshape(-1, 3).float(), transform)
+        colors = self.images[batch_index].permute(0, 2, 3, 1).reshape(-1, 3).float()
+        conf = conf.reshape(-1).float()
+        if min_confidence is not None:
+            keep = conf >= min_confidence
+            points, colors, conf = points[keep], colors[keep], conf[keep]
+        return PointScene(points=points, colors=colors, confidence=conf)
+
+
+@dataclass
+class AnySplatPrediction:
+    """AnySplat outputs. B batch, S views, H x W image, C = 9 + 3*(d+1)^2 raw Gaussian channels.
+
+    Attributes:
+        pose_enc, pose_enc_list: as ``VGGTPrediction`` (intrinsics use AnySplat's tan + 1e-3).
+        depth: (B, S, H, W, 1); depth_conf: (B, S, H, W).
+        points: (B, S, H, W, 3) depth unprojected with the predicted cameras (Gaussian means, network frame).
+        gaussian_raw: (B, S, C, H, W) raw Gaussian-head output (layout in ``gaussian_adapter``).
+        images: (B, S, 3, H, W) input frames in [0, 1].
+        sh_degree: SH degree of ``gaussian_raw`` (4 for the released model).
+    """
+
+    pose_enc: Tensor
+    pose_enc_list: list[Tensor]
+    depth: Tensor
+    depth_conf: Tensor
+    points: Tensor
+    gaussian_raw: Tensor
+    images: Tensor
+    sh_degree: int
+
+    fov_eps = ANYSPLAT_FOV_EPS
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+    def extrinsics_intrinsics(self) -> tuple[Tensor, Tensor]:
+        """World-to-camera (B, S, 3, 4) and pixel intrinsics (B, S, 3, 3), official network frame."""
+        return pose_encoding_to_extri_intri(self.pose_enc.float(), self.image_size, self.fov_eps)
+
+    def gaussians(self, voxel_size: Optional[float] = None) -> AnySplatGaussians:
+        """Activated Gaussians as the official encoder returns them (network frame, SH degree 4).
+
+        ``voxel_size=None``: one Gaussian per pixel (N = S*H*W, (view, row, column) order); otherwise the
+        official voxel merging with that voxel edge (network units; the released config uses 0.002).
+        """
+        return gaussians_from_raw(self.gaussian_raw.float(), self.points.float(), self.sh_degree, voxel_size)
+
+    def cameras(self, batch_index: int = 0, relative_to_first: bool = True) -> Cameras:
+        return _cameras_from_pose(self.pose_enc, self.image_size, self.fov_eps, batch_index, relative_to_first)[0]
+
+    def gaussian_scene(
+        self,
+        batch_index: int = 0,
+        voxel_size: Optional[float] = None,
+        relative_to_first: bool = True,
+        sh_degree: Optional[int] = None,
+    ) -> GaussianScene:
+        """One batch element as a ``GaussianScene`` (SH truncated to degree <= 3, see the module doc)."""
+        scene = self.gaussians(voxel_size).to_scene(batch_index, sh_degree)
+        if not relative_to_first:
+            return scene
+        _, transform = _cameras_from_pose(self.pose_enc, self.image_size, self.fov_eps, batch_index, True)
+        return transform_gaussian_scene(scene, transform)

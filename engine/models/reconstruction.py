@@ -1,0 +1,170 @@
+"""What VGGT and AnySplat share: the input contract, precision, activation access, checkpointing.
+
+Input contract
+--------------
+``images``: float RGB in [0, 1] (not ImageNet-normalised: the aggregator does that), shape (S, 3, H, W)
+or (B, S, 3, H, W), H and W multiples of the patch size (14), S >= ``config.min_views``, views ordered
+like a video with the reference view first (view 0 defines the world frame).
+
+Precision
+---------
+On CUDA the aggregator runs under bf16 autocast (``autocast_dtype``; None disables it) and the heads in
+float32 with autocast off, as the official inference. On the CPU everything runs in float32. Inference
+should use ``predict`` (eval mode, ``torch.no_grad``); ``forward`` keeps gradients for training, where
+``set_gradient_checkpointing`` trades compute for memory per block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from engine.models.aggregator import Aggregator
+from engine.models.layers import Block
+
+# Frames slightly outside [0, 1] (resampling overshoot) are tolerated, clearly wrong ranges are not.
+_RANGE_TOLERANCE = 1e-3
+
+
+class InputError(ValueError):
+    """The frames given to a reconstruction network break its input contract."""
+
+
+class ReconstructionModel(nn.Module):
+    """Base of ``VGGT`` and ``AnySplat``.
+
+    Subclasses provide ``config`` (with ``min_views``), an ``aggregator`` (attribute or property),
+    ``_head_layers`` and ``_run_heads``.
+    """
+
+    config_class: type
+    autocast_dtype: Optional[torch.dtype] = torch.bfloat16
+    aggregator: Aggregator
+
+    def _run_heads(self, taps: list[Optional[Tensor]], images: Tensor, frames_chunk_size: Optional[int]):
+        raise NotImplementedError
+
+    def _head_layers(self) -> set[int]:
+        """Aggregator layers the heads read (the camera head always reads the last)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------------------------------
+    def check_images(self, images: Tensor) -> Tensor:
+        """Validates the input contract; returns the images as (B, S, 3, H, W)."""
+        if not isinstance(images, Tensor) or not images.is_floating_point():
+            raise InputError("images must be a floating-point tensor with values in [0, 1]")
+        if images.dim() == 4:
+            images = images.unsqueeze(0)
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise InputError(f"images must be (S, 3, H, W) or (B, S, 3, H, W) RGB, got {tuple(images.shape)}")
+        _, views, _, height, width = images.shape
+        patch = self.aggregator.patch_size
+        if height % patch or width % patch:
+            raise InputError(
+                f"image size {height}x{width} (HxW) is not a multiple of the patch size {patch}; "
+                f"resize or crop to e.g. {height // patch * patch}x{width // patch * patch}"
+            )
+        if views < self.config.min_views:
+            raise InputError(f"{type(self).__name__} needs at least {self.config.min_views} views, got {views}")
+        low, high = float(images.min()), float(images.max())
+        if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+            raise InputError(f"images must be in [0, 1], got values in [{low:.3g}, {high:.3g}]")
+        return images
+
+    def _autocast(self, images: Tensor):
+        if images.is_cuda and self.autocast_dtype is not None:
+            return torch.autocast("cuda", dtype=self.autocast_dtype)
+        return contextlib.nullcontext()
+
+    def _heads_in_float32(self, images: Tensor):
+        if images.is_cuda:
+            return torch.autocast("cuda", enabled=False)
+        return contextlib.nullcontext()
+
+    def _finish(self, taps: list[Optional[Tensor]], images: Tensor, frames_chunk_size: Optional[int]):
+        with self._heads_in_float32(images):
+            taps = [None if t is None else t.float() for t in taps]
+            return self._run_heads(taps, images.float(), frames_chunk_size)
+
+    def forward(self, images: Tensor, frames_chunk_size: Optional[int] = 8):
+        """Frames (see the module doc) -> prediction (``VGGTPrediction`` / ``AnySplatPrediction``).
+
+        ``frames_chunk_size``: frames per DPT-head chunk (memory only; None = all at once).
+        """
+        images = self.check_images(images)
+        with self._autocast(images):
+            taps, _ = self.aggregator(images, intermediate_layer_idx=self._head_layers())
+        return self._finish(taps, images, frames_chunk_size)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, frames_chunk_size: Optional[int] = 8):
+        """Inference: eval mode and no gradients, otherwise as ``forward``."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(images, frames_chunk_size)
+        finally:
+            self.train(was_training)
+
+    # --------------------------------------------------------------------------------------------------
+    # Activation access for stitching
+    def stage_names(self) -> list[str]:
+        """Names of every stage of the patch embedding and the aggregator, in execution order."""
+        return self.aggregator.stage_names()
+
+    def trace(self, images: Tensor, stages: Optional[Iterable[str]] = None) -> dict[str, Tensor]:
+        """Outputs of the named patch-embedding / aggregator stages (all if None) without running the heads.
+
+        Stops after the last requested stage. Layouts: see ``engine.models.aggregator``.
+        """
+        images = self.check_images(images)
+        with self._autocast(images):
+            return self.aggregator.trace(images, stages)
+
+    def forward_from(self, stage: str, tokens: Tensor, images: Tensor, frames_chunk_size: Optional[int] = 8):
+        """Runs the network after ``stage`` given that stage's output ``tokens``, heads included.
+
+        ``images`` (B, S, 3, H, W) in [0, 1] are still needed: they fix S and the image size, and
+        AnySplat's Gaussian head reads the RGB frames.
+        """
+        images = self.check_images(images)
+        with self._autocast(images):
+            taps, _ = self.aggregator.forward_from(
+                stage, tokens, images.shape[1], tuple(images.shape[-2:]), self._head_layers()
+            )
+        return self._finish(taps, images, frames_chunk_size)
+
+    # --------------------------------------------------------------------------------------------------
+    def set_gradient_checkpointing(self, enabled: bool = True, blocks: Optional[Iterable[str]] = None) -> list[str]:
+        """Turns activation recomputation on or off for transformer blocks; returns the names changed.
+
+        ``blocks``: module names as in ``named_modules()`` (e.g. ``"aggregator.frame_blocks.3"``), or None
+        for every block of the model.
+        """
+        all_blocks = {name: m for name, m in self.named_modules() if isinstance(m, Block)}
+        names = list(all_blocks) if blocks is None else list(blocks)
+        unknown = [n for n in names if n not in all_blocks]
+        if unknown:
+            raise KeyError(f"not transformer blocks of this model: {unknown[:5]} ({len(unknown)} in all)")
+        for name in names:
+            all_blocks[name].gradient_checkpointing = enabled
+        return names
+
+    # --------------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory) -> None:
+        """Writes ``config.json`` and ``model.safetensors`` (loadable with ``load_model``)."""
+        from engine.models.loading import save_model
+
+        save_model(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, **kwargs):
+        """Loads a checkpoint of this model type (see ``engine.models.loading.load_model``)."""
+        from engine.models.loading import load_model
+
+        model, _ = load_model(path_or_id, model_type=cls.config_class().model_type, **kwargs)
+        return model
