@@ -1,0 +1,387 @@
+"""Generation settings, runtime options and model bundles: validated, JSON-friendly, torch-free.
+
+Pure standard library, so that the worker can check a request before importing torch and the Blender
+add-on can validate its panel values with the same rules.
+
+Defaults follow the VIST3A inference recipe (Wan 2.1 + stitched AnySplat): 13 frames at 512 x 512,
+50 UniPC flow-matching steps with flow shift 5, classifier-free guidance 7.5, the prompt wrapped in an
+orbit-camera template and a long negative prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+# Our wording of the two prompts of the recipe: the scene is filmed by a camera orbiting it at a
+# constant distance (which is what the stitched 3D decoder reconstructs best), and the negative prompt
+# lists what breaks a reconstruction or looks bad.
+ORBIT_PROMPT_TEMPLATE = (
+    "A smooth orbit shot: the camera circles slowly around the scene at a steady distance, always "
+    "facing its centre, revealing its full 3D shape from every side. {prompt}"
+)
+DEFAULT_NEGATIVE_PROMPT = (
+    "blurry, out of focus, depth of field, motion blur, shaky camera, camera cuts, zoom, flicker, noise, "
+    "grain, compression artifacts, overexposed, underexposed, washed out, low resolution, low quality, "
+    "low detail, watermark, text, subtitles, logo, frame border, split screen, deformed, distorted, "
+    "warped geometry, melting, inconsistent shapes, duplicated objects, floating fragments, extra limbs, "
+    "disfigured, bad anatomy, cartoonish, flat lighting, static image"
+)
+
+OUTPUT_KINDS = ("gaussians", "points")
+DEVICES_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+BUNDLE_MANIFEST = "vist3a.json"
+BUNDLE_FORMAT = "vist3a-bundle"
+BUNDLE_VERSION = 1
+
+MAX_SEED = 2**63 - 1
+
+
+class SettingsError(ValueError):
+    """A generation setting or runtime option is invalid; the message names it and the allowed range."""
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model bundle, one of its folders or a required file does not exist."""
+
+
+class ModelBundleError(ValueError):
+    """A model bundle manifest is malformed."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _from_dict(cls, data: dict, what: str):
+    """Builds a dataclass from a dict, refusing unknown keys (a typo must not pass silently)."""
+    if not isinstance(data, dict):
+        raise SettingsError(f"{what} must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SettingsError(f"{what}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # a required field is missing
+        raise SettingsError(f"{what}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What to generate. Validated on construction (raises SettingsError).
+
+    Attributes:
+        prompt: the scene description (non-empty).
+        negative_prompt: what to steer away from (used with guidance_scale > 1).
+        orbit_template: wrap the prompt in ORBIT_PROMPT_TEMPLATE.
+        num_frames: video frames, 4k + 1 (the Wan VAE compresses time by 4 after the first frame); 5..161.
+        height, width: pixels, multiples of 16 (VAE factor 8 x transformer patch 2); 16..2048.
+        num_steps: denoising steps, 1..1000.
+        guidance_scale: classifier-free guidance scale, 1..30 (1 disables guidance: one model pass per step).
+        flow_shift: timestep shift of the flow-matching sigmas, (0, 100].
+        seed: 0..2**63-1, or None for a random seed (the one drawn is recorded in the outputs).
+        output_kind: "gaussians" (3DGS PLY) or "points" (coloured point PLY).
+        reuse_text_embeddings: keep text embeddings of recent prompts, so runs with the same prompt skip
+            the text encoder.
+    """
+
+    prompt: str
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    orbit_template: bool = True
+    num_frames: int = 13
+    height: int = 512
+    width: int = 512
+    num_steps: int = 50
+    guidance_scale: float = 7.5
+    flow_shift: float = 5.0
+    seed: Optional[int] = None
+    output_kind: str = "gaussians"
+    reuse_text_embeddings: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise SettingsError("prompt must be a non-empty string")
+        if not isinstance(self.negative_prompt, str):
+            raise SettingsError(f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
+        for name in ("orbit_template", "reuse_text_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        frames = self.num_frames
+        if not _is_int(frames) or frames < 5 or frames > 161 or (frames - 1) % 4:
+            raise SettingsError(f"num_frames must be 4k+1 in 5..161 (5, 9, 13, ...), got {frames!r}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 16 or value > 2048 or value % 16:
+                raise SettingsError(f"{name} must be a multiple of 16 in 16..2048, got {value!r}")
+        if not _is_int(self.num_steps) or not 1 <= self.num_steps <= 1000:
+            raise SettingsError(f"num_steps must be an integer in 1..1000, got {self.num_steps!r}")
+        if not _is_number(self.guidance_scale) or not 1.0 <= self.guidance_scale <= 30.0:
+            raise SettingsError(f"guidance_scale must be a number in 1..30, got {self.guidance_scale!r}")
+        if not _is_number(self.flow_shift) or not 0.0 < self.flow_shift <= 100.0:
+            raise SettingsError(f"flow_shift must be a number in (0, 100], got {self.flow_shift!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            raise SettingsError(f"seed must be an integer in 0..2**63-1 or null, got {self.seed!r}")
+        if self.output_kind not in OUTPUT_KINDS:
+            raise SettingsError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
+
+    @property
+    def full_prompt(self) -> str:
+        """The text given to the text encoder (the prompt, wrapped in the orbit template if enabled)."""
+        prompt = self.prompt.strip()
+        return ORBIT_PROMPT_TEMPLATE.format(prompt=prompt) if self.orbit_template else prompt
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    def replace(self, **changes) -> GenerationSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GenerationSettings:
+        return _from_dict(cls, data, "settings")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and how the models run (they do not change what is generated, apart from float rounding).
+
+    Attributes:
+        device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:N" or "mps".
+        dtype: "auto" (bfloat16 on CUDA, float32 elsewhere), "float32", "bfloat16" or "float16"; used
+            for the text encoder and the transformer. The VAE always runs in float32.
+        cpu_offload: keep models in CPU memory and move each to the GPU only while it runs (CUDA only).
+        vae_tiling: decode the video in overlapping tiles to bound the VAE's memory.
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    cpu_offload: bool = False
+    vae_tiling: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.device, str) or not DEVICES_PATTERN.match(self.device):
+            raise SettingsError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("cpu_offload", "vae_tiling"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.cpu_offload and not (self.device == "auto" or self.device.startswith("cuda")):
+            raise SettingsError(f"cpu_offload needs a CUDA device, but device is {self.device!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RuntimeOptions:
+        return _from_dict(cls, data, "runtime")
+
+
+def looks_like_hub_id(reference: str) -> bool:
+    """ "owner/name" with no path-like start is a Hugging Face hub id (when no such local folder exists)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", reference)) and not reference.startswith(".")
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """One complete model: which Wan pipeline, which LoRA adapter, which stitched decoder.
+
+    A bundle is a folder holding a ``vist3a.json`` manifest (and usually the parts themselves)::
+
+        {
+          "format": "vist3a-bundle", "version": 1,
+          "name": "vist3a-wan2.1-1.3b-anysplat",
+          "wan": "wan",                        # diffusers WanPipeline folder, or a hub id
+          "wan_revision": null,                # hub revision (commit/tag) when "wan" is a hub id
+          "lora": "vist3a_1.3b_lora_ema",      # PEFT adapter folder for the transformer, or null
+          "decoder": {"kind": "anysplat-stitched", "checkpoint": "anysplat_stitched.safetensors"}
+        }
+
+    Relative paths are relative to the bundle folder. Attributes hold the manifest's values; the
+    ``*_path`` properties resolve them.
+    """
+
+    root: Path
+    name: str
+    wan: str
+    decoder_kind: str
+    decoder_checkpoint: str
+    lora: Optional[str] = None
+    wan_revision: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ModelBundle:
+        """Reads a bundle from its folder or manifest file. Raises ModelNotFoundError / ModelBundleError."""
+        path = Path(path).expanduser()
+        manifest = path / BUNDLE_MANIFEST if path.is_dir() else path
+        if not path.exists():
+            raise ModelNotFoundError(f"model bundle {path} does not exist")
+        if not manifest.is_file():
+            raise ModelNotFoundError(f"{path} is not a model bundle: it has no {BUNDLE_MANIFEST} manifest")
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelBundleError(f"{manifest}: not valid JSON ({exc})") from exc
+        return cls.from_manifest(data, manifest.parent.resolve(), source=str(manifest))
+
+    @classmethod
+    def from_manifest(cls, data: dict, root: Path, source: str = "manifest") -> ModelBundle:
+        def fail(message: str):
+            raise ModelBundleError(f"{source}: {message}")
+
+        if not isinstance(data, dict):
+            fail("the manifest must be a JSON object")
+        if data.get("format") != BUNDLE_FORMAT:
+            fail(f"'format' must be {BUNDLE_FORMAT!r}, got {data.get('format')!r}")
+        if data.get("version") != BUNDLE_VERSION:
+            fail(f"'version' must be {BUNDLE_VERSION}, got {data.get('version')!r}")
+        known = {"format", "version", "name", "wan", "wan_revision", "lora", "decoder", "extra"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            fail(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for key in ("name", "wan"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                fail(f"{key!r} must be a non-empty string")
+        for key in ("lora", "wan_revision"):
+            if data.get(key) is not None and (not isinstance(data[key], str) or not data[key]):
+                fail(f"{key!r} must be a non-empty string or null")
+        decoder = data.get("decoder")
+        if not isinstance(decoder, dict) or set(decoder) != {"kind", "checkpoint"}:
+            fail("'decoder' must be an object with exactly the keys 'kind' and 'checkpoint'")
+        if not all(isinstance(decoder[k], str) and decoder[k] for k in ("kind", "checkpoint")):
+            fail("'decoder.kind' and 'decoder.checkpoint' must be non-empty strings")
+        extra = data.get("extra", {})
+        if not isinstance(extra, dict):
+            fail("'extra' must be an object")
+        return cls(
+            root=Path(root),
+            name=data["name"],
+            wan=data["wan"],
+            decoder_kind=decoder["kind"],
+            decoder_checkpoint=decoder["checkpoint"],
+            lora=data.get("lora"),
+            wan_revision=data.get("wan_revision"),
+            extra=extra,
+        )
+
+    def to_manifest(self) -> dict:
+        return {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "name": self.name,
+            "wan": self.wan,
+            "wan_revision": self.wan_revision,
+            "lora": self.lora,
+            "decoder": {"kind": self.decoder_kind, "checkpoint": self.decoder_checkpoint},
+            "extra": self.extra,
+        }
+
+    def save(self) -> Path:
+        """Writes the manifest into ``root`` (created if needed); returns the manifest path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        manifest = self.root / BUNDLE_MANIFEST
+        manifest.write_text(json.dumps(self.to_manifest(), indent=2) + "\n", encoding="utf-8")
+        return manifest
+
+    def _local(self, reference: str) -> Path:
+        path = Path(reference).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def wan_is_hub_id(self) -> bool:
+        return not self._local(self.wan).exists() and looks_like_hub_id(self.wan)
+
+    @property
+    def wan_source(self) -> str:
+        """A local folder path (str) or a hub id for the Wan diffusers pipeline."""
+        return self.wan if self.wan_is_hub_id else str(self._local(self.wan))
+
+    @property
+    def lora_path(self) -> Optional[Path]:
+        return None if self.lora is None else self._local(self.lora)
+
+    @property
+    def decoder_path(self) -> Path:
+        return self._local(self.decoder_checkpoint)
+
+    def check_files(self) -> None:
+        """Raises ModelNotFoundError naming the first local part that is missing."""
+        if not self.wan_is_hub_id:
+            wan = Path(self.wan_source)
+            if not (wan / "model_index.json").is_file():
+                what = "does not exist" if not wan.exists() else "has no model_index.json"
+                raise ModelNotFoundError(f"bundle {self.name!r}: Wan pipeline folder {wan} {what}")
+        lora = self.lora_path
+        if lora is not None:
+            if not lora.is_dir():
+                raise ModelNotFoundError(f"bundle {self.name!r}: LoRA adapter folder {lora} does not exist")
+            for required in ("adapter_config.json", "adapter_model.safetensors"):
+                if not (lora / required).is_file():
+                    raise ModelNotFoundError(f"bundle {self.name!r}: LoRA adapter folder {lora} has no {required}")
+        if not self.decoder_path.exists():
+            raise ModelNotFoundError(f"bundle {self.name!r}: decoder checkpoint {self.decoder_path} does not exist")
+
+
+_QUICK_HASH_BYTES = 1 << 20
+
+
+def quick_file_hash(path: Path) -> str:
+    """sha256 over a file's size, first MiB and last MiB.
+
+    Cheap even for multi-GB weights; it tells different checkpoints apart in practice (any retraining
+    changes the first tensors), though it is not a full content hash.
+    """
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    digest.update(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(_QUICK_HASH_BYTES))
+        if size > 2 * _QUICK_HASH_BYTES:
+            f.seek(size - _QUICK_HASH_BYTES)
+            digest.update(f.read(_QUICK_HASH_BYTES))
+    return digest.hexdigest()
+
+
+def fingerprint(path: Path) -> dict:
+    """Identity of a local model part (file or folder): its path and a quick hash over all its files."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        relative = file.name if file == path else file.relative_to(path).as_posix()
+        digest.update(relative.encode() + b"\0" + quick_file_hash(file).encode() + b"\0")
+    return {"path": str(path.resolve()), "quick_sha256": digest.hexdigest(), "files": len(files)}
+
+
+def bundle_identity(bundle: ModelBundle) -> dict:
+    """JSON-ready identity of every part of a bundle, recorded in each run's metadata."""
+    if bundle.wan_is_hub_id:
+        wan = {"hub_id": bundle.wan, "revision": bundle.wan_revision}
+    else:
+        wan = fingerprint(Path(bundle.wan_source))
+    return {
+        "name": bundle.name,
+        "bundle": str(bundle.root),
+        "manifest": bundle.to_manifest(),
+        "wan": wan,
+        "lora": None if bundle.lora_path is None else fingerprint(bundle.lora_path),
+        "decoder": {"kind": bundle.decoder_kind, **fingerprint(bundle.decoder_path)},
+    }
