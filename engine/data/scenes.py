@@ -1,0 +1,411 @@
+"""Procedural scenes: coloured primitives on a floor, as Gaussians, with a caption from the layout.
+
+A scene is a square floor (a two-tone checker of one named colour) with a few objects resting on it,
+each a cube, sphere, cylinder, cone or torus of a distinct named colour. Surfaces are sampled as small
+flat Gaussians (SH degree 0) with simple baked lighting (ambient + Lambert from a fixed sun, and a
+soft contact shadow on the floor) so that renders read as solid 3D objects.
+
+The caption describes the layout as seen from the scene's *reference view*, a camera on an orbit
+around the scene centre (the first frame of the default orbit clip): "a red cube to the left of a blue
+sphere on a grey floor". Relations are computed from the objects' positions in that camera's
+horizontal frame, and the generator only accepts layouts where each stated relation is clear (the
+lateral or the depth offset dominates the other by a margin).
+
+Everything random comes from ``numpy.random.default_rng(seed)``, so a seed gives a bit-identical scene
+and caption on every run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from engine.data import primitives
+from engine.data.camera_paths import orbit_cameras
+from engine.scene import Cameras, GaussianScene, rgb_to_sh_dc
+
+OBJECT_COLORS: dict[str, tuple[float, float, float]] = {
+    "red": (0.86, 0.14, 0.12),
+    "orange": (0.96, 0.52, 0.10),
+    "yellow": (0.95, 0.84, 0.16),
+    "green": (0.18, 0.66, 0.22),
+    "blue": (0.14, 0.32, 0.88),
+    "purple": (0.55, 0.22, 0.74),
+    "pink": (0.96, 0.50, 0.72),
+    "white": (0.94, 0.94, 0.92),
+}
+FLOOR_COLORS: dict[str, tuple[float, float, float]] = {
+    "grey": (0.55, 0.55, 0.55),
+    "beige": (0.80, 0.72, 0.56),
+    "brown": (0.50, 0.35, 0.24),
+    "dark grey": (0.30, 0.30, 0.31),
+}
+SKY_COLOR = (0.62, 0.78, 0.95)
+
+RELATIONS = ("to the left of", "to the right of", "in front of", "behind")
+
+# Lighting baked into the colours: ambient term plus Lambert from a fixed, mostly overhead sun.
+_SUN_DIRECTION = np.array([0.35, 0.45, 0.82]) / np.linalg.norm([0.35, 0.45, 0.82])
+_AMBIENT = 0.45
+_FLOOR_CHECKER_SIZE = 0.5
+_FLOOR_CHECKER_DARKENING = 0.85
+_CONTACT_SHADOW_STRENGTH = 0.45
+_COLOR_JITTER = 0.025  # per-Gaussian colour noise: a little texture for multi-view matching
+_OPACITY = 0.98
+
+# Layout sampling ranges (world units, floor at z = 0).
+_OBJECT_SIZE_RANGE = (0.28, 0.45)
+_PLACEMENT_RADIUS = 1.3
+_OBJECT_GAP = 0.15
+_MIN_RELATION_CLARITY = 1.5  # dominant offset / other offset for a stated relation
+_MAX_PLACEMENT_TRIES = 200
+_ELEVATION_RANGE_DEG = (15.0, 35.0)
+_DISTANCE_RANGE = (3.8, 4.6)
+_CENTER_HEIGHT = 0.3
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One primitive resting on the floor.
+
+    ``size`` is the shape's characteristic half-extent: half the edge of a cube, the radius of a sphere
+    or cone, 1.25 x the radius of a cylinder, the major radius of a torus (see ``_dimensions``).
+    """
+
+    shape: str
+    color_name: str
+    position: tuple[float, float]
+    size: float
+    yaw_deg: float = 0.0
+
+    def __post_init__(self):
+        if self.shape not in primitives.SHAPES:
+            raise ValueError(f"SceneObject: shape must be one of {primitives.SHAPES}, got {self.shape!r}")
+        if self.color_name not in OBJECT_COLORS:
+            raise ValueError(f"SceneObject: color_name must be one of {sorted(OBJECT_COLORS)}, got {self.color_name!r}")
+        if not self.size > 0:
+            raise ValueError(f"SceneObject: size must be positive, got {self.size}")
+        if len(self.position) != 2:
+            raise ValueError(f"SceneObject: position is (x, y) on the floor, got {self.position!r}")
+
+    @property
+    def name(self) -> str:
+        """'red cube'."""
+        return f"{self.color_name} {self.shape}"
+
+    @property
+    def indefinite(self) -> str:
+        """'a red cube', 'an orange cone'."""
+        article = "an" if self.color_name[0] in "aeiou" else "a"
+        return f"{article} {self.name}"
+
+    @property
+    def height(self) -> float:
+        return _dimensions(self.shape, self.size)["height"]
+
+    @property
+    def footprint_radius(self) -> float:
+        """Radius of a vertical cylinder about the object's axis that contains it."""
+        return _dimensions(self.shape, self.size)["footprint"]
+
+    @property
+    def center(self) -> np.ndarray:
+        """(3,) centre of the object's bounding box."""
+        return np.array([self.position[0], self.position[1], self.height / 2])
+
+
+def _dimensions(shape: str, size: float) -> dict[str, float]:
+    """Height and footprint radius of a shape of the given size (its proportions live here)."""
+    return {
+        "cube": {"height": 2 * size, "footprint": math.sqrt(2) * size},
+        "sphere": {"height": 2 * size, "footprint": size},
+        "cylinder": {"height": 2 * size, "footprint": 0.8 * size},
+        "cone": {"height": 2.2 * size, "footprint": size},
+        "torus": {"height": 0.8 * size, "footprint": 1.4 * size},
+    }[shape]
+
+
+def _surface(obj: SceneObject, spacing: float) -> primitives.SurfaceSamples:
+    s = obj.size
+    local = {
+        "cube": lambda: primitives.cube(s, spacing),
+        "sphere": lambda: primitives.sphere(s, spacing),
+        "cylinder": lambda: primitives.cylinder(0.8 * s, 2 * s, spacing),
+        "cone": lambda: primitives.cone(s, 2.2 * s, spacing),
+        "torus": lambda: primitives.torus(s, 0.4 * s, spacing),
+    }[obj.shape]()
+    return primitives.place(local, obj.yaw_deg, np.array([obj.position[0], obj.position[1], 0.0]))
+
+
+@dataclass(frozen=True)
+class ReferenceView:
+    """The orbit camera the caption's relations refer to: it looks at ``center`` from ``distance``."""
+
+    center: tuple[float, float, float]
+    distance: float
+    elevation_deg: float
+    azimuth_deg: float
+
+    def cameras(self, width: int, height: int, fov_deg: float = 60.0) -> Cameras:
+        """The reference view as a single camera (the first frame of an orbit starting here)."""
+        return orbit_cameras(
+            1,
+            width,
+            height,
+            center=self.center,
+            distance=self.distance,
+            elevation_deg=self.elevation_deg,
+            start_azimuth_deg=self.azimuth_deg,
+            arc_deg=0.0,
+            fov_deg=fov_deg,
+        )
+
+    def horizontal_frame(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unit ground-plane vectors (right, forward): the camera's image-right axis, and away from it.
+
+        For a camera on an orbit at azimuth a looking at the centre these are (-sin a, cos a) and
+        (-cos a, -sin a), the x axis of look_at's frame and its horizontal viewing direction.
+        """
+        az = math.radians(self.azimuth_deg)
+        return np.array([-math.sin(az), math.cos(az)]), np.array([-math.cos(az), -math.sin(az)])
+
+
+@dataclass(frozen=True)
+class SpatialRelation:
+    """``objects[subject]`` is ``relation`` ``objects[anchor]`` as seen from the reference view."""
+
+    subject: int
+    relation: str
+    anchor: int
+    clarity: float  # dominant offset / other offset (inf when the other is zero)
+
+
+def relation_between(subject: SceneObject, anchor: SceneObject, view: ReferenceView) -> SpatialRelation:
+    """The relation of ``subject`` to ``anchor`` along whichever of lateral / depth offsets dominates.
+
+    Indices in the result are placeholders (-1); :func:`describe_layout` fills them in.
+    """
+    right, forward = view.horizontal_frame()
+    offset = np.asarray(subject.position) - np.asarray(anchor.position)
+    lateral = float(offset @ right)
+    depth = float(offset @ forward)
+    if abs(lateral) >= abs(depth):
+        relation = "to the right of" if lateral > 0 else "to the left of"
+    else:
+        relation = "behind" if depth > 0 else "in front of"
+    smaller = min(abs(lateral), abs(depth))
+    clarity = max(abs(lateral), abs(depth)) / smaller if smaller > 0 else math.inf
+    return SpatialRelation(-1, relation, -1, clarity)
+
+
+def describe_layout(
+    objects: Sequence[SceneObject], floor_color_name: str, view: ReferenceView
+) -> tuple[str, tuple[SpatialRelation, ...]]:
+    """Caption and relations of a layout seen from ``view``.
+
+    Object 1 is related to object 0, and each later object to the earlier one with the clearest
+    relation, so every object after the first is placed relative to one already named.
+
+    Returns:
+        caption, e.g. "a red cube to the left of a blue sphere and a green cone behind the red cube, on
+        a grey floor"; relations (len(objects) - 1 of them) in caption order.
+    """
+    if floor_color_name not in FLOOR_COLORS:
+        raise ValueError(f"floor_color_name must be one of {sorted(FLOOR_COLORS)}, got {floor_color_name!r}")
+    if not objects:
+        raise ValueError("describe_layout needs at least one object")
+    names = [o.color_name for o in objects]
+    if len(set(names)) != len(names):
+        raise ValueError(f"object colours must be distinct so the caption can name each object, got {names}")
+    floor = f"on a {floor_color_name} floor"
+    if len(objects) == 1:
+        return f"{objects[0].indefinite} {floor}", ()
+
+    relations = []
+    for i in range(1, len(objects)):
+        candidates = [relation_between(objects[i], objects[j], view) for j in range(i)]
+        best = max(range(i), key=lambda j: candidates[j].clarity)
+        relations.append(SpatialRelation(i, candidates[best].relation, best, candidates[best].clarity))
+
+    first = relations[0]
+    clauses = [f"{objects[1].indefinite} {first.relation} {objects[0].indefinite}"]
+    clauses += [f"{objects[r.subject].indefinite} {r.relation} the {objects[r.anchor].name}" for r in relations[1:]]
+    if len(clauses) == 1:
+        return f"{clauses[0]} {floor}", tuple(relations)
+    listed = ", ".join(clauses[:-1]) + " and " + clauses[-1]
+    return f"{listed}, {floor}", tuple(relations)
+
+
+@dataclass
+class SyntheticScene:
+    """A generated scene: its Gaussians, the layout it came from and its caption.
+
+    Attributes:
+        gaussians: the scene as Gaussians (SH degree 0, float32, CPU).
+        objects: the primitives on the floor.
+        floor_color_name: key of FLOOR_COLORS.
+        floor_half_size: the floor is the square [-h, h]^2 at z = 0.
+        reference_view: the camera the caption refers to; also the default orbit of the scene.
+        relations: the spatial relations stated in the caption.
+        caption: text description of the layout.
+    """
+
+    gaussians: GaussianScene
+    objects: tuple[SceneObject, ...]
+    floor_color_name: str
+    floor_half_size: float
+    reference_view: ReferenceView
+    relations: tuple[SpatialRelation, ...]
+    caption: str
+
+
+def _shade(colors: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    lambert = np.clip(normals @ _SUN_DIRECTION, 0.0, None)
+    return colors * (_AMBIENT + (1.0 - _AMBIENT) * lambert)[:, None]
+
+
+def _floor_colors(samples: primitives.SurfaceSamples, base: np.ndarray, objects: Sequence[SceneObject]) -> np.ndarray:
+    """Checker pattern, lighting and a soft contact shadow under each object."""
+    tiles = np.floor(samples.points[:, :2] / _FLOOR_CHECKER_SIZE).astype(np.int64).sum(axis=1) % 2
+    brightness = np.where(tiles == 0, 1.0, _FLOOR_CHECKER_DARKENING)
+    for obj in objects:
+        distance = np.linalg.norm(samples.points[:, :2] - np.asarray(obj.position), axis=1)
+        brightness = brightness * (
+            1.0 - _CONTACT_SHADOW_STRENGTH * np.exp(-0.5 * (distance / obj.footprint_radius) ** 2)
+        )
+    return _shade(base[None, :] * brightness[:, None], samples.normals)
+
+
+def build_scene(
+    objects: Sequence[SceneObject],
+    floor_color_name: str,
+    reference_view: ReferenceView,
+    *,
+    floor_half_size: float = 3.5,
+    surface_spacing: float = 0.08,
+    floor_spacing: float = 0.2,
+    texture_seed: int = 0,
+) -> SyntheticScene:
+    """Gaussians and caption for an explicit layout.
+
+    Args:
+        objects: primitives on the floor; distinct colours (the caption names objects by colour).
+        floor_color_name: key of FLOOR_COLORS.
+        reference_view: the view the caption's spatial relations refer to.
+        floor_half_size: the floor is the square [-h, h]^2 at z = 0.
+        surface_spacing: sample spacing on the objects (world units); sets their Gaussian count.
+        floor_spacing: sample spacing on the floor.
+        texture_seed: seed of the small per-Gaussian colour noise.
+    """
+    caption, relations = describe_layout(objects, floor_color_name, reference_view)
+    if not (surface_spacing > 0 and floor_spacing > 0 and floor_half_size > 0):
+        raise ValueError("surface_spacing, floor_spacing and floor_half_size must be positive")
+
+    floor = primitives.floor_square(floor_half_size, floor_spacing)
+    parts = [floor]
+    colors = [_floor_colors(floor, np.asarray(FLOOR_COLORS[floor_color_name]), objects)]
+    for obj in objects:
+        surface = _surface(obj, surface_spacing)
+        parts.append(surface)
+        colors.append(_shade(np.tile(OBJECT_COLORS[obj.color_name], (len(surface), 1)), surface.normals))
+    samples = primitives.SurfaceSamples.concatenate(parts)
+    rgb = np.concatenate(colors)
+    rng = np.random.default_rng(texture_seed)
+    rgb = np.clip(rgb + rng.uniform(-_COLOR_JITTER, _COLOR_JITTER, size=rgb.shape), 0.0, 1.0)
+
+    def as_tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    n = len(samples)
+    gaussians = GaussianScene.from_activated(
+        means=as_tensor(samples.points),
+        rotations=as_tensor(primitives.matrices_to_quaternions(samples.rotation_matrices())),
+        scales=as_tensor(samples.sigmas()),
+        opacities=torch.full((n,), _OPACITY),
+        sh=rgb_to_sh_dc(as_tensor(rgb))[:, None, :],
+    )
+    return SyntheticScene(
+        gaussians=gaussians,
+        objects=tuple(objects),
+        floor_color_name=floor_color_name,
+        floor_half_size=floor_half_size,
+        reference_view=reference_view,
+        relations=relations,
+        caption=caption,
+    )
+
+
+def _sample_layout(rng: np.random.Generator, num_objects: int, view: ReferenceView) -> list[SceneObject]:
+    """Objects at random non-overlapping positions whose caption relations are all clear."""
+    colors = rng.choice(sorted(OBJECT_COLORS), size=num_objects, replace=False)
+    objects: list[SceneObject] = []
+    for color in colors:
+        shape = str(rng.choice(primitives.SHAPES))
+        size = float(rng.uniform(*_OBJECT_SIZE_RANGE))
+        yaw = float(rng.uniform(0.0, 90.0))
+        for _ in range(_MAX_PLACEMENT_TRIES):
+            radius = _PLACEMENT_RADIUS * math.sqrt(rng.uniform())
+            angle = rng.uniform(0.0, 2 * math.pi)
+            candidate = SceneObject(shape, str(color), (radius * math.cos(angle), radius * math.sin(angle)), size, yaw)
+            if _fits(candidate, objects, view):
+                objects.append(candidate)
+                break
+        else:
+            raise RuntimeError(
+                f"could not place a {candidate.name} after {_MAX_PLACEMENT_TRIES} tries; "
+                "too many objects for the placement area"
+            )
+    return objects
+
+
+def _fits(candidate: SceneObject, placed: Sequence[SceneObject], view: ReferenceView) -> bool:
+    """No overlap with placed objects, and a clear relation to at least one of them."""
+    for other in placed:
+        gap = np.linalg.norm(np.subtract(candidate.position, other.position))
+        if gap < candidate.footprint_radius + other.footprint_radius + _OBJECT_GAP:
+            return False
+    if not placed:
+        return True
+    return max(relation_between(candidate, o, view).clarity for o in placed) >= _MIN_RELATION_CLARITY
+
+
+def generate_scene(
+    seed: int,
+    *,
+    num_objects: Optional[int] = None,
+    surface_spacing: float = 0.08,
+    floor_spacing: float = 0.2,
+) -> SyntheticScene:
+    """A random scene (2 to 4 objects unless ``num_objects`` is given), reproducible from ``seed``.
+
+    With the default spacings a scene has roughly 2,000 to 4,000 Gaussians.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    if num_objects is None:
+        num_objects = int(rng.integers(2, 5))
+    if not 1 <= num_objects <= 4:
+        raise ValueError(f"num_objects must be in 1..4 (the floor has room for a few), got {num_objects}")
+    view = ReferenceView(
+        center=(0.0, 0.0, _CENTER_HEIGHT),
+        distance=float(rng.uniform(*_DISTANCE_RANGE)),
+        elevation_deg=float(rng.uniform(*_ELEVATION_RANGE_DEG)),
+        azimuth_deg=float(rng.uniform(0.0, 360.0)),
+    )
+    objects = _sample_layout(rng, num_objects, view)
+    floor_color = str(rng.choice(sorted(FLOOR_COLORS)))
+    texture_seed = int(rng.integers(0, 2**31 - 1))
+    return build_scene(
+        objects,
+        floor_color,
+        view,
+        surface_spacing=surface_spacing,
+        floor_spacing=floor_spacing,
+        texture_seed=texture_seed,
+    )
