@@ -1,0 +1,286 @@
+"""The standard 3DGS PLY: read and write Gaussians as numpy arrays (no torch).
+
+File layout (what the original 3DGS code and every splat viewer write and read): one ``vertex``
+element, binary little-endian, float32 properties in this order::
+
+    x y z  nx ny nz  f_dc_0 f_dc_1 f_dc_2  f_rest_0 .. f_rest_{R-1}  opacity  scale_0..2  rot_0..3
+
+with R = 3 * ((d+1)^2 - 1) for SH degree d in 0..3 (R = 0, 9, 24, 45). ``opacity`` is a logit,
+``scale_*`` are natural logs, ``rot_*`` a quaternion (w, x, y, z), and ``f_rest`` is channel-major:
+all higher-order coefficients of red, then of green, then of blue. Normals are unused by 3DGS and
+written as zeros unless given.
+
+Reading is lenient about layout (ASCII or big-endian bodies, other property orders, extra properties
+and elements, other numeric types) and strict about content: missing properties, an f_rest count that
+is no SH degree, and non-finite values are errors naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .errors import PathLike, PlyFormatError
+from .ply import check_non_finite, check_non_finite_policy, read_ply, write_ply
+
+MAX_SH_DEGREE = 3
+_F_REST_PATTERN = re.compile(r"f_rest_(\d+)")
+_REQUIRED = (
+    "x",
+    "y",
+    "z",
+    "f_dc_0",
+    "f_dc_1",
+    "f_dc_2",
+    "opacity",
+    "scale_0",
+    "scale_1",
+    "scale_2",
+    "rot_0",
+    "rot_1",
+    "rot_2",
+    "rot_3",
+)
+
+
+def num_f_rest(sh_degree: int) -> int:
+    """Number of ``f_rest_*`` properties for an SH degree: 3 * ((d+1)^2 - 1)."""
+    if not 0 <= sh_degree <= MAX_SH_DEGREE:
+        raise ValueError(f"SH degree must be in 0..{MAX_SH_DEGREE}, got {sh_degree}")
+    return 3 * ((sh_degree + 1) ** 2 - 1)
+
+
+def sh_degree_from_f_rest(count: int) -> int:
+    """Inverse of :func:`num_f_rest`; raises ValueError for a count that is no degree's."""
+    for degree in range(MAX_SH_DEGREE + 1):
+        if num_f_rest(degree) == count:
+            return degree
+    valid = ", ".join(str(num_f_rest(d)) for d in range(MAX_SH_DEGREE + 1))
+    raise ValueError(
+        f"{count} f_rest properties is not 3*((d+1)^2-1) for an SH degree d in 0..{MAX_SH_DEGREE} ({valid})"
+    )
+
+
+def gaussian_property_names(sh_degree: int) -> list[str]:
+    """The standard property names, in the standard order, for an SH degree."""
+    return (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(num_f_rest(sh_degree))]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
+
+
+def _float32(name: str, value, shape: tuple) -> np.ndarray:
+    """``value`` as a float32 array of the given shape (None = any size); views are kept as views."""
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, array.shape)):
+        expected = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise ValueError(f"GaussianArrays: {name} must have shape {expected}, got {array.shape}")
+    return array
+
+
+@dataclass
+class GaussianArrays:
+    """N Gaussians as float32 numpy arrays, in the units the PLY stores them.
+
+    Attributes:
+        means: (N, 3) centres.
+        f_dc: (N, 3) degree-0 SH coefficient per RGB channel (colour = 0.5 + SH_C0 * f_dc).
+        f_rest: (N, (d+1)^2 - 1, 3) higher-order SH coefficients, coefficient index first, then RGB:
+            the layout of ``GaussianScene.sh[:, 1:]`` (not the file's channel-major order). (N, 0, 3)
+            for degree 0.
+        opacity: (N,) opacity logits.
+        scale: (N, 3) natural logs of the standard deviations.
+        rot: (N, 4) quaternions (w, x, y, z), not necessarily unit length.
+        normals: (N, 3) or None (written as zeros when None).
+        dropped_non_finite: how many rows the reader dropped for holding NaN/inf (only with
+            ``non_finite="drop"``; 0 otherwise). Not written to files.
+
+    Inputs are converted to float32 (the file's type) at construction. The reader returns views of
+    one (N, P) block holding the file's values (no per-field copies of a large file), so fields may be
+    non-contiguous: use ``np.ascontiguousarray`` where an API needs contiguous memory.
+    """
+
+    means: np.ndarray
+    f_dc: np.ndarray
+    f_rest: np.ndarray
+    opacity: np.ndarray
+    scale: np.ndarray
+    rot: np.ndarray
+    normals: Optional[np.ndarray] = None
+    dropped_non_finite: int = 0
+
+    def __post_init__(self):
+        self.means = _float32("means", self.means, (None, 3))
+        self.f_dc = _float32("f_dc", self.f_dc, (None, 3))
+        self.f_rest = _float32("f_rest", self.f_rest, (None, None, 3))
+        self.opacity = _float32("opacity", self.opacity, (None,))
+        self.scale = _float32("scale", self.scale, (None, 3))
+        self.rot = _float32("rot", self.rot, (None, 4))
+        if self.normals is not None:
+            self.normals = _float32("normals", self.normals, (None, 3))
+        coeffs = self.f_rest.shape[1] + 1
+        degree = int(round(coeffs**0.5)) - 1
+        if (degree + 1) ** 2 != coeffs or degree > MAX_SH_DEGREE:
+            raise ValueError(
+                f"GaussianArrays: f_rest has {coeffs - 1} coefficients per channel; (d+1)^2 - 1 for d in 0..3 is 0, 3, 8 or 15"
+            )
+        for name in ("f_dc", "f_rest", "opacity", "scale", "rot", "normals"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.means):
+                raise ValueError(f"GaussianArrays: {name} has {len(value)} rows but means has {len(self.means)}")
+
+    def __len__(self) -> int:
+        return len(self.means)
+
+    @property
+    def sh_degree(self) -> int:
+        return int(round((self.f_rest.shape[1] + 1) ** 0.5)) - 1
+
+    @property
+    def sh(self) -> np.ndarray:
+        """(N, (d+1)^2, 3) all SH coefficients (f_dc first), as in ``GaussianScene.sh``."""
+        return np.concatenate([self.f_dc[:, None, :], self.f_rest], axis=1)
+
+    def select(self, rows: np.ndarray) -> GaussianArrays:
+        """The Gaussians picked by a boolean mask or index array (copies)."""
+        return GaussianArrays(
+            means=self.means[rows],
+            f_dc=self.f_dc[rows],
+            f_rest=self.f_rest[rows],
+            opacity=self.opacity[rows],
+            scale=self.scale[rows],
+            rot=self.rot[rows],
+            normals=None if self.normals is None else self.normals[rows],
+        )
+
+    def property_columns(self) -> np.ndarray:
+        """(N, P) float32 block of all properties in the standard file order (normals zero if None)."""
+        n, rest = len(self), self.f_rest.shape[1]
+        block = np.empty((n, 17 + 3 * rest), dtype=np.float32)
+        block[:, 0:3] = self.means
+        block[:, 3:6] = 0.0 if self.normals is None else self.normals
+        block[:, 6:9] = self.f_dc
+        # Channel-major: column 9 + c * rest + k holds coefficient k of channel c.
+        block[:, 9 : 9 + 3 * rest] = self.f_rest.transpose(0, 2, 1).reshape(n, 3 * rest)
+        tail = 9 + 3 * rest
+        block[:, tail] = self.opacity
+        block[:, tail + 1 : tail + 4] = self.scale
+        block[:, tail + 4 : tail + 8] = self.rot
+        return block
+
+
+def write_gaussian_ply(
+    path: PathLike, gaussians: GaussianArrays, *, non_finite: str = "error", comments: Sequence[str] = ()
+) -> int:
+    """Writes a standard binary little-endian 3DGS PLY, atomically.
+
+    Args:
+        path: destination; an existing file is replaced only once the new one is complete.
+        gaussians: what to write; its SH degree decides the number of ``f_rest`` properties.
+        non_finite: "error" (default) refuses Gaussians with NaN/inf values, naming how many and in
+            which properties; "drop" leaves them out.
+        comments: extra ``comment`` header lines.
+
+    Returns:
+        The number of Gaussians dropped for non-finite values (always 0 with "error").
+    """
+    names = gaussian_property_names(gaussians.sh_degree)
+    block = gaussians.property_columns()
+    keep = check_non_finite(names, block, non_finite, "Gaussians", path)
+    if keep is not None:
+        block = block[keep]
+    rows = np.ascontiguousarray(block).view(np.dtype([(name, "<f4") for name in names])).reshape(len(block))
+    write_ply(path, [("vertex", rows)], comments=comments)
+    return 0 if keep is None else int((~keep).sum())
+
+
+def _standard_block(vertex: np.ndarray, names: list[str]) -> np.ndarray:
+    """(N, len(names)) float32 values of the named properties of a structured vertex array.
+
+    When every property of the file is a native float32 (what 3DGS tools write), the rows are viewed as a
+    plain (N, P) float32 matrix: no copy at all for a file in the standard order, one gather otherwise.
+    Any other file is converted column by column (casting other numeric types to float32).
+    """
+    file_names = list(vertex.dtype.names)
+    if all(vertex.dtype[name] == np.dtype(np.float32) for name in file_names) and vertex.dtype.itemsize == 4 * len(
+        file_names
+    ):
+        matrix = vertex.view(np.float32).reshape(len(vertex), len(file_names))
+        columns = [file_names.index(name) for name in names]
+        return matrix if columns == list(range(len(file_names))) else matrix[:, columns]
+    block = np.empty((len(vertex), len(names)), dtype=np.float32)
+    with np.errstate(over="ignore"):  # a double beyond float32 range becomes inf, reported as non-finite
+        for column, name in enumerate(names):
+            block[:, column] = vertex[name]
+    return block
+
+
+def read_gaussian_ply(path: PathLike, *, non_finite: str = "error") -> GaussianArrays:
+    """Reads Gaussians from a 3DGS PLY written by this module or by any other tool.
+
+    Args:
+        path: the file.
+        non_finite: "error" (default) raises :class:`PlyFormatError` if any Gaussian has a NaN/inf in a
+            property that is read, naming how many and which properties; "drop" leaves those Gaussians
+            out and reports the count in ``GaussianArrays.dropped_non_finite``.
+
+    Returns:
+        The Gaussians, float32, with SH degree inferred from the number of ``f_rest_*`` properties.
+        Normals are returned when the file has nx, ny and nz. Other properties are ignored.
+    """
+    check_non_finite_policy(non_finite)
+    header, elements = read_ply(path, elements=("vertex",))
+    if "vertex" not in elements:
+        found = ", ".join(repr(e.name) for e in header.elements) or "none"
+        raise PlyFormatError(f"no 'vertex' element (elements in the file: {found})", path)
+    vertex = elements["vertex"]
+    present = set(vertex.dtype.names)
+    missing = [name for name in _REQUIRED if name not in present]
+    if missing:
+        raise PlyFormatError(
+            f"the vertex element lacks required properties: {', '.join(missing)} "
+            f"(it has: {', '.join(vertex.dtype.names) or 'none'})",
+            path,
+        )
+    rest_names = {name for name in present if _F_REST_PATTERN.fullmatch(name)}
+    try:
+        degree = sh_degree_from_f_rest(len(rest_names))
+    except ValueError as error:
+        raise PlyFormatError(str(error), path) from None
+    expected_rest = [f"f_rest_{i}" for i in range(len(rest_names))]
+    gaps = [name for name in expected_rest if name not in rest_names]
+    if gaps:
+        raise PlyFormatError(f"f_rest properties are not numbered 0..{len(rest_names) - 1}: {gaps[0]} is missing", path)
+    normal_names = [name for name in ("nx", "ny", "nz") if name in present]
+    if normal_names and len(normal_names) != 3:
+        raise PlyFormatError(f"the vertex element has {', '.join(normal_names)} but not all of nx, ny, nz", path)
+
+    names = gaussian_property_names(degree)
+    if not normal_names:
+        names = [name for name in names if name not in ("nx", "ny", "nz")]
+    block = _standard_block(vertex, names)
+    keep = check_non_finite(names, block, non_finite, "vertices", path)
+    dropped = 0
+    if keep is not None:
+        block = block[keep]
+        dropped = int((~keep).sum())
+
+    columns = {name: column for column, name in enumerate(names)}
+    rest = num_f_rest(degree) // 3
+    first_rest = columns["f_dc_2"] + 1
+    f_rest = block[:, first_rest : first_rest + 3 * rest].reshape(len(block), 3, rest).transpose(0, 2, 1)
+    return GaussianArrays(
+        means=block[:, columns["x"] : columns["x"] + 3],
+        f_dc=block[:, columns["f_dc_0"] : columns["f_dc_0"] + 3],
+        f_rest=f_rest,
+        opacity=block[:, columns["opacity"]],
+        scale=block[:, columns["scale_0"] : columns["scale_0"] + 3],
+        rot=block[:, columns["rot_0"] : columns["rot_0"] + 4],
+        normals=block[:, columns["nx"] : columns["nx"] + 3] if normal_names else None,
+        dropped_non_finite=dropped,
+    )

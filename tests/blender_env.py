@@ -1,0 +1,154 @@
+"""Run a script under Blender (the ``bpy`` module) in a child process, for tests.
+
+``bpy`` must never be imported into the pytest process: it brings its own copies of libraries that
+clash with torch's, keeps global state between tests, and a crash in it would take the whole test
+run down. Tests instead hand a script to :func:`run_in_blender`, which runs it with the same Python
+(``sys.executable``, where the ``bpy`` wheel is installed) in a fresh subprocess:
+
+* ``BLENDER_USER_RESOURCES`` points at a throw-away folder under the test's ``tmp_path``, set in the
+  child's environment so it is in place before the script's ``import bpy``: Blender's user
+  configuration, extensions and caches go there and no real profile is read or touched.
+* the working directory is the repository root and the root is on ``PYTHONPATH``, so the script can
+  ``import engine.io`` (or an add-on module).
+* a function ``emit_result(value)`` is defined before the script runs; the script calls it once with
+  a JSON-serialisable value, and :attr:`BlenderRun.result` gives it back parsed. Everything else the
+  script prints (Blender prints a lot) is ignored.
+* a non-zero exit, a timeout, or a script that never calls ``emit_result`` fails the test with the
+  script's stdout and stderr in the message.
+
+Example::
+
+    @pytest.mark.blender
+    def test_something(tmp_path):
+        run = run_in_blender('''
+    import bpy
+    bpy.ops.mesh.primitive_cube_add()
+    emit_result({"objects": len(bpy.data.objects)})
+    ''', tmp_path=tmp_path)
+        assert run.result["objects"] >= 1
+
+Tests using it must be marked ``@pytest.mark.blender``. When ``bpy`` is not installed they are
+skipped (with the reason shown by ``-ra``), since Blender is an optional test dependency.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULT_MARKER = "@@BLENDER_RESULT@@ "
+
+# Defined in the child before the test's script; prints the result on a line of its own.
+_PRELUDE = f"""
+import json as _json
+import sys as _sys
+
+def emit_result(value):
+    _sys.stdout.write("\\n{RESULT_MARKER}" + _json.dumps(value) + "\\n")
+    _sys.stdout.flush()
+"""
+
+
+@dataclass
+class BlenderRun:
+    """What a script run under Blender produced.
+
+    Attributes:
+        completed: the finished process (args, returncode, stdout, stderr as text).
+        result: the value the script passed to ``emit_result``, parsed from JSON.
+    """
+
+    completed: subprocess.CompletedProcess
+    result: Any
+
+    @property
+    def stdout(self) -> str:
+        return self.completed.stdout
+
+    @property
+    def stderr(self) -> str:
+        return self.completed.stderr
+
+
+def bpy_available() -> bool:
+    """Whether the ``bpy`` module is installed (checked without importing it)."""
+    return importlib.util.find_spec("bpy") is not None
+
+
+def _report(completed_or_error, script: str) -> str:
+    stdout = completed_or_error.stdout or ""
+    stderr = completed_or_error.stderr or ""
+    if isinstance(stdout, bytes):
+        stdout, stderr = stdout.decode(errors="replace"), stderr.decode(errors="replace")
+    return (
+        f"--- script ---\n{script}\n--- stdout (last 4000 chars) ---\n{stdout[-4000:]}"
+        f"\n--- stderr (last 8000 chars) ---\n{stderr[-8000:]}"
+    )
+
+
+def run_in_blender(
+    script: str,
+    *,
+    tmp_path: Path,
+    timeout: float = 120,
+    env: Optional[dict[str, str]] = None,
+    expect_result: bool = True,
+) -> BlenderRun:
+    """Runs ``script`` with ``sys.executable -c`` under a clean Blender user profile.
+
+    Args:
+        script: Python source; it imports ``bpy`` itself and calls ``emit_result(value)`` once.
+            Common indentation is removed, so it can be written as an indented triple-quoted string.
+        tmp_path: the test's temporary folder; the Blender profile goes to ``tmp_path/blender_user``.
+        timeout: seconds before the child is killed and the test fails.
+        env: extra environment variables for the child (on top of this process's environment).
+        expect_result: fail if the script exits without calling ``emit_result`` (default True).
+
+    Returns:
+        A :class:`BlenderRun` with the finished process and the parsed result (None when the script
+        emitted none and ``expect_result`` is False).
+    """
+    if not bpy_available():
+        pytest.skip("bpy (Blender as a Python module) is not installed")
+    source = _PRELUDE + "\n" + textwrap.dedent(script)
+    user_resources = Path(tmp_path) / "blender_user"
+    user_resources.mkdir(parents=True, exist_ok=True)
+    child_env = dict(os.environ)
+    child_env["BLENDER_USER_RESOURCES"] = str(user_resources)
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))
+    child_env.update(env or {})
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-c", source],
+            cwd=REPO_ROOT,
+            env=child_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"Blender script timed out after {timeout} s\n{_report(error, source)}", pytrace=False)
+    if completed.returncode != 0:
+        pytest.fail(
+            f"Blender script exited with code {completed.returncode}\n{_report(completed, source)}", pytrace=False
+        )
+    result_lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    if len(result_lines) > 1:
+        pytest.fail(
+            f"Blender script called emit_result {len(result_lines)} times\n{_report(completed, source)}", pytrace=False
+        )
+    if not result_lines:
+        if expect_result:
+            pytest.fail(f"Blender script never called emit_result\n{_report(completed, source)}", pytrace=False)
+        return BlenderRun(completed, None)
+    return BlenderRun(completed, json.loads(result_lines[0][len(RESULT_MARKER) :]))
