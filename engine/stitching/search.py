@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
+from engine.io.atomic import atomic_write
 from engine.stitching.layer_spec import ConvSpec, StitchingLayer, format_spec, latent_patches, parse_spec
 
 log = logging.getLogger(__name__)
@@ -199,20 +198,22 @@ class LayerSearchResult:
 
     def write_report(self, out_dir: str | Path) -> dict[str, Path]:
         """Write the JSON summary, a PNG plot of MSE per layer and the chosen conv (safetensors), atomically."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {"json": out_dir / REPORT_JSON, "plot": out_dir / REPORT_PLOT, "weights": out_dir / WEIGHTS_FILE}
-        text = json.dumps(self.to_dict(), indent=2)
-        _write_atomically(paths["json"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        _write_atomically(paths["plot"], self._save_plot)
+        with atomic_write(paths["json"], "w") as file:
+            file.write(json.dumps(self.to_dict(), indent=2))
+        with atomic_write(paths["plot"]) as file:
+            self._save_plot(file)
         tensors = {name: value.detach().to(torch.float32).contiguous().cpu() for name, value in self.state_dict.items()}
         metadata = {"spec": format_spec(self.spec), "layer": self.best_layer, "in_channels": str(self.in_channels)}
-        _write_atomically(paths["weights"], lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        with atomic_write(paths["weights"]) as file:
+            file.write(save(tensors, metadata=metadata))
         return paths
 
-    def _save_plot(self, path: str) -> None:
+    def _save_plot(self, file) -> None:
         # Figure + Agg canvas directly: no pyplot, no global backend switch, safe in any process
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -233,19 +234,7 @@ class LayerSearchResult:
         axes.grid(True, alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        figure.savefig(path, format="png")
-
-
-def _write_atomically(path: Path, write: Callable[[str], Any]) -> None:
-    """Call ``write(temp_path)`` on a temporary file beside ``path``, then move it into place."""
-    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        figure.savefig(file, format="png")
 
 
 def _tokens_to_rows(tokens: torch.Tensor, prefix: int, grid: tuple[int, int, int], batch: int, name: str):
