@@ -389,3 +389,37 @@ def test_large_binary_file_reads_fast(tmp_path):
     elapsed = time.perf_counter() - start
     assert_same_gaussians(g, back)
     assert elapsed < 1.0, f"reading 200k splats took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("lengths", [[3, 3, 3], [3, 4, 3]])
+def test_error_truncated_list_element(tmp_path, lengths):
+    """A face element cut short is reported, whether its rows share one length (fast path) or not."""
+    g = random_gaussians(n=2, degree=0)
+    faces = np.empty(len(lengths), dtype=[("vertex_indices", "O")])
+    faces["vertex_indices"] = [np.arange(k, dtype=np.int32) for k in lengths]
+    path = tmp_path / "cut.ply"
+    PlyData([PlyElement.describe(standard_rows(g), "vertex"), PlyElement.describe(faces, "face")]).write(str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[:-6])
+    with pytest.raises(PlyFormatError, match=r"truncated data.*'face'"):
+        read_gaussian_ply(path)
+
+
+def test_crlf_header_and_big_endian_lists(tmp_path):
+    g = random_gaussians(n=3, degree=1)
+    faces = np.empty(2, dtype=[("vertex_indices", "O")])
+    faces["vertex_indices"] = [np.array([0, 1, 2], np.int32), np.array([0, 1, 2, 1], np.int32)]
+    path = tmp_path / "crlf.ply"
+    PlyData(
+        [PlyElement.describe(faces, "face"), PlyElement.describe(standard_rows(g, dtype=">f4"), "vertex")],
+        byte_order=">",
+    ).write(str(path))
+    header, body = path.read_bytes().split(b"end_header\n", 1)
+    path.write_bytes(header.replace(b"\n", b"\r\n") + b"end_header\r\n" + body)
+    assert_same_gaussians(g, read_gaussian_ply(path))
+
+
+def test_write_ply_rejects_multiline_comments(tmp_path):
+    with pytest.raises(ValueError, match=r"must be one line of ASCII text"):
+        write_gaussian_ply(tmp_path / "c.ply", random_gaussians(n=1), comments=["two\nlines"])
+    assert not (tmp_path / "c.ply").exists()

@@ -118,9 +118,6 @@ class PlyHeader:
     obj_info: list[str]
     data_offset: int
 
-    def element(self, name: str) -> Optional[PlyElementHeader]:
-        return next((e for e in self.elements if e.name == name), None)
-
 
 def _parse_type(word: str, line_number: int, path) -> str:
     if word not in PLY_TYPES:
