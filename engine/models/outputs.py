@@ -42,6 +42,11 @@ from engine.models.pose_encoding import (
 )
 from engine.scene import Cameras, GaussianScene, PointScene
 
+
+class PredictionError(ValueError):
+    """A prediction cannot be converted to a valid scene (e.g. degenerate predicted cameras)."""
+
+
 # ------------------------------------------------------------------------------------------------------
 # Real spherical harmonics (3DGS / gsplat basis) and their rotation
 # ------------------------------------------------------------------------------------------------------
@@ -165,6 +170,12 @@ def _cameras_from_pose(
     extrinsics, intrinsics = pose_encoding_to_extri_intri(
         pose_enc[batch_index : batch_index + 1].float(), image_size_hw, fov_eps
     )
+    if not torch.isfinite(intrinsics).all() or not torch.isfinite(extrinsics).all():
+        fov = pose_enc[batch_index, :, 7:].detach().float()
+        raise PredictionError(
+            f"the network predicted degenerate cameras (fields of view in [{fov.min():.3g}, {fov.max():.3g}] rad, "
+            "non-finite intrinsics or poses); is the checkpoint trained and the input valid?"
+        )
     camera_to_world = closed_form_inverse_se3(extrinsics[0])  # (S, 4, 4)
     transform = torch.eye(4, dtype=camera_to_world.dtype, device=camera_to_world.device)
     if relative_to_first:
