@@ -1,0 +1,298 @@
+"""The built extension inside Blender: install/uninstall, importing splats, points and cameras, rendering.
+
+Each test runs one Blender subprocess (tests/blender_env.py) that installs the zip built once per
+session (the ``extension_zip`` fixture) and checks several things in it, to keep Blender start-ups few.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from blender_env import run_in_blender
+
+from engine.io import GaussianArrays, PointArrays, write_gaussian_ply, write_point_ply
+from engine.scene import Cameras, look_at
+
+SH_C0 = 0.28209479177387814
+MODULE = "bl_ext.user_default.vist3a"
+
+INSTALL = """
+import bpy
+import numpy as np
+bpy.ops.extensions.package_install_files(filepath={zip!r}, repo="user_default", enable_on_install=True)
+"""
+
+
+def _install(extension_zip):
+    return INSTALL.format(zip=str(extension_zip))
+
+
+def _srgb_to_linear(c):
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _write_cameras(path, c2w, fx, fy, cx, cy, w, h):
+    camera = {"c2w": np.asarray(c2w).tolist(), "fx": fx, "fy": fy, "cx": cx, "cy": cy, "w": w, "h": h}
+    document = {"format": "vist3a-cameras", "version": 1, "convention": "opencv", "cameras": [camera]}
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_extension_installs_registers_and_uninstalls_cleanly(extension_zip, tmp_path):
+    script = (
+        _install(extension_zip)
+        + f"""
+import os
+MODULE = {MODULE!r}
+out = {{"enabled": MODULE in bpy.context.preferences.addons}}
+out["panels"] = [name for name in ("VIST3A_PT_import", "VIST3A_PT_render") if hasattr(bpy.types, name)]
+out["operators"] = [name for name in ("import_result", "render_camera") if hasattr(bpy.types, "VIST3A_OT_" + name)]
+prefs = bpy.context.preferences.addons[MODULE].preferences
+out["preferences"] = [type(prefs).__name__, prefs.engine_python]
+out["import_menu"] = any(
+    getattr(f, "__name__", "") == "menu_import" for f in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
+)
+out["scene_settings"] = hasattr(bpy.context.scene, "vist3a")
+
+bpy.ops.preferences.addon_disable(module=MODULE)
+out["after_disable"] = {{
+    "enabled": MODULE in bpy.context.preferences.addons,
+    "panel": hasattr(bpy.types, "VIST3A_PT_import"),
+    "operator": hasattr(bpy.types, "VIST3A_OT_import_result"),
+    "scene_settings": hasattr(bpy.types.Scene, "vist3a"),
+    "import_menu": any(
+        getattr(f, "__name__", "") == "menu_import" for f in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
+    ),
+}}
+repo = next(r for r in bpy.context.preferences.extensions.repos if r.module == "user_default")
+outcome = bpy.ops.extensions.package_uninstall(repo_directory=repo.directory, pkg_id="vist3a")
+out["uninstall"] = sorted(outcome)
+out["files_left"] = os.path.exists(os.path.join(repo.directory, "vist3a"))
+emit_result(out)
+"""
+    )
+    result = run_in_blender(script, tmp_path=tmp_path).result
+    assert result["enabled"]
+    assert result["panels"] == ["VIST3A_PT_import", "VIST3A_PT_render"]
+    assert result["operators"] == ["import_result", "render_camera"]
+    assert result["preferences"] == ["VIST3AAddonPreferences", ""]
+    assert result["import_menu"] and result["scene_settings"]
+    assert not any(result["after_disable"].values()), result["after_disable"]
+    assert result["uninstall"] == ["FINISHED"]
+    assert not result["files_left"]
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_import_splats_cameras_points_and_bad_files(extension_zip, tmp_path):
+    rng = np.random.default_rng(7)
+    n = 300
+    gaussians = GaussianArrays(
+        means=rng.normal(size=(n, 3)) + [0.0, 0.0, 4.0],
+        f_dc=rng.normal(size=(n, 3)) * 1.5,  # some colours fall outside [0, 1] and must be clamped
+        f_rest=rng.normal(size=(n, 3, 3)),
+        opacity=rng.normal(size=n) * 3,
+        scale=rng.normal(size=(n, 3)) - 3,
+        rot=rng.normal(size=(n, 4)),
+    )
+    result_dir = tmp_path / "a result"
+    result_dir.mkdir()
+    write_gaussian_ply(result_dir / "scene.ply", gaussians)
+    # A non-square, off-centre camera with fx != fy, looking at the splats from the side.
+    c2w = look_at(torch.tensor([1.5, -0.5, 0.5]), torch.tensor([0.0, 0.2, 4.0]), torch.tensor([0.0, -1.0, 0.0]))
+    w, h, fx, fy, cx, cy = 96, 48, 70.0, 84.0, 40.0, 20.0
+    _write_cameras(result_dir / "cameras.json", c2w.numpy(), fx, fy, cx, cy, w, h)
+    probe = rng.normal(size=(5, 3)) * 0.5 + [0.0, 0.2, 4.0]
+
+    points = PointArrays(points=rng.normal(size=(40, 3)), colors=rng.uniform(size=(40, 3)))
+    write_point_ply(tmp_path / "points.ply", points)
+    (tmp_path / "garbage.ply").write_bytes(b"this is not a PLY file")
+    broken_dir = tmp_path / "broken result"
+    broken_dir.mkdir()
+    write_gaussian_ply(broken_dir / "scene.ply", gaussians)
+    (broken_dir / "cameras.json").write_text('{"format": "vist3a-cameras", "version": 1}')
+    dump = tmp_path / "attributes.npz"
+
+    script = (
+        _install(extension_zip)
+        + f"""
+from bpy_extras.object_utils import world_to_camera_view
+from mathutils import Vector
+
+scene = bpy.context.scene
+scene.cursor.location = (1.0, 2.0, 3.0)
+
+def inventory():
+    return {{name: len(getattr(bpy.data, name))
+            for name in ("objects", "collections", "meshes", "pointclouds", "materials", "cameras", "node_groups")}}
+
+def run_import(path):
+    try:
+        return sorted(bpy.ops.vist3a.import_result(filepath=path)), ""
+    except RuntimeError as error:  # an operator that reports an error raises in background mode
+        return ["CANCELLED"], str(error)
+
+out = {{"bad": {{}}}}
+for label, path in (("garbage", {str(tmp_path / "garbage.ply")!r}), ("broken", {str(broken_dir)!r}),
+                    ("missing", {str(tmp_path / "nothing here.ply")!r})):
+    before = inventory()
+    outcome, message = run_import(path)
+    out["bad"][label] = {{"outcome": outcome, "message": message, "unchanged": inventory() == before}}
+
+before = inventory()
+out["import"] = run_import({str(result_dir) + "/"!r})[0]
+new = [c for c in bpy.data.collections if c.name.startswith("VIST3A")]
+collection = new[0]
+clouds = [o for o in collection.objects if o.type == "POINTCLOUD"]
+cameras = [o for o in collection.objects if o.type == "CAMERA"]
+cloud = clouds[0]
+root = cloud.parent
+out["collections"] = [c.name for c in new]
+out["kinds"] = sorted(o.type for o in collection.objects)
+out["count"] = len(cloud.data.points)
+out["root_location"] = list(root.matrix_world.translation)
+out["sources"] = sorted({{o["vist3a_source"] for o in collection.objects}})
+out["material_nodes"] = sorted(n.bl_idname for n in cloud.data.materials[0].node_tree.nodes)
+out["render"] = [scene.render.engine, scene.view_settings.view_transform, scene.cycles.transparent_max_bounces]
+
+def read(name, width, key):
+    attribute = cloud.data.attributes[name]
+    values = np.empty(len(cloud.data.points) * width, dtype=np.float32)
+    attribute.data.foreach_get(key, values)
+    return attribute.data_type, values.reshape(-1, width)
+
+arrays, types = {{}}, {{}}
+for name, width, key in (("position", 3, "vector"), ("base_color", 4, "color"), ("opacity", 1, "value"),
+                         ("scale", 3, "vector"), ("rotation", 4, "value"), ("radius", 1, "value")):
+    types[name], arrays[name] = read(name, width, key)
+np.savez({str(dump)!r}, **arrays)
+out["types"] = types
+
+camera = cameras[0]
+out["scene_camera"] = scene.camera == camera
+out["resolution"] = [scene.render.resolution_x, scene.render.resolution_y]
+pixels = []
+for point in {probe.tolist()!r}:
+    view = world_to_camera_view(scene, camera, root.matrix_world @ Vector(point))
+    pixels.append([view.x * scene.render.resolution_x, (1.0 - view.y) * scene.render.resolution_y])
+out["pixels"] = pixels
+
+out["points_import"] = run_import({str(tmp_path / "points.ply")!r})[0]
+point_object = next(o for o in bpy.data.objects if o.get("vist3a_kind") == "points")
+colors = np.empty(len(point_object.data.points) * 4, dtype=np.float32)
+point_object.data.attributes["base_color"].data.foreach_get("color", colors)
+out["point_colors"] = colors.reshape(-1, 4)[:, :3].tolist()
+emit_result(out)
+"""
+    )
+    result = run_in_blender(script, tmp_path=tmp_path).result
+
+    for label, bad in result["bad"].items():
+        assert bad["outcome"] == ["CANCELLED"], label
+        assert bad["unchanged"], f"a failed import ({label}) changed the scene"
+    assert "garbage.ply" in result["bad"]["garbage"]["message"] and "not a PLY" in result["bad"]["garbage"]["message"]
+    assert "cameras.json" in result["bad"]["broken"]["message"]
+    assert "nothing here.ply" in result["bad"]["missing"]["message"]
+
+    assert result["import"] == ["FINISHED"]
+    assert result["collections"] == ["VIST3A a result"]
+    assert result["kinds"] == ["CAMERA", "EMPTY", "POINTCLOUD"]
+    assert result["count"] == n
+    assert np.allclose(result["root_location"], [1.0, 2.0, 3.0])
+    assert result["sources"] == [str(result_dir)]
+    assert {"ShaderNodePointInfo", "ShaderNodeEmission", "ShaderNodeBsdfTransparent"} <= set(result["material_nodes"])
+    assert result["render"][:2] == ["CYCLES", "Standard"] and result["render"][2] >= 32
+
+    # Attribute values equal the PLY's after the documented conversions (same order as the file).
+    assert result["types"] == {
+        "position": "FLOAT_VECTOR",
+        "base_color": "FLOAT_COLOR",
+        "opacity": "FLOAT",
+        "scale": "FLOAT_VECTOR",
+        "rotation": "QUATERNION",
+        "radius": "FLOAT",
+    }
+    got = np.load(dump)
+    scales = np.exp(gaussians.scale.astype(np.float64))
+    two_largest = np.sort(scales, axis=1)[:, 1:]
+    expected = {
+        "position": gaussians.means,
+        "base_color": np.concatenate(
+            [_srgb_to_linear(np.clip(0.5 + SH_C0 * gaussians.f_dc, 0, 1)), np.ones((n, 1))], axis=1
+        ),
+        "opacity": 1 / (1 + np.exp(-gaussians.opacity[:, None])),
+        "scale": scales,
+        "rotation": gaussians.rot / np.linalg.norm(gaussians.rot, axis=1, keepdims=True),
+        "radius": 3.0 * np.sqrt(two_largest[:, :1] * two_largest[:, 1:]),
+    }
+    for name, values in expected.items():
+        np.testing.assert_allclose(got[name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+
+    # The imported camera sees a world point on the same pixel as the engine's camera model.
+    assert result["scene_camera"] and result["resolution"] == [w, h]
+    cams = Cameras(c2w[None].float(), torch.tensor([[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]]), w, h)
+    expected_pixels, _ = cams.project(torch.tensor(probe, dtype=torch.float32))
+    np.testing.assert_allclose(result["pixels"], expected_pixels[0].numpy(), atol=2e-3)
+
+    assert result["points_import"] == ["FINISHED"]
+    stored = np.round(points.colors * 255) / 255  # the point PLY keeps 8-bit colours
+    np.testing.assert_allclose(result["point_colors"], _srgb_to_linear(stored), atol=1e-5)
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_cycles_render_of_imported_splats_shows_their_colour(extension_zip, tmp_path):
+    """A dense red blob in front of the camera renders red at the centre, as spheres and as ellipsoids."""
+    rng = np.random.default_rng(3)
+    n = 400
+    red = np.array([0.9, 0.1, 0.1])
+    gaussians = GaussianArrays(
+        means=rng.normal(size=(n, 3)) * 0.15 + [0.0, 0.0, 3.0],
+        f_dc=np.tile((red - 0.5) / SH_C0, (n, 1)),
+        f_rest=np.zeros((n, 0, 3)),
+        opacity=np.full(n, 3.0),
+        scale=np.log(rng.uniform(0.02, 0.08, size=(n, 3))),
+        rot=rng.normal(size=(n, 4)),
+    )
+    result_dir = tmp_path / "blob"
+    result_dir.mkdir()
+    write_gaussian_ply(result_dir / "scene.ply", gaussians)
+    _write_cameras(result_dir / "cameras.json", np.eye(4), 60.0, 60.0, 32.0, 32.0, 64, 64)
+
+    script = (
+        _install(extension_zip)
+        + f"""
+out = {{}}
+for mode in ("POINTS", "ELLIPSOIDS"):
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    bpy.ops.vist3a.import_result(filepath={str(result_dir) + "/"!r}, splat_mode=mode)
+    cloud = next(o for o in bpy.data.objects if o.type == "POINTCLOUD")
+    instances = sum(1 for i in bpy.context.evaluated_depsgraph_get().object_instances if i.is_instance)
+    path = {str(tmp_path)!r} + "/render_" + mode + ".png"
+    outcome = bpy.ops.vist3a.render_camera(camera_name=bpy.context.scene.camera.name, samples=4, filepath=path)
+    image = bpy.data.images.load(path)
+    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], 4)
+    out[mode] = {{
+        "outcome": sorted(outcome),
+        "size": list(image.size),
+        "centre": pixels[28:36, 28:36, :3].mean(axis=(0, 1)).tolist(),
+        "corner": pixels[:4, :4, :3].mean(axis=(0, 1)).tolist(),
+        "modifiers": [m.type for m in cloud.modifiers],
+        "instances": instances,
+    }}
+emit_result(out)
+"""
+    )
+    result = run_in_blender(script, tmp_path=tmp_path, timeout=300).result
+    for mode in ("POINTS", "ELLIPSOIDS"):
+        r = result[mode]
+        assert r["outcome"] == ["FINISHED"] and r["size"] == [64, 64]
+        centre, corner = np.array(r["centre"]), np.array(r["corner"])
+        # Display-referred red (0.9, 0.1, 0.1) comes back close to itself with the Standard view transform.
+        assert centre[0] > 0.75 and centre[1] < 0.25 and centre[2] < 0.25, (mode, centre)
+        assert corner[0] < 0.3, (mode, corner)  # the world background, not splats
+    assert result["POINTS"]["modifiers"] == [] and result["POINTS"]["instances"] == 0
+    assert result["ELLIPSOIDS"]["modifiers"] == ["NODES"] and result["ELLIPSOIDS"]["instances"] == n
