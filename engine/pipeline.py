@@ -1,0 +1,717 @@
+"""Text -> 3D scene with VIST3A: Wan 2.1 text-to-video latent -> stitched 3D decoder -> Gaussians + cameras.
+
+``Vist3aPipeline.from_pretrained(bundle)`` loads the parts named by a model bundle (see
+``engine.pipeline_settings.ModelBundle``): the Wan diffusers components (UMT5 tokenizer and text
+encoder, Wan transformer, Wan VAE, scheduler config), an optional PEFT LoRA adapter merged into the
+transformer, and the stitched 3D decoder. ``generate(settings)`` then runs
+
+1. ``encode_prompt``: UMT5 embeddings of the (orbit-templated) prompt and of the negative prompt,
+   cached by text so repeated prompts skip the encoder;
+2. ``denoise``: our own UniPC flow-matching loop with classifier-free guidance, so that progress per
+   step, cancellation between steps, previews and determinism are under our control;
+3. ``decode_video``: un-normalise the latent with the VAE's ``latents_mean``/``latents_std`` and decode
+   the frames (the RGB input of the decoder's Gaussian head, and ``frames.mp4``);
+4. ``decode_scene``: the stitched decoder turns latent + frames into a scene and cameras.
+
+The 3D decoder interface (``SceneDecoder``)
+-------------------------------------------
+Any callable ``decoder(latent, frames) -> DecodedScene`` where
+
+- ``latent``: (1, C, T_lat, h, w) float32, the *un-normalised* video latent (the space the VAE encoder
+  produces, which is what the stitching layer was fitted on), T_lat = (T - 1) / 4 + 1, h = H / 8;
+- ``frames``: (1, T, 3, H, W) float32 RGB in [0, 1], the VAE decoding of the same latent (the decoder
+  resizes them to its own input size);
+- the result holds Gaussians and/or points, one camera per frame and optionally a depth map per frame.
+
+Decoders are built from a bundle by a loader registered for the bundle's ``decoder.kind``
+(``register_decoder_loader``), or passed ready-made to ``from_pretrained(decoder=...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import html
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engine.pipeline_settings import (
+    MAX_SEED,
+    GenerationSettings,
+    ModelBundle,
+    ModelNotFoundError,
+    RuntimeOptions,
+    SettingsError,
+    bundle_identity,
+)
+from engine.scene import Cameras, GaussianScene, PointScene
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DecodedScene",
+    "GenerationCancelled",
+    "GenerationResult",
+    "GenerationSettings",
+    "ModelBundle",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "RuntimeOptions",
+    "SceneDecoder",
+    "SettingsError",
+    "Vist3aPipeline",
+    "decoder_kinds",
+    "register_decoder_loader",
+    "resolve_device",
+    "resolve_dtype",
+    "software_versions",
+]
+
+# Wan 2.1 was trained with text sequences padded to 512 UMT5 tokens.
+MAX_TEXT_TOKENS = 512
+# Embeddings of this many distinct texts are kept (each ~4 MB for UMT5-XXL in bf16).
+TEXT_CACHE_SIZE = 8
+
+ProgressCallback = Callable[[str, int, int, Optional[np.ndarray]], None]
+"""progress(stage, step, total, preview): stage from engine.protocol.STAGES, step in 1..total,
+preview an (h, w, 3) uint8 image or None."""
+
+CancelCheck = Union[threading.Event, Callable[[], bool], None]
+
+
+class GenerationCancelled(Exception):
+    """Raised between steps when the cancel flag is set; nothing was written."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model part exists but cannot be loaded (wrong format, shapes that do not match, bad adapter)."""
+
+
+# ----------------------------------------------------------------------------- decoder interface
+
+
+@dataclass
+class DecodedScene:
+    """What a 3D decoder returns for one video.
+
+    Attributes:
+        cameras: V cameras, one per video frame.
+        gaussians: the Gaussians, or None for a points-only decoder.
+        points: coloured points, or None (then they are derived from the Gaussians when asked for).
+        depth: (V, H, W) z-depth per camera at the cameras' image size, or None.
+    """
+
+    cameras: Cameras
+    gaussians: Optional[GaussianScene] = None
+    points: Optional[PointScene] = None
+    depth: Optional[Tensor] = None
+
+    def __post_init__(self):
+        if self.gaussians is None and self.points is None:
+            raise ValueError("DecodedScene: a decoder must return Gaussians, points or both")
+        if self.depth is not None:
+            expected = (len(self.cameras), self.cameras.height, self.cameras.width)
+            if tuple(self.depth.shape) != expected:
+                raise ValueError(f"DecodedScene: depth has shape {tuple(self.depth.shape)}, expected {expected}")
+
+
+class SceneDecoder(Protocol):
+    def __call__(self, latent: Tensor, frames: Tensor) -> DecodedScene: ...
+
+
+DecoderLoader = Callable[[Path, torch.device, torch.dtype], SceneDecoder]
+_DECODER_LOADERS: dict[str, DecoderLoader] = {}
+
+
+def register_decoder_loader(kind: str, loader: DecoderLoader) -> None:
+    """Makes bundles whose ``decoder.kind`` is ``kind`` loadable: ``loader(checkpoint, device, dtype)``."""
+    _DECODER_LOADERS[kind] = loader
+
+
+def decoder_kinds() -> list[str]:
+    return sorted(_DECODER_LOADERS)
+
+
+def _load_decoder(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> SceneDecoder:
+    loader = _DECODER_LOADERS.get(bundle.decoder_kind)
+    if loader is None:
+        known = ", ".join(decoder_kinds()) or "none registered"
+        raise ModelLoadError(f"bundle {bundle.name!r}: unknown decoder kind {bundle.decoder_kind!r} (known: {known})")
+    return loader(bundle.decoder_path, device, dtype)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class GenerationResult:
+    """One generated scene and everything needed to write and reproduce it.
+
+    Attributes:
+        settings: the settings used, with the seed filled in.
+        runtime: the runtime options used.
+        full_prompt: the text given to the text encoder.
+        latent: (1, C, T_lat, h, w) float32 final latent in the sampler's (normalised) space, on the CPU.
+        frames: (T, 3, H, W) float32 decoded video in [0, 1], on the CPU.
+        scene: GaussianScene or PointScene (per ``settings.output_kind``), on the CPU.
+        cameras: one camera per frame, on the CPU.
+        depth: (V, H', W') depth per camera or None, on the CPU.
+        model: identity of the model parts (paths, quick hashes, hub ids).
+        timings: seconds per stage ("load" is the pipeline's load time).
+        device, dtype: where the transformer ran, e.g. "cuda:0", "torch.bfloat16".
+    """
+
+    settings: GenerationSettings
+    runtime: RuntimeOptions
+    full_prompt: str
+    latent: Tensor
+    frames: Tensor
+    scene: Union[GaussianScene, PointScene]
+    cameras: Cameras
+    depth: Optional[Tensor]
+    model: dict
+    timings: dict = field(default_factory=dict)
+    device: str = ""
+    dtype: str = ""
+
+
+def software_versions() -> dict:
+    """Versions of the engine and of the libraries that shape its results."""
+    import diffusers
+    import peft
+    import transformers
+
+    from engine import __version__
+
+    return {
+        "engine": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> cuda if available else cpu; checks that an explicit CUDA device exists."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingsError(f"device {name!r} requested but CUDA is not available in this environment")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SettingsError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError("device 'mps' requested but MPS is not available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """ "auto" -> bfloat16 on CUDA (what Wan was trained in), float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _is_cancelled(cancel: CancelCheck) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def check_cancel(cancel: CancelCheck) -> None:
+    """Raises GenerationCancelled if ``cancel`` (an Event or a callable) says so."""
+    if _is_cancelled(cancel):
+        raise GenerationCancelled("generation cancelled")
+
+
+def _clean_text(text: str) -> str:
+    """HTML entities decoded and whitespace collapsed, as Wan's prompts were prepared in training."""
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
+
+
+def _to_uint8_image(rgb: Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+class Vist3aPipeline:
+    """Loaded models plus the generation loop. Build it with ``from_pretrained``.
+
+    Not thread-safe: one ``generate`` at a time (the worker serialises requests).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer,
+        text_encoder: torch.nn.Module,
+        transformer: torch.nn.Module,
+        vae: torch.nn.Module,
+        scheduler_config: dict,
+        decoder: SceneDecoder,
+        runtime: RuntimeOptions,
+        model_identity: dict,
+        load_seconds: float = 0.0,
+    ):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.transformer = transformer
+        self.vae = vae
+        self.scheduler_config = dict(scheduler_config)
+        self.decoder = decoder
+        self.runtime = runtime
+        self.device = resolve_device(runtime.device)
+        self.dtype = resolve_dtype(runtime.dtype, self.device)
+        self.model_identity = model_identity
+        self.load_seconds = load_seconds
+        self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
+        if runtime.vae_tiling:
+            self.vae.enable_tiling()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: Union[str, Path, ModelBundle],
+        *,
+        runtime: Optional[RuntimeOptions] = None,
+        decoder: Optional[SceneDecoder] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: CancelCheck = None,
+    ) -> Vist3aPipeline:
+        """Loads every part of a model bundle.
+
+        Args:
+            model: a bundle folder, its ``vist3a.json``, or a ModelBundle.
+            runtime: device, dtype and memory options (defaults: auto device and dtype).
+            decoder: a ready 3D decoder to use instead of the bundle's (its checkpoint is then not loaded).
+            progress: called with ("load", k, n, None) after each of the n parts.
+            cancel: checked between parts; raises GenerationCancelled.
+
+        Raises:
+            ModelNotFoundError: the bundle or one of its parts (folder or file) does not exist.
+            ModelLoadError: a part exists but cannot be loaded.
+            SettingsError: a runtime option cannot be honoured here (e.g. CUDA requested, none present).
+        """
+        from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        start = time.perf_counter()
+        bundle = model if isinstance(model, ModelBundle) else ModelBundle.load(model)
+        bundle.check_files()
+        runtime = runtime or RuntimeOptions()
+        device = resolve_device(runtime.device)
+        dtype = resolve_dtype(runtime.dtype, device)
+        # With CPU offload the models live in CPU memory and visit the GPU one at a time.
+        home = torch.device("cpu") if runtime.cpu_offload else device
+        source = bundle.wan_source
+        hub = {"revision": bundle.wan_revision} if bundle.wan_is_hub_id and bundle.wan_revision else {}
+
+        parts: list[tuple[str, Callable]] = [
+            ("tokenizer", lambda: AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)),
+            (
+                "text_encoder",
+                lambda: UMT5EncoderModel.from_pretrained(
+                    source, subfolder="text_encoder", dtype=dtype, use_safetensors=True, **hub
+                ),
+            ),
+            (
+                "transformer",
+                lambda: WanTransformer3DModel.from_pretrained(
+                    source, subfolder="transformer", torch_dtype=dtype, use_safetensors=True, **hub
+                ),
+            ),
+            # The Wan VAE is numerically sensitive; it always runs in float32.
+            (
+                "vae",
+                lambda: AutoencoderKLWan.from_pretrained(
+                    source, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True, **hub
+                ),
+            ),
+            ("scheduler", lambda: UniPCMultistepScheduler.load_config(source, subfolder="scheduler", **hub)),
+        ]
+        loaded: dict = {}
+        total = len(parts) + 1 + (bundle.lora_path is not None)
+        step = 0
+        for name, load in parts:
+            check_cancel(cancel)
+            loaded[name] = _load_part(name, source, load)
+            if isinstance(loaded[name], torch.nn.Module):
+                loaded[name] = loaded[name].to(home).eval().requires_grad_(False)
+            step += 1
+            if progress:
+                progress("load", step, total, None)
+        if bundle.lora_path is not None:
+            check_cancel(cancel)
+            loaded["transformer"] = apply_lora_adapter(loaded["transformer"], bundle.lora_path)
+            step += 1
+            if progress:
+                progress("load", step, total, None)
+        check_cancel(cancel)
+        if decoder is None:
+            decoder = _load_part("decoder", str(bundle.decoder_path), lambda: _load_decoder(bundle, home, dtype))
+        if isinstance(decoder, torch.nn.Module):
+            decoder = decoder.to(home).eval().requires_grad_(False)
+        if progress:
+            progress("load", total, total, None)
+        identity = bundle_identity(bundle)
+        identity["decoder"]["class"] = type(decoder).__qualname__
+        return cls(
+            tokenizer=loaded["tokenizer"],
+            text_encoder=loaded["text_encoder"],
+            transformer=loaded["transformer"],
+            vae=loaded["vae"],
+            scheduler_config=dict(loaded["scheduler"]),
+            decoder=decoder,
+            runtime=runtime,
+            model_identity=identity,
+            load_seconds=time.perf_counter() - start,
+        )
+
+    # ------------------------------------------------------------------ geometry of the latent
+
+    @property
+    def temporal_factor(self) -> int:
+        return int(self.vae.config.scale_factor_temporal)
+
+    @property
+    def spatial_factor(self) -> int:
+        return int(self.vae.config.scale_factor_spatial)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    def check_settings(self, settings: GenerationSettings) -> None:
+        """Checks the sizes against this model's VAE and patch factors (SettingsError)."""
+        patch = self.transformer.config.patch_size
+        multiple_h, multiple_w = self.spatial_factor * patch[1], self.spatial_factor * patch[2]
+        if settings.height % multiple_h or settings.width % multiple_w:
+            raise SettingsError(
+                f"height and width must be multiples of {multiple_h} x {multiple_w} for this model "
+                f"(VAE factor {self.spatial_factor} x patch {tuple(patch[1:])}), got {settings.height} x {settings.width}"
+            )
+        if (settings.num_frames - 1) % self.temporal_factor:
+            raise SettingsError(
+                f"num_frames must be {self.temporal_factor}k+1 for this model's VAE, got {settings.num_frames}"
+            )
+
+    def latent_shape(self, settings: GenerationSettings) -> tuple[int, int, int, int, int]:
+        """(1, C, (T-1)/4+1, H/8, W/8) for the Wan VAE."""
+        return (
+            1,
+            self.latent_channels,
+            (settings.num_frames - 1) // self.temporal_factor + 1,
+            settings.height // self.spatial_factor,
+            settings.width // self.spatial_factor,
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    @contextlib.contextmanager
+    def _on_device(self, module) -> Iterator:
+        """With CPU offload: moves ``module`` to the GPU for the duration of the block, then back."""
+        if not self.runtime.cpu_offload or not isinstance(module, torch.nn.Module):
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def encode_text(self, text: str, use_cache: bool = True) -> Tensor:
+        """(1, MAX_TEXT_TOKENS, D) UMT5 embeddings of ``text``, zero after the last real token.
+
+        Cached by text (LRU of TEXT_CACHE_SIZE) when ``use_cache``.
+        """
+        text = _clean_text(text)
+        if use_cache and text in self._text_cache:
+            self._text_cache.move_to_end(text)
+            return self._text_cache[text]
+        tokens = self.tokenizer(
+            [text],
+            padding="max_length",
+            max_length=MAX_TEXT_TOKENS,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        with self._on_device(self.text_encoder) as encoder:
+            ids = tokens.input_ids.to(self.device)
+            mask = tokens.attention_mask.to(self.device)
+            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        # Wan's transformer expects padding positions to be exactly zero.
+        embeddings = (hidden * mask[..., None]).to(device=self.device, dtype=self.dtype)
+        if use_cache:
+            self._text_cache[text] = embeddings
+            while len(self._text_cache) > TEXT_CACHE_SIZE:
+                self._text_cache.popitem(last=False)
+        return embeddings
+
+    def make_scheduler(self, settings: GenerationSettings):
+        """A fresh UniPC scheduler in flow-matching mode with the settings' flow shift."""
+        from diffusers import UniPCMultistepScheduler
+
+        config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
+        config.update(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(settings.flow_shift))
+        scheduler = UniPCMultistepScheduler.from_config(config)
+        scheduler.set_timesteps(settings.num_steps, device=self.device)
+        return scheduler
+
+    def initial_noise(self, settings: GenerationSettings, seed: int) -> Tensor:
+        """(1, C, T_lat, h, w) float32 standard normal noise from ``seed``.
+
+        Drawn on the CPU, so that one seed gives the same noise on every device.
+        """
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn(self.latent_shape(settings), generator=generator, dtype=torch.float32)
+        return noise.to(self.device)
+
+    def _latent_scale(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        channels = self.vae.config.z_dim
+        mean = torch.tensor(self.vae.config.latents_mean, dtype=like.dtype, device=like.device)
+        std = torch.tensor(self.vae.config.latents_std, dtype=like.dtype, device=like.device)
+        return mean.view(1, channels, 1, 1, 1), std.view(1, channels, 1, 1, 1)
+
+    def denormalize_latent(self, latent: Tensor) -> Tensor:
+        """Sampler space -> VAE space: latent * latents_std + latents_mean (per channel)."""
+        mean, std = self._latent_scale(latent)
+        return latent * std + mean
+
+    @torch.no_grad()
+    def decode_frames(self, vae_latent: Tensor) -> Tensor:
+        """(1, C, T_lat, h, w) un-normalised latent -> (1, T, 3, H, W) float32 RGB in [0, 1]."""
+        with self._on_device(self.vae) as vae:
+            video = vae.decode(vae_latent.to(self.device, torch.float32), return_dict=False)[0]
+        return ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
+
+    @torch.no_grad()
+    def preview(self, x0_estimate: Tensor) -> np.ndarray:
+        """Low-resolution RGB of the current estimate of the first frame, (H/2, W/2, 3) uint8.
+
+        The first latent frame is decoded alone (the Wan VAE is causal in time, so it maps to exactly
+        the first video frame) after halving its spatial size, which makes the decode about 4 times
+        cheaper than a full-resolution frame; it costs one small VAE call.
+        """
+        first = self.denormalize_latent(x0_estimate[:, :, :1].float())
+        if min(first.shape[-2:]) >= 4:
+            first = torch.nn.functional.interpolate(first[:, :, 0], scale_factor=0.5, mode="area")[:, :, None]
+        return _to_uint8_image(self.decode_frames(first)[0, 0])
+
+    @torch.no_grad()
+    def sample_latent(
+        self,
+        settings: GenerationSettings,
+        seed: int,
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel: CancelCheck = None,
+        preview_every: int = 0,
+    ) -> Tensor:
+        """Runs text encoding and the denoising loop; returns the final (1, C, T_lat, h, w) latent (float32).
+
+        The latent is in the sampler's normalised space (use ``denormalize_latent`` before the VAE).
+        """
+        self.check_settings(settings)
+        check_cancel(cancel)
+        use_cache = settings.reuse_text_embeddings
+        prompt_embeds = self.encode_text(settings.full_prompt, use_cache)
+        negative_embeds = self.encode_text(settings.negative_prompt, use_cache) if settings.uses_guidance else None
+        if progress:
+            progress("encode_prompt", 1, 1, None)
+
+        scheduler = self.make_scheduler(settings)
+        latents = self.initial_noise(settings, seed)
+        total = len(scheduler.timesteps)
+        with self._on_device(self.transformer) as transformer:
+            for index, timestep in enumerate(scheduler.timesteps):
+                check_cancel(cancel)
+                model_input = latents.to(self.dtype)
+                t = timestep.expand(latents.shape[0])
+                velocity = transformer(
+                    hidden_states=model_input, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False
+                )[0]
+                if negative_embeds is not None:
+                    velocity_uncond = transformer(
+                        hidden_states=model_input, timestep=t, encoder_hidden_states=negative_embeds, return_dict=False
+                    )[0]
+                    velocity = velocity_uncond + settings.guidance_scale * (velocity - velocity_uncond)
+                velocity = velocity.float()
+                image = None
+                if preview_every and ((index + 1) % preview_every == 0 or index + 1 == total):
+                    # Flow matching: x_t = (1 - sigma) x0 + sigma * noise, velocity = noise - x0.
+                    sigma = scheduler.sigmas[index].to(latents.device)
+                    image = self.preview(latents - sigma * velocity)
+                latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
+                if progress:
+                    progress("denoise", index + 1, total, image)
+        if not torch.isfinite(latents).all():
+            raise FloatingPointError(
+                "the denoised latent contains NaN or infinity (try dtype float32 or bfloat16 instead of float16)"
+            )
+        return latents
+
+    @torch.no_grad()
+    def decode_scene(self, vae_latent: Tensor, frames: Tensor) -> DecodedScene:
+        """Runs the 3D decoder (see the module docstring for the interface)."""
+        with self._on_device(self.decoder) as decoder:
+            decoded = decoder(vae_latent.to(self.device, torch.float32), frames.to(self.device))
+        if not isinstance(decoded, DecodedScene):
+            raise TypeError(f"the 3D decoder returned {type(decoded).__name__}, expected DecodedScene")
+        if len(decoded.cameras) != frames.shape[1]:
+            raise ValueError(f"the 3D decoder returned {len(decoded.cameras)} cameras for {frames.shape[1]} frames")
+        return decoded
+
+    def generate(
+        self,
+        settings: GenerationSettings,
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel: CancelCheck = None,
+        preview_every: int = 0,
+    ) -> GenerationResult:
+        """Text -> scene. A seed of None is replaced by a random one (recorded in the result).
+
+        Raises:
+            SettingsError: sizes that do not fit this model.
+            GenerationCancelled: ``cancel`` was set (checked before every step and between stages).
+        """
+        if not isinstance(settings, GenerationSettings):
+            raise TypeError(f"settings must be GenerationSettings, got {type(settings).__name__}")
+        seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        settings = settings.replace(seed=seed)
+        timings = {"load": round(self.load_seconds, 3)}
+
+        start = time.perf_counter()
+        latent = self.sample_latent(settings, seed, progress=progress, cancel=cancel, preview_every=preview_every)
+        timings["sample"] = time.perf_counter() - start
+
+        check_cancel(cancel)
+        start = time.perf_counter()
+        vae_latent = self.denormalize_latent(latent)
+        frames = self.decode_frames(vae_latent)
+        timings["decode_video"] = time.perf_counter() - start
+        if progress:
+            progress("decode_video", 1, 1, None)
+
+        check_cancel(cancel)
+        start = time.perf_counter()
+        decoded = self.decode_scene(vae_latent, frames)
+        scene = _scene_of_kind(decoded, settings.output_kind)
+        timings["decode_scene"] = time.perf_counter() - start
+        if progress:
+            progress("decode_scene", 1, 1, None)
+
+        return GenerationResult(
+            settings=settings,
+            runtime=self.runtime,
+            full_prompt=_clean_text(settings.full_prompt),
+            latent=latent.cpu(),
+            frames=frames[0].cpu(),
+            scene=scene.detach().to(device="cpu"),
+            cameras=decoded.cameras.detach().to(device="cpu"),
+            depth=None if decoded.depth is None else decoded.depth.detach().float().cpu(),
+            model=self.model_identity,
+            timings={k: round(v, 3) for k, v in timings.items()},
+            device=str(self.device),
+            dtype=str(self.dtype),
+        )
+
+    def release(self) -> None:
+        """Drops the models (and cached embeddings) and returns GPU memory to the driver.
+
+        The pipeline cannot be used afterwards.
+        """
+        for name in ("tokenizer", "text_encoder", "transformer", "vae", "decoder"):
+            setattr(self, name, None)
+        self._text_cache.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _scene_of_kind(decoded: DecodedScene, kind: str) -> Union[GaussianScene, PointScene]:
+    """The decoder's output in the requested form; points can be derived from Gaussians, not the reverse."""
+    if kind == "gaussians":
+        if decoded.gaussians is None:
+            raise SettingsError("this model's decoder produces points only; use output_kind 'points'")
+        return decoded.gaussians
+    if decoded.points is not None:
+        return decoded.points
+    gaussians = decoded.gaussians
+    return PointScene(
+        points=gaussians.means, colors=gaussians.base_colors().clamp(0, 1), confidence=gaussians.opacities
+    )
+
+
+def _load_part(name: str, source: str, load: Callable):
+    """Runs one loader, turning library errors into ModelNotFoundError / ModelLoadError naming the part."""
+    try:
+        return load()
+    except (ModelNotFoundError, ModelLoadError, SettingsError):
+        raise
+    except OSError as exc:  # diffusers/transformers report missing files and folders as OSError
+        raise ModelNotFoundError(f"cannot load the {name} from {source}: {exc}") from exc
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"cannot load the {name} from {source}: {exc}") from exc
+
+
+def apply_lora_adapter(transformer: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+    """Loads a PEFT LoRA adapter folder into ``transformer`` and merges it into the weights.
+
+    The folder is what ``PeftModel.save_pretrained`` writes (``adapter_config.json`` and
+    ``adapter_model.safetensors``), e.g. the released ``vist3a_1.3b_lora_ema``. Every tensor of the
+    adapter must find its place and every LoRA layer must get its weights, otherwise ModelLoadError:
+    a half-applied adapter would silently change the results.
+    """
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    try:
+        config = LoraConfig.from_pretrained(str(adapter_dir))
+        state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"cannot read the LoRA adapter in {adapter_dir}: {exc}") from exc
+    config.inference_mode = True
+    try:
+        peft_model = get_peft_model(transformer, config)
+        result = set_peft_model_state_dict(peft_model, state)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadError(f"the LoRA adapter in {adapter_dir} does not fit the transformer: {exc}") from exc
+    unexpected = list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if unexpected or missing:
+        detail = f"unexpected tensors {unexpected[:3]}" if unexpected else f"missing tensors {missing[:3]}"
+        raise ModelLoadError(f"the LoRA adapter in {adapter_dir} does not fit the transformer: {detail}")
+    logger.info("applied LoRA adapter %s (rank %s, %d tensors)", adapter_dir, config.r, len(state))
+    return peft_model.merge_and_unload().eval().requires_grad_(False)

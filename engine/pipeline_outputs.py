@@ -1,0 +1,430 @@
+"""The run folder of one generation, written atomically, and re-running a generation from it.
+
+Layout of a run folder::
+
+    scene.ply        3DGS PLY (output_kind "gaussians") or coloured point PLY ("points")
+    cameras.json     the predicted cameras, one per video frame (``vist3a-cameras`` format)
+    frames.mp4       the decoded video (the RGB the 3D decoder saw)
+    depth.mp4        the decoder's depth per frame, colour-mapped (near = bright)
+    flythrough.mp4   the scene rendered along the predicted cameras, with interpolated in-between poses
+    metadata.json    every setting, the seed, model identities, software versions and timings
+
+The folder is built in a hidden sibling and renamed into place at the end, so a reader never sees a
+half-written run and a failed or cancelled run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engine.io import atomic_directory, atomic_write
+from engine.pipeline import (
+    CancelCheck,
+    GenerationResult,
+    ProgressCallback,
+    Vist3aPipeline,
+    check_cancel,
+    software_versions,
+)
+from engine.pipeline_settings import GenerationSettings, ModelNotFoundError, RuntimeOptions
+from engine.scene import Cameras, GaussianScene, PointScene
+
+logger = logging.getLogger(__name__)
+
+RUN_FORMAT = "vist3a-run"
+RUN_VERSION = 1
+METADATA_FILE = "metadata.json"
+OUTPUT_FILES = ("scene.ply", "cameras.json", "frames.mp4", "depth.mp4", "flythrough.mp4", METADATA_FILE)
+VIDEO_FPS = 12
+FLYTHROUGH_FPS = 24
+# Interpolated poses between two consecutive predicted cameras in the fly-through.
+FLYTHROUGH_POSES_BETWEEN = 3
+# Cameras rendered per rasterizer call (bounds memory for millions of Gaussians).
+RENDER_BATCH = 8
+
+
+# ----------------------------------------------------------------------------- camera interpolation
+
+
+def rotation_to_quaternion(rotations: Tensor) -> Tensor:
+    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z) with w >= 0.
+
+    Uses the largest of the four candidate denominators for numerical stability.
+    """
+    m = rotations
+    trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    candidates = torch.stack(
+        [
+            torch.stack(
+                [1 + trace, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1
+            ),
+            torch.stack(
+                [
+                    m[..., 2, 1] - m[..., 1, 2],
+                    1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+                    m[..., 0, 1] + m[..., 1, 0],
+                    m[..., 0, 2] + m[..., 2, 0],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 0, 1] + m[..., 1, 0],
+                    1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
+                    m[..., 1, 2] + m[..., 2, 1],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 1, 0] - m[..., 0, 1],
+                    m[..., 0, 2] + m[..., 2, 0],
+                    m[..., 1, 2] + m[..., 2, 1],
+                    1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
+                ],
+                -1,
+            ),
+        ],
+        dim=-2,
+    )  # (..., 4, 4): row k is 4 q_k q (up to scale), best conditioned where q_k is largest
+    diagonal = torch.stack(
+        [
+            1 + trace,
+            1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+            1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
+            1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
+        ],
+        -1,
+    )
+    best = diagonal.argmax(dim=-1)
+    quaternion = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    quaternion = torch.nn.functional.normalize(quaternion, dim=-1)
+    return torch.where(quaternion[..., :1] < 0, -quaternion, quaternion)
+
+
+def quaternion_to_rotation(quaternions: Tensor) -> Tensor:
+    """(..., 4) quaternions (w, x, y, z), any length -> (..., 3, 3) rotation matrices."""
+    w, x, y, z = torch.nn.functional.normalize(quaternions, dim=-1).unbind(-1)
+    return torch.stack(
+        [
+            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        dim=-2,
+    )
+
+
+def slerp(q0: Tensor, q1: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation of unit quaternions (4,) at fractions t (K,) -> (K, 4), shortest arc."""
+    dot = torch.dot(q0, q1)
+    if dot < 0:  # q and -q are the same rotation; take the short way round
+        q1, dot = -q1, -dot
+    dot = dot.clamp(-1.0, 1.0)
+    if dot > 0.9995:  # nearly equal: linear interpolation is exact enough and avoids 0/0
+        out = q0[None] + t[:, None] * (q1 - q0)[None]
+        return torch.nn.functional.normalize(out, dim=-1)
+    angle = torch.acos(dot)
+    weights0 = torch.sin((1 - t) * angle) / torch.sin(angle)
+    weights1 = torch.sin(t * angle) / torch.sin(angle)
+    return weights0[:, None] * q0[None] + weights1[:, None] * q1[None]
+
+
+def interpolate_cameras(cameras: Cameras, poses_between: int) -> Cameras:
+    """Adds ``poses_between`` cameras between each consecutive pair: rotations slerped, centres and
+    intrinsics interpolated linearly. V cameras -> V + (V - 1) * poses_between cameras (float64 inside).
+    """
+    if poses_between < 0:
+        raise ValueError(f"poses_between must be >= 0, got {poses_between}")
+    c2w = cameras.camera_to_world.detach().double().cpu()
+    intrinsics = cameras.intrinsics.detach().double().cpu()
+    if len(cameras) < 2 or poses_between == 0:
+        return cameras
+    quaternions = rotation_to_quaternion(c2w[:, :3, :3])
+    fractions = torch.arange(poses_between + 1, dtype=torch.float64) / (poses_between + 1)
+    poses, intrinsic_list = [], []
+    for index in range(len(cameras) - 1):
+        rotations = quaternion_to_rotation(slerp(quaternions[index], quaternions[index + 1], fractions))
+        centres = torch.lerp(c2w[index, :3, 3][None], c2w[index + 1, :3, 3][None], fractions[:, None])
+        pose = torch.eye(4, dtype=torch.float64).repeat(len(fractions), 1, 1)
+        pose[:, :3, :3], pose[:, :3, 3] = rotations, centres
+        poses.append(pose)
+        intrinsic_list.append(
+            torch.lerp(intrinsics[index][None], intrinsics[index + 1][None], fractions[:, None, None])
+        )
+    poses.append(c2w[-1:])
+    intrinsic_list.append(intrinsics[-1:])
+    return Cameras(
+        torch.cat(poses).to(cameras.camera_to_world.dtype),
+        torch.cat(intrinsic_list).to(cameras.intrinsics.dtype),
+        cameras.width,
+        cameras.height,
+    )
+
+
+def orthonormalized(cameras: Cameras) -> Cameras:
+    """The cameras with each rotation replaced by the nearest rotation matrix (SVD, float64).
+
+    Decoders predict rotations in low precision; the cameras JSON format requires orthonormal ones.
+    """
+    c2w = cameras.camera_to_world.detach().double().cpu().clone()
+    u, _, vh = torch.linalg.svd(c2w[:, :3, :3])
+    sign = torch.sign(torch.linalg.det(u @ vh))
+    vh[:, 2] *= sign[:, None]
+    c2w[:, :3, :3] = u @ vh
+    c2w[:, 3] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    return Cameras(c2w.float(), cameras.intrinsics.detach().float().cpu(), cameras.width, cameras.height)
+
+
+# ----------------------------------------------------------------------------- videos
+
+
+def _write_video(path: Path, frames: np.ndarray, fps: int) -> None:
+    """(N, H, W, 3) uint8 -> H.264 MP4 (yuv420p, so odd sizes are padded by one edge row/column)."""
+    import imageio_ffmpeg
+
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    height, width = frames.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8, macro_block_size=1
+    )
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+def _to_uint8(images: Tensor) -> np.ndarray:
+    """(N, H, W, 3) float in [0, 1] -> uint8 numpy."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def colorize_depth(depth: Tensor, valid: Optional[Tensor] = None) -> np.ndarray:
+    """(N, H, W) depth -> (N, H, W, 3) uint8 with the turbo colour map on inverse depth (near = bright).
+
+    The range is the 2nd..98th percentile of the valid inverse depths over the whole video, so the
+    colours are comparable between frames; invalid pixels (depth <= 0 or not finite) are black.
+    """
+    from matplotlib import colormaps
+
+    depth = depth.detach().float().cpu()
+    valid = (depth > 0) & torch.isfinite(depth) if valid is None else valid & (depth > 0) & torch.isfinite(depth)
+    inverse = torch.where(valid, 1.0 / depth.clamp_min(1e-8), torch.zeros_like(depth))
+    if valid.any():
+        values = inverse[valid]
+        low, high = torch.quantile(values[:1_000_000], torch.tensor([0.02, 0.98])).tolist()
+    else:
+        low, high = 0.0, 1.0
+    scaled = ((inverse - low) / max(high - low, 1e-8)).clamp(0, 1).numpy()
+    rgb = colormaps["turbo"](scaled)[..., :3]
+    rgb[~valid.numpy()] = 0
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def _points_as_gaussians(points: PointScene, cameras: Cameras) -> GaussianScene:
+    """Coloured points -> small round opaque Gaussians about one pixel wide as seen from the nearest camera."""
+    from engine.scene import rgb_to_sh_dc
+
+    distances = torch.cdist(points.points.float(), cameras.centers.float()).min(dim=1).values
+    focal = float(cameras.fx.float().mean())
+    scales = (distances / focal).clamp_min(1e-6)[:, None].expand(-1, 3)
+    count = len(points)
+    return GaussianScene(
+        means=points.points.float(),
+        rotations=torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(count, 4).contiguous(),
+        log_scales=scales.log().contiguous(),
+        opacity_logits=torch.full((count,), 4.0),
+        sh=rgb_to_sh_dc(points.colors.float())[:, None],
+    )
+
+
+def render_flythrough(
+    scene: Union[GaussianScene, PointScene],
+    cameras: Cameras,
+    *,
+    poses_between: int = FLYTHROUGH_POSES_BETWEEN,
+    device: Optional[torch.device] = None,
+    backend: str = "auto",
+    cancel: CancelCheck = None,
+) -> tuple[Tensor, Tensor]:
+    """Renders the scene along the (interpolated) cameras: rgb (N, H, W, 3) and depth (N, H, W), on the CPU."""
+    from engine.render import rasterize
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gaussians = scene if isinstance(scene, GaussianScene) else _points_as_gaussians(scene, cameras)
+    gaussians = gaussians.to(device=device, dtype=torch.float32)
+    path = interpolate_cameras(cameras, poses_between).to(device=device, dtype=torch.float32)
+    rgb, depth = [], []
+    with torch.no_grad():
+        for start in range(0, len(path), RENDER_BATCH):
+            check_cancel(cancel)
+            out = rasterize(gaussians, path[start : start + RENDER_BATCH], background=(1.0, 1.0, 1.0), backend=backend)
+            rgb.append(out.rgb.cpu())
+            depth.append(out.depth.cpu())
+    return torch.cat(rgb), torch.cat(depth)
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+def metadata_of(result: GenerationResult, files: dict) -> dict:
+    """The metadata.json content of a result."""
+    return {
+        "format": RUN_FORMAT,
+        "version": RUN_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": result.settings.to_dict(),
+        "seed": result.settings.seed,
+        "full_prompt": result.full_prompt,
+        "runtime": result.runtime.to_dict(),
+        "device": result.device,
+        "dtype": result.dtype,
+        "model": result.model,
+        "versions": software_versions(),
+        "timings": result.timings,
+        "outputs": files,
+        "latent_shape": list(result.latent.shape),
+    }
+
+
+def write_outputs(
+    result: GenerationResult,
+    out_dir: Union[str, Path],
+    *,
+    progress: Optional[ProgressCallback] = None,
+    cancel: CancelCheck = None,
+    render_device: Optional[torch.device] = None,
+    render_backend: str = "auto",
+) -> Path:
+    """Writes the run folder (see the module docstring) atomically; returns its path.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists already (nothing is written).
+        GenerationCancelled: ``cancel`` was set; the half-built folder is removed.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"output folder {out_dir} already exists")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    total = len(OUTPUT_FILES)
+    step = 0
+
+    def advance():
+        nonlocal step
+        step += 1
+        if progress:
+            progress("write_outputs", step, total, None)
+        check_cancel(cancel)
+
+    from engine.io.scene_io import save_cameras_json, save_gaussian_ply, save_point_ply
+
+    with atomic_directory(out_dir) as work:
+        check_cancel(cancel)
+        files = {"scene_kind": result.settings.output_kind, "num_primitives": len(result.scene)}
+        if isinstance(result.scene, GaussianScene):
+            files["dropped_non_finite"] = save_gaussian_ply(work / "scene.ply", result.scene, non_finite="drop")
+        else:
+            files["dropped_non_finite"] = save_point_ply(work / "scene.ply", result.scene, non_finite="drop")
+        advance()
+        cameras = orthonormalized(result.cameras)
+        save_cameras_json(work / "cameras.json", cameras)
+        advance()
+        _write_video(work / "frames.mp4", _to_uint8(result.frames.permute(0, 2, 3, 1)), VIDEO_FPS)
+        advance()
+        flythrough_rgb, flythrough_depth = render_flythrough(
+            result.scene, cameras, device=render_device, backend=render_backend, cancel=cancel
+        )
+        if result.depth is not None:
+            depth, files["depth_source"] = result.depth, "decoder"
+        else:  # the rendered depth at the predicted cameras (every (poses_between+1)-th fly-through frame)
+            depth, files["depth_source"] = flythrough_depth[:: FLYTHROUGH_POSES_BETWEEN + 1], "rendered"
+        _write_video(work / "depth.mp4", colorize_depth(depth), VIDEO_FPS)
+        advance()
+        _write_video(work / "flythrough.mp4", _to_uint8(flythrough_rgb), FLYTHROUGH_FPS)
+        files["flythrough_frames"] = len(flythrough_rgb)
+        advance()
+        result.timings["write_outputs"] = round(time.perf_counter() - start, 3)
+        with atomic_write(work / METADATA_FILE, "w") as f:
+            json.dump(metadata_of(result, files), f, indent=2)
+            f.write("\n")
+        step += 1
+        if progress:
+            progress("write_outputs", step, total, None)
+    return out_dir
+
+
+def unique_run_dir(root: Union[str, Path], settings: GenerationSettings) -> Path:
+    """A new folder name under ``root``: ``YYYYmmdd-HHMMSS-<prompt words>-<seed>`` (suffixed if taken)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", settings.prompt.lower()).strip("-")[:40].rstrip("-") or "scene"
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{settings.seed if settings.seed is not None else 'random'}"
+    candidate = Path(root) / base
+    counter = 2
+    while candidate.exists():
+        candidate = Path(root) / f"{base}-{counter}"
+        counter += 1
+    return candidate
+
+
+# ----------------------------------------------------------------------------- reproducing a run
+
+
+def read_run_metadata(path: Union[str, Path]) -> dict:
+    """Reads a run's metadata.json (the file or its run folder) and checks its format."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path} is not a VIST3A run metadata file (format {RUN_FORMAT!r})")
+    if data.get("version") != RUN_VERSION:
+        raise ValueError(f"{path}: unsupported run metadata version {data.get('version')!r}")
+    return data
+
+
+def regenerate(
+    metadata_path: Union[str, Path],
+    out_dir: Union[str, Path],
+    *,
+    pipeline: Optional[Vist3aPipeline] = None,
+    model: Optional[Union[str, Path]] = None,
+    runtime: Optional[RuntimeOptions] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: CancelCheck = None,
+) -> Path:
+    """Re-runs a generation from its metadata.json (same settings and seed) into ``out_dir``.
+
+    The model is ``pipeline`` if given, else the bundle at ``model``, else the bundle recorded in the
+    metadata. Runtime options default to the recorded ones. A model whose recorded identity differs
+    from the one loaded is reported in the log (results may then differ).
+    """
+    data = read_run_metadata(metadata_path)
+    settings = GenerationSettings.from_dict(data["settings"])
+    if pipeline is None:
+        bundle_path = model or data["model"].get("bundle")
+        if not bundle_path or not Path(bundle_path).exists():
+            raise ModelNotFoundError(f"the model bundle recorded in {metadata_path} ({bundle_path}) does not exist")
+        runtime = runtime or RuntimeOptions.from_dict(data["runtime"])
+        pipeline = Vist3aPipeline.from_pretrained(bundle_path, runtime=runtime, progress=progress, cancel=cancel)
+    recorded, loaded = data.get("model", {}), pipeline.model_identity
+    for part in ("wan", "lora", "decoder"):
+        if (recorded.get(part) or {}).get("quick_sha256") != (loaded.get(part) or {}).get("quick_sha256"):
+            logger.warning(
+                "model part %r differs from the one recorded in %s; the scene may differ", part, metadata_path
+            )
+    result = pipeline.generate(settings, progress=progress, cancel=cancel)
+    return write_outputs(result, out_dir, progress=progress, cancel=cancel)
