@@ -114,7 +114,8 @@ def sh_rotation_matrix(rotation: Tensor, degree: int) -> Tensor:
     rotated = sh_basis(dirs @ rot, degree)  # rows: R^T d
     size = (degree + 1) ** 2
     out = torch.zeros(size, size, dtype=torch.float64)
-    for band in range(degree + 1):
+    out[0, 0] = 1.0  # the constant band is rotation invariant
+    for band in range(1, degree + 1):
         lo, hi = band * band, (band + 1) ** 2
         out[lo:hi, lo:hi] = torch.linalg.lstsq(full[:, lo:hi], rotated[:, lo:hi]).solution
     return out
