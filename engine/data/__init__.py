@@ -1,1 +1,55 @@
-"""data"""
+"""Synthetic multi-view data: procedural Gaussian scenes with captions, camera paths, rendered clips.
+
+Typical use::
+
+    from engine.data import synthetic_clip, SyntheticClipDataset
+    clip = synthetic_clip(seed=7)                # 13 frames, 64 x 64, orbit
+    clip.frames, clip.depth, clip.cameras, clip.caption
+    dataset = SyntheticClipDataset(1000, seed=0, path="mixed")
+"""
+
+from engine.data.camera_paths import flythrough_cameras, orbit_cameras, pan_cameras
+from engine.data.clips import (
+    PATHS,
+    Clip,
+    SyntheticClipDataset,
+    clip_cameras,
+    collate_clips,
+    render_clip,
+    synthetic_clip,
+)
+from engine.data.scenes import (
+    FLOOR_COLORS,
+    OBJECT_COLORS,
+    SKY_COLOR,
+    ReferenceView,
+    SceneObject,
+    SpatialRelation,
+    SyntheticScene,
+    build_scene,
+    describe_layout,
+    generate_scene,
+)
+
+__all__ = [
+    "FLOOR_COLORS",
+    "OBJECT_COLORS",
+    "PATHS",
+    "SKY_COLOR",
+    "Clip",
+    "ReferenceView",
+    "SceneObject",
+    "SpatialRelation",
+    "SyntheticClipDataset",
+    "SyntheticScene",
+    "build_scene",
+    "clip_cameras",
+    "collate_clips",
+    "describe_layout",
+    "flythrough_cameras",
+    "generate_scene",
+    "orbit_cameras",
+    "pan_cameras",
+    "render_clip",
+    "synthetic_clip",
+]
