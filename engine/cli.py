@@ -18,6 +18,7 @@ import sys
 COMMANDS = {
     "reconstruct": "engine.models.cli",
     "stitch": "engine.stitching.cli",
+    "generate": "engine.pipeline_cli",
 }
 
 

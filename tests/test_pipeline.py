@@ -1,0 +1,349 @@
+"""Generation pipeline on tiny configurations of the real classes (UMT5, Wan transformer, Wan VAE, UniPC).
+
+The 3D decoder is the test double from test_pipeline_tiny (the real stitched decoder is tested elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import pytest
+import torch
+from test_pipeline_tiny import (
+    TinyTestDecoder,
+    build_lora_adapter,
+    build_tiny_bundle,
+    register_test_decoder,
+    tiny_settings,
+)
+
+from engine.io import read_cameras_json, read_gaussian_ply, read_point_ply
+from engine.pipeline import (
+    GenerationCancelled,
+    ModelLoadError,
+    Vist3aPipeline,
+    apply_lora_adapter,
+)
+from engine.pipeline_outputs import (
+    OUTPUT_FILES,
+    interpolate_cameras,
+    quaternion_to_rotation,
+    read_run_metadata,
+    regenerate,
+    rotation_to_quaternion,
+    write_outputs,
+)
+from engine.pipeline_settings import (
+    BUNDLE_MANIFEST,
+    ModelBundle,
+    ModelBundleError,
+    ModelNotFoundError,
+    RuntimeOptions,
+    SettingsError,
+)
+from engine.scene import Cameras, look_at
+
+CPU = RuntimeOptions(device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models are dominated by thread overhead on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    register_test_decoder()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return build_tiny_bundle(tmp_path_factory.getbasetemp() / "tiny-bundle")
+
+
+@pytest.fixture(scope="module")
+def lora_bundle_dir(tmp_path_factory):
+    return build_tiny_bundle(tmp_path_factory.getbasetemp() / "tiny-bundle-lora", with_lora=True)
+
+
+@pytest.fixture(scope="module")
+def pipeline(bundle_dir):
+    return Vist3aPipeline.from_pretrained(bundle_dir, runtime=CPU)
+
+
+@pytest.fixture(scope="module")
+def result(pipeline):
+    return pipeline.generate(tiny_settings())
+
+
+# ----------------------------------------------------------------------------- settings and bundles
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"prompt": "  "}, "prompt"),
+        ({"num_frames": 6}, "num_frames"),
+        ({"num_frames": 1}, "num_frames"),
+        ({"height": 40}, "height"),
+        ({"width": 0}, "width"),
+        ({"num_steps": 0}, "num_steps"),
+        ({"guidance_scale": 0.5}, "guidance_scale"),
+        ({"flow_shift": 0}, "flow_shift"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"output_kind": "mesh"}, "output_kind"),
+        ({"orbit_template": "yes"}, "orbit_template"),
+    ],
+)
+def test_settings_out_of_range_are_refused_with_the_field_named(changes, message):
+    with pytest.raises(SettingsError, match=message):
+        tiny_settings(**changes)
+
+
+def test_settings_round_trip_and_unknown_keys():
+    settings = tiny_settings(seed=3)
+    assert type(settings).from_dict(settings.to_dict()) == settings
+    with pytest.raises(SettingsError, match="unknown field.*stpes"):
+        type(settings).from_dict({"prompt": "x", "stpes": 3})
+    assert settings.full_prompt.endswith("a red house") and settings.full_prompt != "a red house"
+    assert tiny_settings(orbit_template=False).full_prompt == "a red house"
+
+
+def test_runtime_options_validation():
+    with pytest.raises(SettingsError, match="device"):
+        RuntimeOptions(device="gpu")
+    with pytest.raises(SettingsError, match="dtype"):
+        RuntimeOptions(dtype="float64")
+    with pytest.raises(SettingsError, match="cpu_offload needs a CUDA"):
+        RuntimeOptions(device="cpu", cpu_offload=True)
+
+
+def test_bundle_errors_name_the_missing_part(tmp_path, bundle_dir):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        ModelBundle.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match=BUNDLE_MANIFEST):
+        ModelBundle.load(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / BUNDLE_MANIFEST).write_text('{"format": "other"}')
+    with pytest.raises(ModelBundleError, match="format"):
+        ModelBundle.load(tmp_path / "bad")
+    manifest = json.loads((bundle_dir / BUNDLE_MANIFEST).read_text())
+    broken = ModelBundle.from_manifest({**manifest, "lora": "no-such-adapter"}, bundle_dir)
+    with pytest.raises(ModelNotFoundError, match="LoRA adapter folder"):
+        broken.check_files()
+    unknown_kind = ModelBundle.from_manifest({**manifest, "decoder": {**manifest["decoder"], "kind": "x"}}, bundle_dir)
+    with pytest.raises(ModelLoadError, match="unknown decoder kind 'x'"):
+        Vist3aPipeline.from_pretrained(unknown_kind, runtime=CPU)
+
+
+def test_missing_component_file_is_model_not_found(tmp_path, bundle_dir):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    for weights in (copy / "wan" / "vae").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ModelNotFoundError, match="vae"):
+        Vist3aPipeline.from_pretrained(copy, runtime=CPU)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def test_generate_shapes_and_records(result, pipeline):
+    assert result.latent.shape == (1, 16, 2, 4, 4)
+    assert result.frames.shape == (5, 3, 32, 32) and 0 <= result.frames.min() and result.frames.max() <= 1
+    assert len(result.cameras) == 5 and result.depth.shape == (5, 32, 32)
+    assert len(result.scene) == 5 * 8 * 8
+    assert result.settings.seed == 7 and result.model["decoder"]["kind"] == "tiny-test"
+    assert set(result.timings) >= {"load", "sample", "decode_video", "decode_scene"}
+
+
+def test_same_seed_same_latent_other_seed_other_latent(pipeline, result):
+    again = pipeline.generate(tiny_settings())
+    other = pipeline.generate(tiny_settings(seed=8))
+    assert torch.equal(again.latent, result.latent)
+    assert torch.equal(again.scene.means, result.scene.means)
+    assert not torch.allclose(other.latent, result.latent)
+
+
+def test_random_seed_is_drawn_and_recorded(pipeline):
+    first = pipeline.generate(tiny_settings(seed=None, num_steps=1))
+    second = pipeline.generate(tiny_settings(seed=None, num_steps=1))
+    assert first.settings.seed is not None and first.settings.seed != second.settings.seed
+    replay = pipeline.generate(tiny_settings(seed=first.settings.seed, num_steps=1))
+    assert torch.equal(replay.latent, first.latent)
+
+
+def test_progress_sequence_and_previews(pipeline):
+    events = []
+    pipeline.generate(
+        tiny_settings(num_steps=4),
+        progress=lambda stage, step, total, preview: events.append((stage, step, total, preview)),
+        preview_every=2,
+    )
+    assert [(s, i, n) for s, i, n, _ in events] == [
+        ("encode_prompt", 1, 1),
+        ("denoise", 1, 4),
+        ("denoise", 2, 4),
+        ("denoise", 3, 4),
+        ("denoise", 4, 4),
+        ("decode_video", 1, 1),
+        ("decode_scene", 1, 1),
+    ]
+    previews = [p for s, i, n, p in events if p is not None]
+    assert [i for s, i, n, p in events if p is not None] == [2, 4]
+    assert previews[0].shape == (16, 16, 3) and previews[0].dtype.name == "uint8"
+
+
+def test_cancel_between_steps(pipeline):
+    cancel = threading.Event()
+    steps = []
+
+    def progress(stage, step, total, preview):
+        steps.append((stage, step))
+        if stage == "denoise" and step == 2:
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        pipeline.generate(tiny_settings(num_steps=5), progress=progress, cancel=cancel)
+    assert steps[-1] == ("denoise", 2)
+
+
+def test_text_embeddings_are_cached_by_text(pipeline, monkeypatch):
+    calls = []
+    original = pipeline.text_encoder.forward
+    monkeypatch.setattr(pipeline.text_encoder, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    pipeline.generate(tiny_settings(prompt="a blue tree", num_steps=1))
+    assert len(calls) == 1  # the negative prompt was cached by earlier tests; the new prompt was not
+    pipeline.generate(tiny_settings(prompt="a blue tree", num_steps=1, seed=1))
+    assert len(calls) == 1
+    pipeline.generate(tiny_settings(prompt="a blue tree", num_steps=1, reuse_text_embeddings=False))
+    assert len(calls) == 3
+
+
+def test_guidance_scale_one_runs_one_pass_per_step(pipeline, monkeypatch):
+    calls = []
+    original = pipeline.transformer.forward
+    monkeypatch.setattr(pipeline.transformer, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    pipeline.generate(tiny_settings(num_steps=2, guidance_scale=1.0))
+    assert len(calls) == 2
+    pipeline.generate(tiny_settings(num_steps=2))
+    assert len(calls) == 2 + 4
+
+
+def test_scheduler_is_flow_matching_with_the_settings_shift(pipeline):
+    scheduler = pipeline.make_scheduler(tiny_settings(flow_shift=5.0, num_steps=10))
+    assert scheduler.config.prediction_type == "flow_prediction" and scheduler.config.use_flow_sigmas
+    assert scheduler.config.flow_shift == 5.0 and len(scheduler.timesteps) == 10
+
+
+def test_points_output_from_gaussians(pipeline):
+    result = pipeline.generate(tiny_settings(num_steps=1, output_kind="points"))
+    assert type(result.scene).__name__ == "PointScene" and len(result.scene) == 320
+    assert result.scene.colors.min() >= 0 and result.scene.colors.max() <= 1
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def test_lora_adapter_from_peft_folder_changes_the_output(lora_bundle_dir, result):
+    with_lora = Vist3aPipeline.from_pretrained(lora_bundle_dir, runtime=CPU)
+    lora_result = with_lora.generate(tiny_settings())
+    assert not torch.allclose(lora_result.latent, result.latent)
+    assert with_lora.model_identity["lora"]["files"] >= 2
+    assert "lora" not in "".join(name for name, _ in with_lora.transformer.named_parameters())  # merged
+
+
+def test_lora_adapter_that_does_not_fit_is_refused(tmp_path, pipeline):
+    from diffusers import WanTransformer3DModel
+
+    other = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, text_dim=32, freq_dim=32, ffn_dim=32,
+        num_layers=1, rope_max_seq_len=32,
+    )  # fmt: skip
+    adapter = build_lora_adapter(other, tmp_path / "adapter")
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        apply_lora_adapter(pipeline.transformer.__class__.from_config(pipeline.transformer.config), adapter)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_write_outputs_writes_every_file(tmp_path, result):
+    out = write_outputs(result, tmp_path / "run")
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    for name in ("frames.mp4", "depth.mp4", "flythrough.mp4"):
+        assert (out / name).stat().st_size > 0
+    assert len(read_gaussian_ply(out / "scene.ply").means) == len(result.scene)
+    assert len(read_cameras_json(out / "cameras.json").camera_to_world) == 5
+    metadata = read_run_metadata(out)
+    assert metadata["settings"] == result.settings.to_dict() and metadata["seed"] == 7
+    assert {"engine", "torch", "diffusers"} <= set(metadata["versions"])
+    assert metadata["outputs"]["flythrough_frames"] == 5 + 4 * 3
+    assert "write_outputs" in metadata["timings"] and metadata["model"]["wan"]["quick_sha256"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(FileExistsError):
+        write_outputs(result, out)
+
+
+def test_point_outputs(tmp_path, pipeline):
+    result = pipeline.generate(tiny_settings(num_steps=1, output_kind="points"))
+    out = write_outputs(result, tmp_path / "run")
+    assert len(read_point_ply(out / "scene.ply").points) == 320
+
+
+def test_cancel_while_writing_leaves_no_folder(tmp_path, result):
+    cancel = threading.Event()
+
+    def progress(stage, step, total, preview):
+        if step == 2:
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        write_outputs(result, tmp_path / "run", progress=progress, cancel=cancel)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_regenerate_from_metadata_reproduces_the_scene(tmp_path, result, pipeline, bundle_dir):
+    first = write_outputs(result, tmp_path / "first")
+    second = regenerate(first / "metadata.json", tmp_path / "second", pipeline=pipeline)
+    assert (first / "scene.ply").read_bytes() == (second / "scene.ply").read_bytes()
+    assert (first / "cameras.json").read_bytes() == (second / "cameras.json").read_bytes()
+
+
+# ----------------------------------------------------------------------------- camera interpolation
+
+
+def test_interpolated_cameras_slerp_rotations_and_lerp_centres():
+    angle = torch.tensor([0.0, math.pi / 2])
+    eyes = torch.stack([3 * torch.sin(angle), torch.zeros(2), -3 * torch.cos(angle)], -1)
+    c2w = look_at(eyes, torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
+    k = torch.stack([Cameras.intrinsics_from_fov(1.0, 32, 32), Cameras.intrinsics_from_fov(0.5, 32, 32)])
+    path = interpolate_cameras(Cameras(c2w, k, 32, 32), poses_between=1)
+    assert len(path) == 3
+    assert torch.allclose(path.camera_to_world[[0, 2]], c2w, atol=1e-6)
+    middle = path.camera_to_world[1]
+    # halfway rotation: the forward axis bisects the two forward axes; the centre is on the chord
+    halfway_forward = torch.nn.functional.normalize(c2w[0, :3, 2] + c2w[1, :3, 2], dim=0)
+    assert torch.allclose(middle[:3, 2], halfway_forward, atol=1e-5)
+    assert torch.allclose(middle[:3, :3] @ middle[:3, :3].T, torch.eye(3), atol=1e-5)
+    assert torch.allclose(middle[:3, 3], (eyes[0] + eyes[1]) / 2, atol=1e-5)
+    assert torch.allclose(path.intrinsics[1], k.mean(0), atol=1e-4)
+
+
+def test_quaternion_round_trip():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(64, 4, dtype=torch.float64), dim=-1)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    assert torch.allclose(rotation_to_quaternion(quaternion_to_rotation(q)), q, atol=1e-9)
+
+
+def test_test_double_decoder_interface():
+    # Guards the documented interface the real stitched decoder must follow.
+    decoded = TinyTestDecoder()(torch.randn(1, 16, 2, 4, 4), torch.rand(1, 5, 3, 32, 32))
+    assert len(decoded.cameras) == 5 and decoded.depth.shape == (5, 32, 32)
