@@ -49,8 +49,10 @@ from torch import Tensor
 
 from engine.pipeline_settings import (
     MAX_SEED,
+    GenerationCancelled,
     GenerationSettings,
     ModelBundle,
+    ModelLoadError,
     ModelNotFoundError,
     RuntimeOptions,
     SettingsError,
@@ -89,14 +91,6 @@ ProgressCallback = Callable[[str, int, int, Optional[np.ndarray]], None]
 preview an (h, w, 3) uint8 image or None."""
 
 CancelCheck = Union[threading.Event, Callable[[], bool], None]
-
-
-class GenerationCancelled(Exception):
-    """Raised between steps when the cancel flag is set; nothing was written."""
-
-
-class ModelLoadError(RuntimeError):
-    """A model part exists but cannot be loaded (wrong format, shapes that do not match, bad adapter)."""
 
 
 # ----------------------------------------------------------------------------- decoder interface

@@ -57,6 +57,14 @@ class ModelBundleError(ValueError):
     """A model bundle manifest is malformed."""
 
 
+class ModelLoadError(RuntimeError):
+    """A model part exists but cannot be loaded (wrong format, shapes that do not match, bad adapter)."""
+
+
+class GenerationCancelled(Exception):
+    """Raised between steps when the cancel flag is set; nothing was written."""
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
