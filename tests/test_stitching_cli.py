@@ -1,0 +1,76 @@
+"""`python -m engine stitch search` and its inputs, on a tiny Wan VAE and a tiny AnySplat."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli import main
+from engine.models.anysplat import AnySplat
+from engine.models.config import tiny_anysplat_config
+from engine.stitching.sources import ModelActivations, clip_sources, folder_clips, synthetic_clips
+from tests.test_stitching_vae import tiny_wan
+
+# tiny Wan: spatial factor 4 -> 16 px frames give a 4x4 latent, stride 2 -> 2x2 tokens -> 28 px model input
+TINY_SPEC = "conv3d_k5x3x3_o32_s1x2x2_p2x1x1"
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tiny_wan().save_pretrained(root / "vae")
+    torch.manual_seed(0)
+    model = AnySplat(tiny_anysplat_config()).eval()
+    model.save_pretrained(root / "anysplat")
+    return root / "vae", root / "anysplat", model
+
+
+def test_model_activations_layout(tiny_models):
+    _, _, model = tiny_models
+    stages = ["patch_embed.patch_embed", "patch_embed.blocks.1", "frame_blocks.0"]
+    source = ModelActivations(model, stages, (28, 28))
+    assert source.prefix_tokens == [0, 3, 3]  # cls + 2 registers; camera + 2 registers
+    frames = torch.rand(2, 5, 3, 16, 16)
+    tokens = source(frames)
+    assert [t.shape for t in tokens] == [(2, 5, 4, 32), (2, 5, 7, 32), (2, 5, 7, 32)]
+    resized = torch.nn.functional.interpolate(frames.flatten(0, 1), size=(28, 28), mode="bilinear", antialias=True)
+    expected = model.trace(resized.unflatten(0, (2, 5)), ["patch_embed.blocks.1"])["patch_embed.blocks.1"]
+    torch.testing.assert_close(tokens[1], expected.reshape(2, 5, 7, 32))
+    with pytest.raises(ValueError, match="unknown stages \\['enc_blocks_2'\\]"):
+        ModelActivations(model, ["enc_blocks_2"], (28, 28))
+
+
+def test_folder_and_synthetic_clips(tmp_path):
+    import imageio.v3 as iio
+
+    for clip, count in (("clip_2", 5), ("clip_10", 5), ("short", 3)):
+        (tmp_path / clip).mkdir()
+        for i in range(count):
+            iio.imwrite(tmp_path / clip / f"{i}.png", np.full((20, 24, 3), 10 * i, dtype=np.uint8))
+    assert [p.name for p in clip_sources(tmp_path)] == ["clip_2", "clip_10", "short"]
+    clips = list(folder_clips(tmp_path, num_frames=5, size=16))
+    assert len(clips) == 2 and clips[0].shape == (1, 5, 3, 16, 16)
+    assert clips[0][0, 3].mean().item() == pytest.approx(30 / 255, abs=1e-6)
+    synthetic = list(synthetic_clips(3, 5, 16))
+    assert len(synthetic) == 3 and synthetic[0].shape == (1, 5, 3, 16, 16)
+    assert 0 <= synthetic[0].min() and synthetic[0].max() <= 1
+
+
+def test_stitch_search_command(tiny_models, tmp_path, capsys):
+    vae_dir, model_dir, _ = tiny_models
+    out = tmp_path / "report"
+    args = ["stitch", "search", "--vae", str(vae_dir), "--model", str(model_dir), "--synthetic", "3"]
+    args += ["--frames", "5", "--size", "16", "--spec", TINY_SPEC, "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    report = json.loads((out / "layer_search.json").read_text())
+    names = [entry["name"] for entry in report["layers"]]
+    assert names == ["patch_embed.patch_embed", "patch_embed.blocks.0", "patch_embed.blocks.1", "patch_embed.blocks.2"]
+    assert report["best_layer"] in names
+    assert report["settings"]["num_clips"] == 3 and report["settings"]["model_image_size"] == [28, 28]
+    assert report["settings"]["num_prefix_tokens"] == [0, 3, 3, 3]
+    assert (out / "layer_search_mse.png").is_file() and (out / "stitching_layer.safetensors").is_file()
+    assert "<- k*" in capsys.readouterr().out
+
+    assert main(["stitch", "search", "--vae", str(vae_dir), "--model", str(model_dir), "--list-stages"]) == 0
+    assert "global_blocks.3" in capsys.readouterr().out
