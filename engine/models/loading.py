@@ -252,13 +252,12 @@ def load_model(
     source: Union[str, Path],
     model_type: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
-    dtype: torch.dtype = torch.float32,
 ):
     """Builds and loads a model; returns (model in eval mode, ``LoadReport``).
 
     ``model_type``: 'vggt' or 'anysplat' to require one (a checkpoint of the other type is an error);
-    None accepts either. ``dtype`` is the parameter dtype (float32 matches the official evaluation;
-    bfloat16 halves memory for inference).
+    None accepts either. Parameters are float32 whatever the file holds (the official exact evaluation);
+    on CUDA the aggregator still computes in bf16 under autocast.
     """
     path = resolve_source(source)
     config = None
@@ -279,7 +278,6 @@ def load_model(
     if config is None:
         config = VGGTConfig() if found_type == "vggt" else AnySplatConfig()
     model = build_model(config, device="meta")
-    model.to(dtype=dtype)
     report = load_state_dict_strict(model, state_dict, source=str(weights_path))
     model.to(device)
     model.eval()
