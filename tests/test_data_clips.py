@@ -134,3 +134,18 @@ def test_bad_requests_are_rejected():
     b = synthetic_clip(0, num_frames=2, height=8, width=10)
     with pytest.raises(ValueError, match="differ"):
         collate_clips([a, b])
+
+
+def test_preview_command_writes_a_contact_sheet(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    from engine.data.__main__ import main
+
+    sheet = tmp_path / "sheet.png"
+    main(["--seed", "3", "--frames", "3", "--height", "10", "--width", "14", "--sheet", str(sheet)])
+    image = iio.imread(sheet)
+    assert image.shape == (2 * 10, 3 * 14, 3) and image.dtype == "uint8"
+    clip = synthetic_clip(3, num_frames=3, height=10, width=14)
+    expected_top = (torch.cat(list(clip.frames), dim=1) * 255).round().to(torch.uint8).numpy()
+    assert (image[:10] == expected_top).all()
+    assert clip.caption in capsys.readouterr().out

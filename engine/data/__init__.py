@@ -17,6 +17,7 @@ from engine.data.clips import (
     collate_clips,
     render_clip,
     synthetic_clip,
+    synthetic_scene_and_cameras,
 )
 from engine.data.scenes import (
     FLOOR_COLORS,
@@ -52,4 +53,5 @@ __all__ = [
     "pan_cameras",
     "render_clip",
     "synthetic_clip",
+    "synthetic_scene_and_cameras",
 ]

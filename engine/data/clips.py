@@ -144,6 +144,26 @@ def clip_cameras(
     )
 
 
+def synthetic_scene_and_cameras(
+    seed: int,
+    num_frames: int = 13,
+    height: int = 64,
+    width: int = 64,
+    path: str = "orbit",
+    *,
+    fov_deg: float = 60.0,
+    num_objects: Optional[int] = None,
+) -> tuple[SyntheticScene, Cameras]:
+    """The scene ``generate_scene(seed)`` and the ``path`` cameras that ``synthetic_clip`` renders."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    scene = generate_scene(seed, num_objects=num_objects)
+    # An independent stream for the path (tagged so that it never equals the scene's stream): the
+    # scene does not depend on the path and vice versa.
+    path_rng = np.random.default_rng(np.random.SeedSequence([int(seed), _PATH_STREAM_TAG, PATHS.index(path)]))
+    return scene, clip_cameras(scene, path, num_frames, height, width, path_rng, fov_deg=fov_deg)
+
+
 def synthetic_clip(
     seed: int,
     num_frames: int = 13,
@@ -158,13 +178,9 @@ def synthetic_clip(
 
     The same arguments always give bit-identical frames, depth, cameras and caption.
     """
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    scene = generate_scene(seed, num_objects=num_objects)
-    # An independent stream for the path (tagged so that it never equals the scene's stream): the
-    # scene does not depend on the path and vice versa.
-    path_rng = np.random.default_rng(np.random.SeedSequence([int(seed), _PATH_STREAM_TAG, PATHS.index(path)]))
-    cameras = clip_cameras(scene, path, num_frames, height, width, path_rng, fov_deg=fov_deg)
+    scene, cameras = synthetic_scene_and_cameras(
+        seed, num_frames, height, width, path, fov_deg=fov_deg, num_objects=num_objects
+    )
     return render_clip(scene, cameras)
 
 

@@ -60,12 +60,12 @@ _OPACITY = 0.98
 
 # Layout sampling ranges (world units, floor at z = 0).
 _OBJECT_SIZE_RANGE = (0.28, 0.45)
-_PLACEMENT_RADIUS = 1.3
+_PLACEMENT_RADIUS = 1.2
 _OBJECT_GAP = 0.15
 _MIN_RELATION_CLARITY = 1.5  # dominant offset / other offset for a stated relation
 _MAX_PLACEMENT_TRIES = 200
 _ELEVATION_RANGE_DEG = (15.0, 35.0)
-_DISTANCE_RANGE = (3.8, 4.6)
+_DISTANCE_RANGE = (3.3, 4.0)
 _CENTER_HEIGHT = 0.3
 
 
