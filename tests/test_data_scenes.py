@@ -128,9 +128,10 @@ def test_generated_relations_match_projected_positions():
                 assert rel.relation == "behind" and z[s] > z[a]
 
 
-def test_generated_objects_do_not_overlap():
-    for seed in range(10):
-        objects = generate_scene(seed).objects
+def test_generated_objects_do_not_overlap_even_when_crowded():
+    for seed in range(30):
+        objects = generate_scene(seed, num_objects=4).objects
+        assert len(objects) == 4
         for i, a in enumerate(objects):
             for b in objects[i + 1 :]:
                 gap = np.linalg.norm(np.subtract(a.position, b.position))

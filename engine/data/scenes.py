@@ -47,8 +47,6 @@ FLOOR_COLORS: dict[str, tuple[float, float, float]] = {
 }
 SKY_COLOR = (0.62, 0.78, 0.95)
 
-RELATIONS = ("to the left of", "to the right of", "in front of", "behind")
-
 # Lighting baked into the colours: ambient term plus Lambert from a fixed, mostly overhead sun.
 _SUN_DIRECTION = np.array([0.35, 0.45, 0.82]) / np.linalg.norm([0.35, 0.45, 0.82])
 _AMBIENT = 0.45
@@ -63,7 +61,8 @@ _OBJECT_SIZE_RANGE = (0.28, 0.45)
 _PLACEMENT_RADIUS = 1.2
 _OBJECT_GAP = 0.15
 _MIN_RELATION_CLARITY = 1.5  # dominant offset / other offset for a stated relation
-_MAX_PLACEMENT_TRIES = 200
+_MAX_PLACEMENT_TRIES = 100
+_MAX_LAYOUT_TRIES = 50
 _ELEVATION_RANGE_DEG = (15.0, 35.0)
 _DISTANCE_RANGE = (3.3, 4.0)
 _CENTER_HEIGHT = 0.3
@@ -71,10 +70,11 @@ _CENTER_HEIGHT = 0.3
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One primitive resting on the floor.
+    """One primitive resting on the floor at ``position`` (x, y), turned by ``yaw_deg`` about z.
 
-    ``size`` is the shape's characteristic half-extent: half the edge of a cube, the radius of a sphere
-    or cone, 1.25 x the radius of a cylinder, the major radius of a torus (see ``_dimensions``).
+    ``size`` s sets the proportions: a cube has edge 2s; a sphere radius s; a cylinder radius 0.8s
+    and height 2s; a cone base radius s and height 2.2s; a torus (lying flat) major radius s and
+    tube radius 0.4s.
     """
 
     shape: str
@@ -119,25 +119,31 @@ class SceneObject:
         return np.array([self.position[0], self.position[1], self.height / 2])
 
 
+_CYLINDER_RADIUS = 0.8  # proportions relative to SceneObject.size, as documented there
+_CONE_HEIGHT = 2.2
+_TORUS_TUBE_RADIUS = 0.4
+
+
 def _dimensions(shape: str, size: float) -> dict[str, float]:
-    """Height and footprint radius of a shape of the given size (its proportions live here)."""
+    """Height and footprint radius (about the vertical axis) of a shape of the given size."""
     return {
         "cube": {"height": 2 * size, "footprint": math.sqrt(2) * size},
         "sphere": {"height": 2 * size, "footprint": size},
-        "cylinder": {"height": 2 * size, "footprint": 0.8 * size},
-        "cone": {"height": 2.2 * size, "footprint": size},
-        "torus": {"height": 0.8 * size, "footprint": 1.4 * size},
+        "cylinder": {"height": 2 * size, "footprint": _CYLINDER_RADIUS * size},
+        "cone": {"height": _CONE_HEIGHT * size, "footprint": size},
+        "torus": {"height": 2 * _TORUS_TUBE_RADIUS * size, "footprint": (1 + _TORUS_TUBE_RADIUS) * size},
     }[shape]
 
 
 def _surface(obj: SceneObject, spacing: float) -> primitives.SurfaceSamples:
+    """The object's surface samples in world coordinates."""
     s = obj.size
     local = {
         "cube": lambda: primitives.cube(s, spacing),
         "sphere": lambda: primitives.sphere(s, spacing),
-        "cylinder": lambda: primitives.cylinder(0.8 * s, 2 * s, spacing),
-        "cone": lambda: primitives.cone(s, 2.2 * s, spacing),
-        "torus": lambda: primitives.torus(s, 0.4 * s, spacing),
+        "cylinder": lambda: primitives.cylinder(_CYLINDER_RADIUS * s, 2 * s, spacing),
+        "cone": lambda: primitives.cone(s, _CONE_HEIGHT * s, spacing),
+        "torus": lambda: primitives.torus(s, _TORUS_TUBE_RADIUS * s, spacing),
     }[obj.shape]()
     return primitives.place(local, obj.yaw_deg, np.array([obj.position[0], obj.position[1], 0.0]))
 
@@ -185,10 +191,13 @@ class SpatialRelation:
     clarity: float  # dominant offset / other offset (inf when the other is zero)
 
 
-def relation_between(subject: SceneObject, anchor: SceneObject, view: ReferenceView) -> SpatialRelation:
-    """The relation of ``subject`` to ``anchor`` along whichever of lateral / depth offsets dominates.
+def relation_between(subject: SceneObject, anchor: SceneObject, view: ReferenceView) -> tuple[str, float]:
+    """Where ``subject`` is relative to ``anchor`` seen from ``view``, along whichever of the lateral
+    and depth offsets (in the view's horizontal frame) dominates.
 
-    Indices in the result are placeholders (-1); :func:`describe_layout` fills them in.
+    Returns:
+        the relation ("to the left of", "to the right of", "in front of" or "behind") and its clarity,
+        the dominant offset over the other one (inf when the other is zero).
     """
     right, forward = view.horizontal_frame()
     offset = np.asarray(subject.position) - np.asarray(anchor.position)
@@ -200,7 +209,7 @@ def relation_between(subject: SceneObject, anchor: SceneObject, view: ReferenceV
         relation = "behind" if depth > 0 else "in front of"
     smaller = min(abs(lateral), abs(depth))
     clarity = max(abs(lateral), abs(depth)) / smaller if smaller > 0 else math.inf
-    return SpatialRelation(-1, relation, -1, clarity)
+    return relation, clarity
 
 
 def describe_layout(
@@ -229,8 +238,8 @@ def describe_layout(
     relations = []
     for i in range(1, len(objects)):
         candidates = [relation_between(objects[i], objects[j], view) for j in range(i)]
-        best = max(range(i), key=lambda j: candidates[j].clarity)
-        relations.append(SpatialRelation(i, candidates[best].relation, best, candidates[best].clarity))
+        best = max(range(i), key=lambda j: candidates[j][1])
+        relations.append(SpatialRelation(i, candidates[best][0], best, candidates[best][1]))
 
     first = relations[0]
     clauses = [f"{objects[1].indefinite} {first.relation} {objects[0].indefinite}"]
@@ -341,26 +350,41 @@ def build_scene(
 
 
 def _sample_layout(rng: np.random.Generator, num_objects: int, view: ReferenceView) -> list[SceneObject]:
-    """Objects at random non-overlapping positions whose caption relations are all clear."""
-    colors = rng.choice(sorted(OBJECT_COLORS), size=num_objects, replace=False)
-    objects: list[SceneObject] = []
-    for color in colors:
-        shape = str(rng.choice(primitives.SHAPES))
-        size = float(rng.uniform(*_OBJECT_SIZE_RANGE))
-        yaw = float(rng.uniform(0.0, 90.0))
-        for _ in range(_MAX_PLACEMENT_TRIES):
-            radius = _PLACEMENT_RADIUS * math.sqrt(rng.uniform())
-            angle = rng.uniform(0.0, 2 * math.pi)
-            candidate = SceneObject(shape, str(color), (radius * math.cos(angle), radius * math.sin(angle)), size, yaw)
-            if _fits(candidate, objects, view):
-                objects.append(candidate)
+    """Objects at random non-overlapping positions whose caption relations are all clear.
+
+    Objects are placed one by one by rejection sampling; when one finds no room (early objects can
+    crowd the area), the whole layout is drawn again. The retries continue the same random stream,
+    so the result is still a function of the seed.
+    """
+    for _ in range(_MAX_LAYOUT_TRIES):
+        colors = rng.choice(sorted(OBJECT_COLORS), size=num_objects, replace=False)
+        objects: list[SceneObject] = []
+        for color in colors:
+            placed = _place_object(rng, str(color), objects, view)
+            if placed is None:
                 break
+            objects.append(placed)
         else:
-            raise RuntimeError(
-                f"could not place a {candidate.name} after {_MAX_PLACEMENT_TRIES} tries; "
-                "too many objects for the placement area"
-            )
-    return objects
+            return objects
+    raise RuntimeError(
+        f"could not lay out {num_objects} objects in {_MAX_LAYOUT_TRIES} tries; the placement area is too small"
+    )
+
+
+def _place_object(
+    rng: np.random.Generator, color: str, placed: Sequence[SceneObject], view: ReferenceView
+) -> Optional[SceneObject]:
+    """A random object of ``color`` that fits among ``placed``, or None if none was found."""
+    shape = str(rng.choice(primitives.SHAPES))
+    size = float(rng.uniform(*_OBJECT_SIZE_RANGE))
+    yaw = float(rng.uniform(0.0, 90.0))
+    for _ in range(_MAX_PLACEMENT_TRIES):
+        radius = _PLACEMENT_RADIUS * math.sqrt(rng.uniform())
+        angle = rng.uniform(0.0, 2 * math.pi)
+        candidate = SceneObject(shape, color, (radius * math.cos(angle), radius * math.sin(angle)), size, yaw)
+        if _fits(candidate, placed, view):
+            return candidate
+    return None
 
 
 def _fits(candidate: SceneObject, placed: Sequence[SceneObject], view: ReferenceView) -> bool:
@@ -371,7 +395,7 @@ def _fits(candidate: SceneObject, placed: Sequence[SceneObject], view: Reference
             return False
     if not placed:
         return True
-    return max(relation_between(candidate, o, view).clarity for o in placed) >= _MIN_RELATION_CLARITY
+    return max(relation_between(candidate, o, view)[1] for o in placed) >= _MIN_RELATION_CLARITY
 
 
 def generate_scene(
@@ -383,7 +407,7 @@ def generate_scene(
 ) -> SyntheticScene:
     """A random scene (2 to 4 objects unless ``num_objects`` is given), reproducible from ``seed``.
 
-    With the default spacings a scene has roughly 2,000 to 4,000 Gaussians.
+    With the default spacings a scene has roughly 1,500 to 3,000 Gaussians.
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
