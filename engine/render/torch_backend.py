@@ -1,0 +1,365 @@
+"""Pure-PyTorch Gaussian rasterizer with gsplat's conventions, differentiable on any device.
+
+Design
+------
+1. Projection, culling, SH colours (``projection.py``, ``sh.py``) are plain autograd code. The
+   visible Gaussians of a view are sorted front to back by camera z (stable, so ties keep the
+   input order like gsplat's radix sort) and packed into a feature table, one row per Gaussian.
+2. Binning (no autograd): each Gaussian is listed in every ``TILE_SIZE`` x ``TILE_SIZE`` tile its
+   screen box touches (gsplat's opacity-aware box, which bounds exactly where alpha can reach
+   1/255, so nothing is lost). One sort of the (tile, depth rank) keys yields per-tile lists in
+   compositing order.
+3. Compositing (``_TileCompositor``, a custom autograd Function): tiles are processed in chunks of
+   similar list length, as dense (tiles, list, pixels) tensors of at most ``CHUNK_ELEMENTS``
+   entries (small enough to stay in the CPU cache). Alpha is evaluated by broadcasting, the
+   transmittance is a cumulative product along the list, and gsplat's early stop (a Gaussian whose
+   inclusion would bring T to <= 1e-4 is not composited, nor anything behind it) is a mask on the
+   inclusive transmittance. Colour and depth are a batched matmul of the weights with the list's
+   colours. The backward pass recomputes a chunk and applies the closed-form gradients (a reverse
+   cumulative sum gives what the Gaussians behind each one contribute), so no per-pair tensor is
+   kept between the passes: memory is the feature table, the tile lists and one chunk.
+
+Nothing of size N x H x W is ever built.
+
+Deviation from gsplat: gsplat also skips a pair when rounding makes the quadratic form
+``0.5 d^T conic d`` slightly negative (only possible within rounding distance of a Gaussian's
+centre); this backend treats such a pair like any other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.render.output import RenderOutput
+from engine.render.projection import ALPHA_THRESHOLD, covariance_3d, project_gaussians
+from engine.render.sh import sh_to_color
+from engine.scene import Cameras, GaussianScene
+
+MAX_ALPHA = 0.999  # gsplat 1.5 clamps alpha at 0.999 (the original 3DGS rasterizer uses 0.99)
+MIN_TRANSMITTANCE = 1e-4  # a Gaussian whose inclusion brings T to <= this is not composited
+TILE_SIZE = 8  # pixels per tile side; results do not depend on it, only speed does
+CHUNK_ELEMENTS = 1 << 18  # (tile, list entry, pixel) entries per dense chunk
+
+# Rows of the transposed per-Gaussian feature table.
+MEAN_X, MEAN_Y, CONIC_A, CONIC_B, CONIC_C, OPACITY, DEPTH = range(7)
+SHADE = slice(6, 10)  # depth, r, g, b: the quantities that are alpha-blended
+NUM_FEATURES = 10
+
+
+def rasterize_torch(
+    scene: GaussianScene,
+    cameras: Cameras,
+    background: Tensor,
+    near_plane: float,
+    far_plane: float,
+    sh_degree: int,
+) -> RenderOutput:
+    """Renders ``scene`` from every camera.
+
+    Args:
+        scene: N Gaussians (any float dtype / device).
+        cameras: V cameras; converted to the scene's dtype and device.
+        background: (3,) colour in the scene's dtype and device.
+        near_plane, far_plane: camera-z culling range.
+        sh_degree: SH degree to evaluate, at most ``scene.sh_degree``.
+
+    Returns:
+        RenderOutput with (V, H, W, 3) rgb, (V, H, W) alpha and (V, H, W) expected depth.
+    """
+    dtype, device = scene.dtype, scene.device
+    world_to_camera = cameras.world_to_camera.to(device=device, dtype=dtype)
+    intrinsics = cameras.intrinsics.to(device=device, dtype=dtype)
+    centers = cameras.centers.to(device=device, dtype=dtype)
+    width, height = cameras.width, cameras.height
+
+    opacities = scene.opacities
+    covariances = covariance_3d(scene.rotations, scene.log_scales)
+    projected = project_gaussians(
+        scene.means, covariances, opacities, world_to_camera, intrinsics, width, height, near_plane, far_plane
+    )
+
+    images, alphas, depths = [], [], []
+    for view in range(len(cameras)):
+        visible_ids = projected.visible[view].nonzero().squeeze(1)
+        front_to_back = torch.sort(projected.depths[view, visible_ids].detach(), stable=True).indices
+        order = visible_ids[front_to_back]  # (M,) Gaussian ids in compositing order
+
+        colors = sh_to_color(scene.sh[order], scene.means[order] - centers[view], sh_degree)
+        features = torch.cat(
+            [
+                projected.means2d[view, order],
+                projected.conics[view, order],
+                opacities[order, None],
+                projected.depths[view, order, None],
+                colors,
+            ],
+            dim=1,
+        ).T  # (NUM_FEATURES, M), rows MEAN_X ... b
+        boxes = pixel_boxes(projected.means2d[view, order].detach(), projected.radii[view, order], width, height)
+        bins = bin_to_tiles(boxes, width, height)
+        shade_tiles, transmittance_tiles = _TileCompositor.apply(features, bins)
+
+        shade = bins.tiles_to_image(shade_tiles)  # (H, W, 4)
+        transmittance = bins.tiles_to_image(transmittance_tiles[..., None])[..., 0]
+        alpha = 1.0 - transmittance
+        images.append(shade[..., 1:] + transmittance[..., None] * background)
+        alphas.append(alpha)
+        # gsplat's "ED": accumulated depth over accumulated alpha, which is 0 where alpha is 0.
+        depths.append(shade[..., 0] / alpha.clamp_min(1e-10))
+
+    return RenderOutput(rgb=torch.stack(images), alpha=torch.stack(alphas), depth=torch.stack(depths))
+
+
+def pixel_boxes(means2d: Tensor, radii: Tensor, width: int, height: int) -> Tensor:
+    """Inclusive pixel ranges whose centres lie within mean +- radius, clipped to the image.
+
+    Args:
+        means2d: (M, 2) projected centres; radii: (M, 2) integer half-sizes.
+
+    Returns:
+        (M, 4) int64 (u_first, u_last, v_first, v_last); empty ranges have last < first.
+    """
+    radii = radii.to(means2d.dtype)
+    # Pixel u has its centre at u + 0.5. Clamping in floating point first keeps huge boxes
+    # (a Gaussian right in front of the camera) from overflowing the integer conversion.
+    u_first = torch.ceil(means2d[:, 0] - radii[:, 0] - 0.5).clamp(0, width)
+    u_last = torch.floor(means2d[:, 0] + radii[:, 0] - 0.5).clamp(-1, width - 1)
+    v_first = torch.ceil(means2d[:, 1] - radii[:, 1] - 0.5).clamp(0, height)
+    v_last = torch.floor(means2d[:, 1] + radii[:, 1] - 0.5).clamp(-1, height - 1)
+    return torch.stack([u_first, u_last, v_first, v_last], dim=1).to(torch.int64)
+
+
+@dataclass
+class TileBins:
+    """Per-tile lists of Gaussians (rows of a front-to-back feature table).
+
+    Attributes:
+        tile_size: tile side in pixels.
+        tiles_x, tiles_y: tile grid size.
+        width, height: image size.
+        num_gaussians: rows of the feature table (M); index M is used as an empty slot.
+        gaussian_of_entry: (E,) feature rows, grouped by tile, front to back within a tile.
+        tile_first: (T,) index of each tile's first entry; tile_count: (T,) entries per tile.
+    """
+
+    tile_size: int
+    tiles_x: int
+    tiles_y: int
+    width: int
+    height: int
+    num_gaussians: int
+    gaussian_of_entry: Tensor
+    tile_first: Tensor
+    tile_count: Tensor
+
+    @property
+    def num_tiles(self) -> int:
+        return self.tiles_x * self.tiles_y
+
+    @property
+    def pixels_per_tile(self) -> int:
+        return self.tile_size * self.tile_size
+
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Non-empty tiles in chunks of similar list length.
+
+        Yields:
+            tiles (n,) tile ids and lists (n, L): feature rows, padded with ``num_gaussians``.
+        """
+        nonempty = (self.tile_count > 0).nonzero().squeeze(1)
+        by_length = nonempty[torch.sort(self.tile_count[nonempty], descending=True, stable=True).indices]
+        lengths = self.tile_count[by_length].tolist()
+        start = 0
+        while start < len(lengths):
+            list_length = lengths[start]  # the longest list of this chunk, since sorted descending
+            count = max(1, CHUNK_ELEMENTS // (list_length * self.pixels_per_tile))
+            tiles = by_length[start : start + count]
+            slots = torch.arange(list_length, device=tiles.device)
+            entry = (self.tile_first[tiles, None] + slots).clamp_max(len(self.gaussian_of_entry) - 1)
+            lists = torch.where(slots < self.tile_count[tiles, None], self.gaussian_of_entry[entry], self.num_gaussians)
+            yield tiles, lists
+            start += count
+
+    def pixel_centres(self, tiles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(n,) tile ids -> x and y pixel-centre coordinates, each (n, tile_size^2), row-major in a tile."""
+        local = torch.arange(self.pixels_per_tile, device=tiles.device)
+        px = (tiles % self.tiles_x * self.tile_size)[:, None] + local % self.tile_size
+        py = (tiles // self.tiles_x * self.tile_size)[:, None] + local // self.tile_size
+        return px.to(dtype) + 0.5, py.to(dtype) + 0.5
+
+    def tiles_to_image(self, per_tile: Tensor) -> Tensor:
+        """(T, tile_size^2, C) tile-major values -> (H, W, C) image (differentiable)."""
+        size = self.tile_size
+        grid = per_tile.reshape(self.tiles_y, self.tiles_x, size, size, -1).permute(0, 2, 1, 3, 4)
+        return grid.reshape(self.tiles_y * size, self.tiles_x * size, -1)[: self.height, : self.width]
+
+
+def bin_to_tiles(boxes: Tensor, width: int, height: int, tile_size: int = TILE_SIZE) -> TileBins:
+    """Lists every Gaussian in each tile its pixel box touches, front to back within a tile.
+
+    Args:
+        boxes: (M, 4) pixel boxes from ``pixel_boxes``, rows in front-to-back order.
+    """
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    num_gaussians = len(boxes)
+    ids = ((boxes[:, 1] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 2])).nonzero().squeeze(1)
+    tile_x0, tile_x1 = boxes[ids, 0] // tile_size, boxes[ids, 1] // tile_size
+    tile_y0, tile_y1 = boxes[ids, 2] // tile_size, boxes[ids, 3] // tile_size
+    span_x = tile_x1 - tile_x0 + 1
+    counts = span_x * (tile_y1 - tile_y0 + 1)
+    owner = torch.repeat_interleave(torch.arange(len(ids), device=boxes.device), counts)
+    offset = torch.arange(len(owner), device=boxes.device) - (torch.cumsum(counts, 0) - counts)[owner]
+    tile = (tile_y0[owner] + offset // span_x[owner]) * tiles_x + tile_x0[owner] + offset % span_x[owner]
+    # Feature rows are already front to back, so sorting (tile, row) keys orders each tile's list.
+    key_base = max(1, num_gaussians)
+    keys = torch.sort(tile * key_base + ids[owner]).values
+    tile_of_entry = torch.div(keys, key_base, rounding_mode="floor")
+    tile_count = torch.bincount(tile_of_entry, minlength=tiles_x * tiles_y)
+    return TileBins(
+        tile_size=tile_size,
+        tiles_x=tiles_x,
+        tiles_y=tiles_y,
+        width=width,
+        height=height,
+        num_gaussians=num_gaussians,
+        gaussian_of_entry=keys - tile_of_entry * key_base,
+        tile_first=torch.cumsum(tile_count, 0) - tile_count,
+        tile_count=tile_count,
+    )
+
+
+@dataclass
+class _ChunkState:
+    """Per-entry quantities of one chunk, all (n, L, P) unless noted."""
+
+    dx: Tensor  # mean_x - pixel x
+    dy: Tensor
+    alpha: Tensor  # min(MAX_ALPHA, o exp(-sigma)), 0 where below 1/255
+    alpha_unclamped: Tensor  # alpha where the MAX_ALPHA clamp is inactive, else 0 (gradient gate)
+    one_minus_alpha: Tensor
+    before: Tensor  # transmittance in front of the entry
+    kept: Tensor  # 1.0 where composited (inclusive transmittance > MIN_TRANSMITTANCE), else 0.0
+    weight: Tensor  # alpha * before * kept
+
+
+def _just_below(value: float, dtype: torch.dtype) -> float:
+    """The largest number of ``dtype`` below ``value``."""
+    return float(torch.nextafter(torch.tensor(value, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)))
+
+
+def _evaluate_chunk(columns: Tensor, px: Tensor, py: Tensor) -> _ChunkState:
+    """Alpha, transmittance and blending weights of one chunk.
+
+    Args:
+        columns: (NUM_FEATURES, n, L) gathered feature rows of the chunk's lists.
+        px, py: (n, P) pixel centres of the chunk's tiles.
+    """
+    dx = columns[MEAN_X, :, :, None] - px[:, None, :]
+    dy = columns[MEAN_Y, :, :, None] - py[:, None, :]
+    # sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2, written as dx (0.5 a dx + b dy) + 0.5 c dy^2.
+    # In-place updates matter here: on a CPU a fresh allocation costs more than the arithmetic.
+    sigma = dx * (0.5 * columns[CONIC_A, :, :, None])
+    sigma.addcmul_(dy, columns[CONIC_B, :, :, None]).mul_(dx)
+    sigma.addcmul_(dy * dy, columns[CONIC_C, :, :, None], value=0.5)
+    alpha = sigma.neg_().exp_().mul_(columns[OPACITY, :, :, None])
+    # threshold(x, t, 0) keeps x > t, so t just below 1/255 keeps exactly gsplat's alpha >= 1/255.
+    # (Float masks through threshold/sign: boolean masks are several times slower on a CPU.)
+    alpha = F.threshold(alpha, _just_below(ALPHA_THRESHOLD, alpha.dtype), 0.0).clamp_max_(MAX_ALPHA)
+    alpha_unclamped = alpha - F.threshold(alpha, _just_below(MAX_ALPHA, alpha.dtype), 0.0)
+
+    one_minus_alpha = torch.neg(alpha).add_(1.0)
+    through = torch.cumprod(one_minus_alpha, dim=1)  # inclusive transmittance
+    kept = F.threshold(through, MIN_TRANSMITTANCE, 0.0).sign_()
+    before = torch.empty_like(through)
+    before[:, 0] = 1.0
+    before[:, 1:] = through[:, :-1]
+    weight = before * alpha
+    weight.mul_(kept)
+    return _ChunkState(dx, dy, alpha, alpha_unclamped, one_minus_alpha, before, kept, weight)
+
+
+def _gather_columns(table: Tensor, lists: Tensor) -> Tensor:
+    """(C, M + 1) table, (n, L) row ids -> (C, n, L); one 1-D gather per row is the fastest on CPU."""
+    flat = lists.flatten()
+    return torch.stack([row.index_select(0, flat) for row in table]).reshape(len(table), *lists.shape)
+
+
+class _TileCompositor(torch.autograd.Function):
+    """Front-to-back compositing of one view's tiles, with a hand-written backward.
+
+    Inputs: features (NUM_FEATURES, M) rows MEAN_X ... b for Gaussians in front-to-back order,
+    bins (TileBins). Outputs: shade (T, P, 4) = sum_i w_i (z_i, r_i, g_i, b_i) per tile pixel and
+    transmittance (T, P), with w_i = alpha_i T_i and T_i the transmittance in front of entry i.
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, bins: TileBins):
+        table = torch.cat([features, features.new_zeros(NUM_FEATURES, 1)], dim=1)  # empty slot: opacity 0
+        shade = features.new_zeros(bins.num_tiles, bins.pixels_per_tile, 4)
+        transmittance = features.new_ones(bins.num_tiles, bins.pixels_per_tile)
+        for tiles, lists in bins.chunks():
+            columns = _gather_columns(table, lists)
+            state = _evaluate_chunk(columns, *bins.pixel_centres(tiles, features.dtype))
+            shade[tiles] = torch.bmm(state.weight.transpose(1, 2), columns[SHADE].permute(1, 2, 0))
+            # sum_i w_i = 1 - T_final (the weights telescope).
+            transmittance[tiles] = 1.0 - state.weight.sum(dim=1)
+        ctx.bins = bins
+        ctx.save_for_backward(table, transmittance)
+        return shade, transmittance
+
+    @staticmethod
+    def backward(ctx, grad_shade: Tensor, grad_transmittance: Tensor):
+        table, transmittance = ctx.saved_tensors
+        bins = ctx.bins
+        grad_table = torch.zeros_like(table)
+        # dL/dT_final * T_final: what the background behind the last entry is worth to a pixel.
+        behind = grad_transmittance * transmittance
+        for tiles, lists in bins.chunks():
+            columns = _gather_columns(table, lists)
+            state = _evaluate_chunk(columns, *bins.pixel_centres(tiles, table.dtype))
+            pixel_grad = grad_shade[tiles]  # (n, P, 4)
+            entry_shade = columns[SHADE].permute(1, 2, 0)  # (n, L, 4)
+
+            # gain_i = dL/dw_i per pixel; blended quantities get sum_pixels w_i dL/d(shade).
+            gain = torch.bmm(entry_shade, pixel_grad.transpose(1, 2))  # (n, L, P)
+            grad_entry_shade = torch.bmm(state.weight, pixel_grad)  # (n, L, 4)
+
+            # Every w_k behind entry i and T_final carry the factor (1 - alpha_i):
+            # dL/dalpha_i = T_i gain_i - (sum_{k>i} w_k gain_k + behind) / (1 - alpha_i).
+            weighted_gain = state.weight * gain
+            later = weighted_gain.sum(dim=1, keepdim=True) - torch.cumsum(weighted_gain, dim=1)
+            later.add_(behind[tiles][:, None, :]).div_(state.one_minus_alpha)
+            grad_alpha = gain.mul_(state.before).sub_(later).mul_(state.kept)
+
+            # alpha = o exp(-sigma) below the clamp: dalpha/dsigma = -alpha, dalpha/do = alpha / o.
+            grad_alpha_sigma = grad_alpha.mul_(state.alpha_unclamped)  # = -dL/dsigma
+            grad_opacity = grad_alpha_sigma.sum(dim=2) / columns[OPACITY].clamp_min(ALPHA_THRESHOLD)
+            along_x = grad_alpha_sigma * state.dx
+            along_y = grad_alpha_sigma.mul_(state.dy)
+            sum_x, sum_y = along_x.sum(dim=2), along_y.sum(dim=2)
+            sum_xx = along_x.mul_(state.dx).sum(dim=2)
+            sum_xy = (along_y * state.dx).sum(dim=2)
+            sum_yy = along_y.mul_(state.dy).sum(dim=2)
+            a, b, c = columns[CONIC_A], columns[CONIC_B], columns[CONIC_C]
+            # sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 with dx = mean_x - px, dy = mean_y - py.
+            entry_grads = torch.stack(
+                [
+                    -(a * sum_x + b * sum_y),
+                    -(c * sum_y + b * sum_x),
+                    -0.5 * sum_xx,
+                    -sum_xy,
+                    -0.5 * sum_yy,
+                    grad_opacity,
+                    *grad_entry_shade.unbind(-1),
+                ]
+            )  # (NUM_FEATURES, n, L)
+            flat_lists = lists.flatten()
+            for row, values in zip(grad_table, entry_grads):
+                row.index_add_(0, flat_lists, values.flatten())
+        return grad_table[:, :-1], None
