@@ -1,0 +1,177 @@
+"""Our stitched-decoder checkpoint: one folder, one call to save and one to load.
+
+Layout::
+
+    <dir>/model.safetensors      every tensor of StitchedDecoder.state_dict(), LoRA MERGED into the weights
+    <dir>/stitched_config.json   what is needed to rebuild the module (see below)
+
+Keys are ``stitching_layer.{weight,bias}`` and ``network.<base-model key>`` for the kept part only; kept
+DINOv2 blocks keep their original index (``network.encoder.aggregator.patch_embed.blocks.2...`` for the
+released cut). LoRA is stored merged (``W + B·A·alpha/r``): the file is then a plain network that loads
+without peft, runs at the base model's speed, and is what the generator's reward finetuning and the
+generation pipeline consume. The LoRA settings used in training are recorded in the config for
+provenance; to keep finetuning, the trainer's own resumable checkpoints (``engine.stitching.train``) hold
+the separate LoRA factors.
+
+``stitched_config.json``::
+
+    {"format": "vist3a-stitched-decoder", "format_version": 1,
+     "model": {"model_type": "anysplat", "config": {... AnySplatConfig.to_dict() ...}},
+     "cut_stage": "patch_embed.blocks.1",
+     "stitching_spec": "conv3d_k5x3x3_o1024_s1x2x2_p2x1x1",
+     "vae": {"class_name": "AutoencoderKLWan", "latent_channels": 16, "spatial_factor": 8,
+             "temporal_factor": 4, "name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"},
+     "lora": {"rank": 64, "alpha": 32, "dropout": 0.0, "merged": true, ...} or null,
+     "dtype": "float32"}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from engine.io.atomic import atomic_directory
+from engine.models.config import config_from_dict
+from engine.stitching.decoder import StitchedDecoder, VAEReference
+
+FORMAT = "vist3a-stitched-decoder"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "stitched_config.json"
+_LIST_LIMIT = 8
+
+
+class StitchedCheckpointError(ValueError):
+    """A stitched-decoder checkpoint is missing, malformed or does not fit its description."""
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_LIST_LIMIT])
+    return f"{len(items)} ({shown}{', ...' if len(items) > _LIST_LIMIT else ''})"
+
+
+def stitched_config(decoder: StitchedDecoder) -> dict:
+    """The ``stitched_config.json`` content describing ``decoder``."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {"model_type": decoder.model_type, "config": decoder.network.config.to_dict()},
+        "cut_stage": decoder.cut_stage,
+        "stitching_spec": decoder.spec,
+        "vae": decoder.vae.to_dict(),
+        "lora": decoder.lora_info,
+        "dtype": str(decoder.stitching_layer.weight.dtype).removeprefix("torch."),
+    }
+
+
+def save_stitched_decoder(decoder: StitchedDecoder, directory: Union[str, Path], replace: bool = True) -> Path:
+    """Writes ``decoder`` (LoRA already merged) into ``directory`` atomically; returns the folder.
+
+    Raises StitchedCheckpointError if the decoder still holds unmerged LoRA layers (merge them first,
+    e.g. with ``engine.stitching.train.export_merged``).
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(decoder, StitchedDecoder):
+        raise TypeError(f"expected a StitchedDecoder, got {type(decoder).__name__}")
+    state = decoder.state_dict()
+    unmerged = [k for k in state if "lora_" in k or ".base_layer." in k]
+    if unmerged:
+        raise StitchedCheckpointError(
+            f"the decoder still has unmerged LoRA tensors {_listing(unmerged)}; merge the adapters before saving"
+        )
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    directory = Path(directory)
+    with atomic_directory(directory, replace=replace) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (tmp / CONFIG_FILE).write_text(json.dumps(stitched_config(decoder), indent=1), encoding="utf-8")
+    return directory
+
+
+def read_stitched_config(path: Union[str, Path]) -> dict:
+    """Reads and validates ``stitched_config.json`` of a checkpoint folder."""
+    folder = Path(path)
+    config_path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise StitchedCheckpointError(f"stitched decoder checkpoint folder not found: {folder}")
+    if not config_path.is_file():
+        raise StitchedCheckpointError(f"{folder} has no {CONFIG_FILE}: not a stitched-decoder checkpoint")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise StitchedCheckpointError(f"{config_path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise StitchedCheckpointError(f"{config_path}: 'format' must be {FORMAT!r}")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise StitchedCheckpointError(
+            f"{config_path}: format_version {data.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    required = ("model", "cut_stage", "stitching_spec", "vae", "lora")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise StitchedCheckpointError(f"{config_path}: missing entries {missing}")
+    model = data["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("config"), dict):
+        raise StitchedCheckpointError(f"{config_path}: 'model' must be {{'model_type': ..., 'config': {{...}}}}")
+    if model.get("config", {}).get("model_type") != model.get("model_type"):
+        raise StitchedCheckpointError(f"{config_path}: model.model_type disagrees with model.config.model_type")
+    return data
+
+
+def check_state_dict(decoder: StitchedDecoder, state: dict[str, Tensor], source: str) -> None:
+    """Raises StitchedCheckpointError listing missing, unexpected and mis-shaped keys."""
+    own = decoder.state_dict(keep_vars=True)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs decoder {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_listing(mismatched)}")
+    if problems:
+        raise StitchedCheckpointError(f"{source} does not fit its stitched decoder: " + "; ".join(problems))
+
+
+def assign_state_dict(
+    decoder: StitchedDecoder, state: dict[str, Tensor], device: Union[str, torch.device], dtype: torch.dtype
+) -> None:
+    """Strictly loads ``state`` (checked with :func:`check_state_dict`) into a decoder, possibly on meta."""
+    own = decoder.state_dict(keep_vars=True)
+    converted = {
+        k: state[k].to(device=device, dtype=dtype if own[k].is_floating_point() else own[k].dtype) for k in own
+    }
+    decoder.load_state_dict(converted, strict=True, assign=True)
+
+
+def load_stitched_decoder(
+    path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32
+) -> StitchedDecoder:
+    """Loads a checkpoint written by :func:`save_stitched_decoder` (strict); returns it in eval mode."""
+    from safetensors.torch import load_file
+
+    data = read_stitched_config(path)
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise StitchedCheckpointError(f"{path} has no {WEIGHTS_FILE}")
+    try:
+        model_config = config_from_dict(data["model"]["config"])
+        vae = VAEReference.from_dict(data["vae"])
+        decoder = StitchedDecoder.from_config(model_config, data["cut_stage"], data["stitching_spec"], vae, "meta")
+    except (TypeError, ValueError) as error:
+        raise StitchedCheckpointError(f"{Path(path) / CONFIG_FILE}: {error}") from error
+    state = load_file(str(weights), device="cpu")
+    check_state_dict(decoder, state, str(weights))
+    assign_state_dict(decoder, state, device, dtype)
+    decoder.lora_info = data["lora"]
+    return decoder.eval()
