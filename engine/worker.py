@@ -32,7 +32,7 @@ import tempfile
 import threading
 import traceback
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, NoReturn, Optional
 
 from engine import __version__, protocol
 from engine.pipeline_settings import (
@@ -119,21 +119,20 @@ class Worker:
                 # The client is gone; nothing can be told to anyone. Stop at the next opportunity.
                 self._shutting_down.set()
 
-    def send_error(self, request_id: Optional[str], exc: BaseException) -> None:
+    def _error_fields(self, request_id: Optional[str], exc: BaseException) -> dict:
+        """The fields of the error event for ``exc`` (and a log line: full traceback for unexpected errors)."""
         error_type = classify_error(exc)
         trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         if error_type == "internal":
             logger.error("request %s failed:\n%s", request_id, trace)
         else:
             logger.warning("request %s: %s: %s", request_id, error_type, exc)
-        self.send(
-            protocol.ERROR,
-            request_id,
-            error_type=error_type,
-            message=str(exc) or type(exc).__name__,
-            traceback=trace,
-            hint=HINTS.get(error_type),
-        )
+        return {
+            "error_type": error_type,
+            "message": str(exc) or type(exc).__name__,
+            "traceback": trace,
+            "hint": HINTS.get(error_type),
+        }
 
     # ------------------------------------------------------------------ reading requests
 
@@ -147,7 +146,7 @@ class Worker:
             try:
                 request = protocol.parse_request(line)
             except protocol.ProtocolError as exc:
-                self.send_error(exc.request_id, exc)
+                self.send(protocol.ERROR, exc.request_id, **self._error_fields(exc.request_id, exc))
                 continue
             if request.type == protocol.PING:
                 self.send(protocol.DONE, request.id, command=protocol.PING)
@@ -216,16 +215,17 @@ class Worker:
                     protocol.GENERATE: self._handle_generate,
                     protocol.RELEASE: self._handle_release,
                 }[request.type]
-                handler(request, cancel)
+                kind, fields = handler(request, cancel)
             except GenerationCancelled:
                 logger.info("request %s cancelled", request.id)
-                self.send(protocol.CANCELLED, request.id)
+                kind, fields = protocol.CANCELLED, {}
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an error event; the worker lives on
-                self.send_error(request.id, exc)
-            finally:
-                with self._state_lock:
-                    self._current = None
-                shutil.rmtree(self._preview_dir(request.id), ignore_errors=True)
+                kind, fields = protocol.ERROR, self._error_fields(request.id, exc)
+            # Clean up before the terminal event, so that a client never sees a running request's leftovers.
+            shutil.rmtree(self._preview_dir(request.id), ignore_errors=True)
+            with self._state_lock:
+                self._current = None
+            self.send(kind, request.id, **fields)
 
     def _progress(self, request_id: str, preview_every: int = 0):
         def progress(stage: str, step: int, total: int, preview) -> None:
@@ -270,20 +270,16 @@ class Worker:
         logger.info("model %s loaded in %.1f s", bundle.name, self._pipeline.load_seconds)
         return self._pipeline, False
 
-    def _handle_load(self, request: protocol.Request, cancel: threading.Event) -> None:
+    def _handle_load(self, request: protocol.Request, cancel: threading.Event) -> tuple[str, dict]:
         pipeline, reused = self._pipeline_for(request.get("model"), request.get("runtime"), request.id, cancel)
-        self.send(
-            protocol.DONE,
-            request.id,
-            command=protocol.LOAD,
-            model=pipeline.model_identity["name"],
-            reused=reused,
-            load_seconds=round(pipeline.load_seconds, 3),
-        )
+        return protocol.DONE, {
+            "command": protocol.LOAD,
+            "model": pipeline.model_identity["name"],
+            "reused": reused,
+            "load_seconds": round(pipeline.load_seconds, 3),
+        }
 
-    def _handle_generate(self, request: protocol.Request, cancel: threading.Event) -> None:
-        from engine.pipeline_outputs import unique_run_dir, write_outputs
-
+    def _handle_generate(self, request: protocol.Request, cancel: threading.Event) -> tuple[str, dict]:
         settings = GenerationSettings.from_dict(request.get("settings"))
         if settings.seed is None:  # drawn here so that the run folder's name can carry it
             settings = settings.replace(seed=secrets.randbelow(MAX_SEED + 1))
@@ -291,9 +287,11 @@ class Worker:
             out_dir = Path(request.get("output_dir")).expanduser()
             if out_dir.exists():
                 raise FileExistsError(f"output folder {out_dir} already exists")
-        else:
-            out_dir = unique_run_dir(Path(request.get("output_root")).expanduser(), settings)
         pipeline, _ = self._pipeline_for(request.get("model"), request.get("runtime"), request.id, cancel)
+        from engine.pipeline_outputs import unique_run_dir, write_outputs
+
+        if request.get("output_root") is not None:
+            out_dir = unique_run_dir(Path(request.get("output_root")).expanduser(), settings)
         pipeline.check_settings(settings)
         progress = self._progress(request.id, request.get("preview_every", 0))
         result = pipeline.generate(
@@ -301,12 +299,12 @@ class Worker:
         )
         write_outputs(result, out_dir, progress=progress, cancel=cancel)
         logger.info("request %s: wrote %s", request.id, out_dir)
-        self.send(protocol.RESULT, request.id, output_dir=str(out_dir), seed=settings.seed, timings=result.timings)
+        return protocol.RESULT, {"output_dir": str(out_dir), "seed": settings.seed, "timings": result.timings}
 
-    def _handle_release(self, request: protocol.Request, cancel: threading.Event) -> None:
+    def _handle_release(self, request: protocol.Request, cancel: threading.Event) -> tuple[str, dict]:
         released = self._pipeline is not None
         self._release()
-        self.send(protocol.DONE, request.id, command=protocol.RELEASE, released=released)
+        return protocol.DONE, {"command": protocol.RELEASE, "released": released}
 
     def _release(self) -> None:
         if self._pipeline is not None:
@@ -343,7 +341,7 @@ def setup_logging(log_file: Path, level: int) -> None:
     )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m engine.worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-file", type=Path, default=default_log_file(), help="default: %(default)s")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -351,8 +349,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     events_out = claim_stdout()
     setup_logging(args.log_file, logging.DEBUG if args.verbose else logging.INFO)
     logger.info("worker started (engine %s, protocol %d)", __version__, protocol.PROTOCOL_VERSION)
-    return Worker(events_out).serve(sys.stdin.buffer)
+    code = Worker(events_out).serve(sys.stdin.buffer)
+    # Everything is released and every output was written atomically; skip the interpreter's teardown
+    # of torch and friends, which can take seconds, so a client waiting for the exit is not kept waiting.
+    logging.shutdown()
+    events_out.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -347,3 +347,20 @@ def test_test_double_decoder_interface():
     # Guards the documented interface the real stitched decoder must follow.
     decoded = TinyTestDecoder()(torch.randn(1, 16, 2, 4, 4), torch.rand(1, 5, 3, 32, 32))
     assert len(decoded.cameras) == 5 and decoded.depth.shape == (5, 32, 32)
+
+
+def test_generate_command_line(tmp_path, bundle_dir, capsys, caplog):
+    from engine.cli import main
+
+    argv = ["generate", "a red house", "--model", str(bundle_dir), "--out", str(tmp_path / "run")]
+    argv += ["--frames", "5", "--height", "32", "--width", "32", "--steps", "2", "--seed", "4", "--device", "cpu"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "run")
+    assert read_run_metadata(tmp_path / "run")["settings"]["num_steps"] == 2
+    assert (
+        main(["generate", "--from-metadata", str(tmp_path / "run" / "metadata.json"), "--out", str(tmp_path / "again")])
+        == 0
+    )
+    assert (tmp_path / "run" / "scene.ply").read_bytes() == (tmp_path / "again" / "scene.ply").read_bytes()
+    assert main(argv[:-2] + ["--frames", "6"]) == 2  # invalid setting: clear message, exit status 2
+    assert "num_frames must be 4k+1" in caplog.text

@@ -1,0 +1,241 @@
+"""The worker through a real subprocess, driven by the stdlib client (engine.worker_client).
+
+Two kinds of worker: the plain ``python -m engine.worker`` for protocol-level behaviour (it answers
+without ever importing torch), and one started through a small launcher that first registers the
+tiny test-double 3D decoder, for end-to-end generation on the tiny bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_pipeline_tiny import build_tiny_bundle
+
+from engine import protocol
+from engine.pipeline_outputs import OUTPUT_FILES
+from engine.worker_client import WorkerDied, WorkerProcess
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+TINY = {"prompt": "a red house", "num_frames": 5, "height": 32, "width": 32, "num_steps": 2, "seed": 3}
+
+# The launcher registers the test double, and makes the decoder loader print to stdout both through
+# Python and straight to file descriptor 1: the protocol stream must stay clean regardless.
+LAUNCHER = f"""
+import os, sys
+sys.path.insert(0, {str(TESTS)!r})
+import test_pipeline_tiny as tiny
+from engine.pipeline import register_decoder_loader
+def noisy_loader(*args):
+    print("stray print from a library")
+    os.write(1, b"stray write to fd 1\\n")
+    return tiny.load_test_decoder(*args)
+register_decoder_loader(tiny.TEST_DECODER_KIND, noisy_loader)
+from engine.worker import main
+main(sys.argv[1:])
+"""
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def start_worker(tmp_path: Path, tiny_decoder: bool) -> WorkerProcess:
+    command = [sys.executable, "-c", LAUNCHER] if tiny_decoder else [sys.executable, "-m", "engine.worker"]
+    worker = WorkerProcess(
+        command=command,
+        extra_args=["--log-file", str(tmp_path / "worker.log")],
+        cwd=str(REPO),
+        env=_env(),
+        stderr=open(tmp_path / "stderr.txt", "wb"),  # noqa: SIM115 - closed with the process
+    )
+    worker.start(timeout=120)
+    return worker
+
+
+@pytest.fixture(scope="module")
+def plain_worker(tmp_path_factory):
+    worker = start_worker(tmp_path_factory.mktemp("plain"), tiny_decoder=False)
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return build_tiny_bundle(tmp_path_factory.getbasetemp() / "tiny-bundle")
+
+
+@pytest.fixture(scope="module")
+def tiny_worker(tmp_path_factory):
+    worker = start_worker(tmp_path_factory.mktemp("tiny"), tiny_decoder=True)
+    yield worker
+    worker.close()
+
+
+def _collect(worker: WorkerProcess, request_id: str, timeout: float = 180) -> tuple[dict, list[dict]]:
+    events: list[dict] = []
+    final = worker.wait_for(request_id, timeout=timeout, on_event=events.append)
+    return final, events
+
+
+# ----------------------------------------------------------------------------- protocol level (no torch)
+
+
+def test_hello_and_ping(plain_worker):
+    assert plain_worker.hello["protocol"] == protocol.PROTOCOL_VERSION and plain_worker.hello["pid"] > 0
+    assert plain_worker.ping(timeout=10)
+
+
+def test_bad_json_unknown_command_and_bad_fields_keep_the_worker_serving(plain_worker):
+    plain_worker.send_raw("{this is not json\n")
+    event = plain_worker.next_event(timeout=10)
+    assert event["type"] == "error" and event["error_type"] == "bad_json" and event["id"] is None
+    assert event["hint"] and event["traceback"]
+
+    plain_worker.send_raw('{"type": "fly", "id": "u1"}\n')
+    event = plain_worker.next_event(timeout=10, request_id="u1")
+    assert event["error_type"] == "unknown_command" and "fly" in event["message"]
+
+    plain_worker.send_raw('{"type": "load", "id": "u2", "model": 5}\n')
+    assert plain_worker.next_event(timeout=10, request_id="u2")["error_type"] == "bad_request"
+    assert plain_worker.ping(timeout=10)
+
+
+def test_invalid_settings_and_missing_model_are_error_events(plain_worker, tmp_path):
+    final = plain_worker.request(
+        "generate", timeout=30, settings={**TINY, "num_frames": 6}, output_dir=str(tmp_path / "run")
+    )
+    assert final["type"] == "error" and final["error_type"] == "invalid_settings" and "num_frames" in final["message"]
+
+    final = plain_worker.request("load", timeout=30, model=str(tmp_path / "no-such-model"))
+    assert final["error_type"] == "model_not_found" and "no-such-model" in final["message"] and final["hint"]
+
+    final = plain_worker.request("generate", timeout=30, settings=TINY, output_dir=str(tmp_path / "run"))
+    assert final["error_type"] == "invalid_settings" and "no model" in final["message"]
+
+    (tmp_path / "taken").mkdir()
+    final = plain_worker.request("generate", timeout=30, settings=TINY, output_dir=str(tmp_path / "taken"))
+    assert final["error_type"] == "output_exists"
+    assert plain_worker.ping(timeout=10)
+
+
+def test_cancel_with_nothing_running(plain_worker):
+    final = plain_worker.request("cancel", timeout=10)
+    assert final["type"] == "done" and final["cancelled"] == []
+
+
+def test_shutdown_exits_cleanly(tmp_path):
+    worker = start_worker(tmp_path, tiny_decoder=False)
+    final = worker.request("shutdown", timeout=30)
+    assert final["type"] == "done" and final["command"] == "shutdown"
+    assert worker.process.wait(timeout=30) == 0
+    with pytest.raises(WorkerDied):
+        worker.next_event(timeout=10)
+    assert (tmp_path / "worker.log").read_text().count("worker started") == 1
+
+
+def test_client_detects_a_hung_worker(tmp_path):
+    # A fake worker: says hello, then never answers.
+    fake = (
+        "import json, os, sys, time; "
+        f"sys.stdout.write(json.dumps({{'type': 'hello', 'protocol': {protocol.PROTOCOL_VERSION}, "
+        "'engine_version': 'x', 'pid': os.getpid()}) + '\\n'); sys.stdout.flush(); time.sleep(60)"
+    )
+    worker = WorkerProcess(command=[sys.executable, "-c", fake])
+    worker.start(timeout=30)
+    try:
+        assert not worker.ping(timeout=0.5) and worker.alive
+    finally:
+        worker.kill()
+    assert not worker.alive
+
+
+# ----------------------------------------------------------------------------- end to end (tiny models)
+
+
+@pytest.mark.slow
+def test_generate_writes_every_output_and_reuses_the_loaded_model(tiny_worker, bundle, tmp_path):
+    request_id = tiny_worker.send(
+        "generate", settings=TINY, model=str(bundle), output_dir=str(tmp_path / "a"), preview_every=1
+    )
+    final, events = _collect(tiny_worker, request_id)
+    assert final["type"] == "result", final
+    out = Path(final["output_dir"])
+    assert out == tmp_path / "a" and sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    stages = [e["stage"] for e in events]
+    assert stages[0] == "load" and stages.index("encode_prompt") < stages.index("denoise") < stages.index(
+        "write_outputs"
+    )
+    previews = [e["preview"] for e in events if "preview" in e]
+    assert len(previews) == 2 and all(p.endswith(".png") for p in previews)
+    assert not Path(previews[0]).exists()  # previews are cleaned up when the request ends
+    stderr = Path(tiny_worker.stderr.name).read_text(errors="replace")
+    assert "stray print from a library" in stderr and "stray write to fd 1" in stderr  # not on the protocol stream
+
+    # same model again: no reload, and the same seed gives the same scene
+    final, events = _collect(tiny_worker, tiny_worker.send("generate", settings=TINY, output_dir=str(tmp_path / "b")))
+    assert final["type"] == "result" and "load" not in [e["stage"] for e in events]
+    assert (tmp_path / "a" / "scene.ply").read_bytes() == (tmp_path / "b" / "scene.ply").read_bytes()
+    final = tiny_worker.request("load", timeout=60, model=str(bundle))
+    assert final["type"] == "done" and final["reused"] is True
+
+    # output_root: a new uniquely named folder per run
+    final = tiny_worker.request("generate", timeout=180, settings={**TINY, "seed": None}, output_root=str(tmp_path))
+    assert final["type"] == "result" and Path(final["output_dir"]).parent == tmp_path
+    assert str(final["seed"]) in Path(final["output_dir"]).name
+
+
+@pytest.mark.slow
+def test_cancel_mid_run_leaves_no_folder_and_the_worker_usable(tiny_worker, bundle, tmp_path):
+    settings = {**TINY, "num_steps": 400}
+    request_id = tiny_worker.send("generate", settings=settings, model=str(bundle), output_dir=str(tmp_path / "c"))
+    while True:
+        event = tiny_worker.next_event(timeout=180, request_id=request_id)
+        assert event["type"] == "progress", event
+        if event["stage"] == "denoise":
+            break
+    queued = tiny_worker.send("generate", settings=TINY, output_dir=str(tmp_path / "d"))
+    assert tiny_worker.request("cancel", timeout=10, target=queued)["cancelled"] == [queued]
+    assert tiny_worker.request("cancel", timeout=10)["cancelled"] == [request_id]
+    final, _ = _collect(tiny_worker, request_id)
+    assert final["type"] == "cancelled"
+    assert tiny_worker.wait_for(queued, timeout=60)["type"] == "cancelled"
+    assert list(tmp_path.iterdir()) == []
+    final = tiny_worker.request("generate", timeout=180, settings=TINY, output_dir=str(tmp_path / "e"))
+    assert final["type"] == "result"
+
+
+@pytest.mark.slow
+def test_release_then_generate_reloads(tiny_worker, bundle, tmp_path):
+    assert tiny_worker.request("load", timeout=180, model=str(bundle))["type"] == "done"
+    final = tiny_worker.request("release", timeout=60)
+    assert final["type"] == "done" and final["released"] is True
+    final, events = _collect(tiny_worker, tiny_worker.send("generate", settings=TINY, output_dir=str(tmp_path / "f")))
+    assert final["type"] == "result" and events[0]["stage"] == "load"
+
+
+@pytest.mark.slow
+def test_client_detects_a_worker_killed_mid_request(bundle, tmp_path):
+    worker = start_worker(tmp_path, tiny_decoder=True)
+    try:
+        request_id = worker.send(
+            "generate", settings={**TINY, "num_steps": 400}, model=str(bundle), output_dir=str(tmp_path / "g")
+        )
+        event = worker.next_event(timeout=180, request_id=request_id)
+        assert event["type"] == "progress"
+        os.kill(worker.process.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(WorkerDied) as info:
+            worker.wait_for(request_id, timeout=60)
+        assert time.monotonic() - started < 30
+        assert info.value.returncode == -signal.SIGKILL and "signal" in str(info.value)
+        assert not worker.alive and not worker.ping(timeout=1)
+    finally:
+        worker.close()
