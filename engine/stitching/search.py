@@ -183,14 +183,14 @@ class LayerSearchResult:
         return layer
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no weights)."""
+        """JSON-ready summary (no weights); a relative MSE of constant tokens (zero variance) is null."""
         return {
             "best_layer": self.best_layer,
             "best_index": self.best_index,
             "spec": format_spec(self.spec),
             "in_channels": self.in_channels,
             "layers": [
-                {"name": name, "mse": mse, "relative_mse": rel}
+                {"name": name, "mse": mse, "relative_mse": rel if math.isfinite(rel) else None}
                 for name, mse, rel in zip(self.layer_names, self.mse, self.relative_mse)
             ],
             "settings": self.settings,
