@@ -2,35 +2,22 @@
 
 import bpy
 
-from . import operators, panel
+from . import generate_ui, operators, panel, preferences
 
-
-class VIST3AAddonPreferences(bpy.types.AddonPreferences):
-    bl_idname = __package__
-
-    engine_python: bpy.props.StringProperty(
-        name="Engine Python",
-        description="Python interpreter of an environment that has the VIST3A engine's packages (torch, diffusers)",
-        subtype="FILE_PATH",
-        default="",
-    )
-
-    def draw(self, context):
-        self.layout.prop(self, "engine_python")
-
-
-_classes = (VIST3AAddonPreferences, *operators.classes, *panel.classes)
+_classes = (*preferences.classes, *operators.classes, *panel.classes, *generate_ui.classes)
 
 
 def register():
     for cls in _classes:
         bpy.utils.register_class(cls)
     panel.register_properties()
+    generate_ui.register_properties()
     bpy.types.TOPBAR_MT_file_import.append(operators.menu_import)
 
 
 def unregister():
     bpy.types.TOPBAR_MT_file_import.remove(operators.menu_import)
+    generate_ui.unregister_properties()
     panel.unregister_properties()
     for cls in reversed(_classes):
         bpy.utils.unregister_class(cls)

@@ -1,0 +1,268 @@
+"""Add-on preferences: the engine environment, the models, the device and memory options.
+
+Files the add-on owns live in the extension's user directory (``bpy.utils.extension_path_user``),
+which survives upgrades of the extension: the engine environment (``engine-env``), the default model
+bundle (``models/default``), the manifest written for models given part by part (``models/custom``),
+the generations (``outputs``) and the worker's logs (``logs``).
+"""
+
+import os
+
+import bpy
+
+from . import client, setup_env
+from .engine.pipeline_settings import ModelBundle, ModelBundleError, ModelNotFoundError
+
+ENGINE_ENV_FOLDER = "engine-env"
+DEFAULT_BUNDLE_FOLDER = os.path.join("models", "default")
+CUSTOM_BUNDLE_FOLDER = os.path.join("models", "custom")
+OUTPUTS_FOLDER = "outputs"
+LOGS_FOLDER = "logs"
+
+# The stitched decoder kind the released VIST3A models use.
+DEFAULT_DECODER_KIND = "anysplat-stitched"
+
+
+def base_package() -> str:
+    return __package__
+
+
+def user_path(*parts: str, create: bool = False) -> str:
+    """A path in the extension's user directory (kept across upgrades, unlike the extension folder)."""
+    return bpy.utils.extension_path_user(base_package(), path=os.path.join(*parts) if parts else "", create=create)
+
+
+def extension_dir() -> str:
+    """The installed extension's folder: it holds the bundled ``engine`` package the worker runs."""
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def get(context=None) -> "VIST3AAddonPreferences":
+    context = context or bpy.context
+    return context.preferences.addons[base_package()].preferences
+
+
+class ModelConfigError(ValueError):
+    """The model preferences do not describe a usable model; the message says which field and why."""
+
+
+class VIST3AAddonPreferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    # --- engine environment
+    engine_python: bpy.props.StringProperty(
+        name="Engine Python",
+        description=(
+            "Python interpreter of an environment that has the VIST3A engine's packages (torch, diffusers). "
+            "Empty: the environment made by 'Set up engine'"
+        ),
+        subtype="FILE_PATH",
+        default="",
+    )
+
+    # --- models
+    model_source: bpy.props.EnumProperty(
+        name="Model",
+        items=(
+            ("BUNDLE", "Bundle", "A model bundle folder (with vist3a.json); empty: the default bundle"),
+            ("PARTS", "Parts", "The Wan pipeline, LoRA adapter and stitched decoder given one by one"),
+        ),
+        default="BUNDLE",
+    )
+    bundle_path: bpy.props.StringProperty(
+        name="Bundle",
+        description="Model bundle folder (with vist3a.json). Empty: the default bundle in the add-on's user folder",
+        subtype="DIR_PATH",
+    )
+    wan_model: bpy.props.StringProperty(
+        name="Wan Pipeline",
+        description="Wan 2.1 diffusers pipeline: a local folder or a Hugging Face hub id (owner/name)",
+        default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    )
+    lora_path: bpy.props.StringProperty(
+        name="LoRA", description="PEFT LoRA adapter folder for the Wan transformer (optional)", subtype="DIR_PATH"
+    )
+    decoder_path: bpy.props.StringProperty(
+        name="Stitched Decoder", description="Checkpoint file of the stitched 3D decoder", subtype="FILE_PATH"
+    )
+    decoder_kind: bpy.props.StringProperty(
+        name="Decoder Kind", description="Kind of the stitched decoder checkpoint", default=DEFAULT_DECODER_KIND
+    )
+
+    # --- device and memory
+    device: bpy.props.EnumProperty(
+        name="Device",
+        items=(
+            ("auto", "Automatic", "CUDA when the engine sees a GPU, else the CPU"),
+            ("cuda", "CUDA", "The first NVIDIA GPU"),
+            ("cpu", "CPU", "The processor (very slow for full-size models)"),
+        ),
+        default="auto",
+    )
+    dtype: bpy.props.EnumProperty(
+        name="Precision",
+        items=(
+            ("auto", "Automatic", "bfloat16 on CUDA, float32 elsewhere"),
+            ("bfloat16", "bfloat16", "Half the memory of float32"),
+            ("float16", "float16", "Half the memory of float32 (older GPUs)"),
+            ("float32", "float32", "Full precision"),
+        ),
+        default="auto",
+    )
+    cpu_offload: bpy.props.BoolProperty(
+        name="CPU Offload",
+        description="Keep models in system memory and move each to the GPU only while it runs (less GPU memory, slower)",
+        default=False,
+    )
+    vae_tiling: bpy.props.BoolProperty(
+        name="VAE Tiling", description="Decode the video in tiles to bound the memory it takes", default=False
+    )
+    preview_every: bpy.props.IntProperty(
+        name="Preview Every",
+        description="Show a preview of the first frame every N denoising steps (0: no previews)",
+        default=5,
+        min=0,
+        soft_max=50,
+    )
+    outputs_path: bpy.props.StringProperty(
+        name="Outputs",
+        description="Folder for the generations' run folders. Empty: 'outputs' in the add-on's user folder",
+        subtype="DIR_PATH",
+    )
+
+    # ------------------------------------------------------------------ resolved values
+
+    def managed_env_dir(self) -> str:
+        return user_path(ENGINE_ENV_FOLDER)
+
+    def resolved_python(self) -> str:
+        """The engine Python to use: the one set here, else the set-up environment's, else ""."""
+        if self.engine_python:
+            return os.path.abspath(bpy.path.abspath(self.engine_python))
+        env_dir = self.managed_env_dir()
+        return str(setup_env.venv_python(env_dir)) if setup_env.is_set_up(env_dir) else ""
+
+    def outputs_dir(self) -> str:
+        if self.outputs_path:
+            return os.path.abspath(bpy.path.abspath(self.outputs_path))
+        return user_path(OUTPUTS_FOLDER, create=True)
+
+    def engine_config(self) -> client.EngineConfig:
+        return client.EngineConfig(
+            python=self.resolved_python(),
+            extension_dir=extension_dir(),
+            log_dir=user_path(LOGS_FOLDER, create=True),
+            allow_download=bool(bpy.app.online_access),
+        )
+
+    def runtime(self) -> dict:
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "cpu_offload": self.cpu_offload,
+            "vae_tiling": self.vae_tiling,
+        }
+
+    def model_reference(self) -> str:
+        """The bundle folder to pass to the engine. Raises ModelConfigError for unusable settings.
+
+        With "Parts", a manifest naming the given parts (absolute paths, or the hub id) is written to
+        ``models/custom`` in the user folder and that folder is the bundle.
+        """
+        if self.model_source == "BUNDLE":
+            path = bpy.path.abspath(self.bundle_path) if self.bundle_path else user_path(DEFAULT_BUNDLE_FOLDER)
+            path = os.path.abspath(path)
+            try:
+                ModelBundle.load(path)
+            except ModelNotFoundError as exc:
+                where = "the default bundle folder" if not self.bundle_path else "the bundle folder"
+                raise ModelConfigError(
+                    f"No model: {where} {path} has no model bundle ({exc}). Set the model in "
+                    "Preferences > Add-ons > VIST3A"
+                ) from exc
+            except ModelBundleError as exc:
+                raise ModelConfigError(f"The model bundle is malformed: {exc}") from exc
+            return path
+        if not self.wan_model.strip():
+            raise ModelConfigError("Model parts: 'Wan Pipeline' is empty (a folder or a hub id)")
+        if not self.decoder_path.strip():
+            raise ModelConfigError("Model parts: 'Stitched Decoder' is empty (the decoder checkpoint file)")
+        if not self.decoder_kind.strip():
+            raise ModelConfigError("Model parts: 'Decoder Kind' is empty")
+        wan = self.wan_model.strip()
+        local_wan = bpy.path.abspath(wan)
+        if os.path.exists(local_wan):
+            wan = os.path.abspath(local_wan)
+        bundle = ModelBundle(
+            root=user_path(CUSTOM_BUNDLE_FOLDER, create=True),
+            name="custom",
+            wan=wan,
+            decoder_kind=self.decoder_kind.strip(),
+            decoder_checkpoint=os.path.abspath(bpy.path.abspath(self.decoder_path)),
+            lora=os.path.abspath(bpy.path.abspath(self.lora_path)) if self.lora_path else None,
+        )
+        try:
+            bundle.check_files()
+        except ModelNotFoundError as exc:
+            raise ModelConfigError(f"Model parts: {exc}") from exc
+        bundle.save()
+        return str(bundle.root)
+
+    # ------------------------------------------------------------------ drawing
+
+    def draw(self, context):
+        from . import generate_ui  # the operators live there; imported late to keep modules acyclic
+
+        layout = self.layout
+        box = layout.box()
+        box.label(text="Engine Environment", icon="CONSOLE")
+        box.prop(self, "engine_python")
+        python = self.resolved_python()
+        box.label(text=f"Using: {python}" if python else "Not set up: click 'Set up engine' or set Engine Python")
+        row = box.row()
+        job = generate_ui.SETUP.job
+        if job is not None and not job.finished:
+            row.operator(generate_ui.VIST3A_OT_cancel_setup.bl_idname, icon="CANCEL")
+        else:
+            row.operator(generate_ui.VIST3A_OT_setup_engine.bl_idname, icon="IMPORT")
+        row.operator(generate_ui.VIST3A_OT_check_engine.bl_idname, icon="VIEWZOOM")
+        if job is not None:
+            status = (
+                job.step_label if not job.finished else f"Setup {job.status}" + (f": {job.error}" if job.error else "")
+            )
+            box.progress(factor=job.fraction, type="BAR", text=status)
+            column = box.column(align=True)
+            column.scale_y = 0.7
+            for line in job.lines[-8:]:
+                column.label(text=line[-160:])
+        for line in generate_ui.SETUP.check_lines:
+            box.label(text=line)
+
+        box = layout.box()
+        box.label(text="Models", icon="FILE_BLEND")
+        box.row().prop(self, "model_source", expand=True)
+        if self.model_source == "BUNDLE":
+            box.prop(self, "bundle_path")
+            if not self.bundle_path:
+                box.label(text=f"Default bundle: {user_path(DEFAULT_BUNDLE_FOLDER)}")
+        else:
+            box.prop(self, "wan_model")
+            box.prop(self, "lora_path")
+            box.prop(self, "decoder_path")
+            box.prop(self, "decoder_kind")
+        if not bpy.app.online_access:
+            box.label(text="Online access is off (Preferences > System): hub models are not downloaded", icon="ERROR")
+        else:
+            box.label(text="Hub models download on first use; progress shows as 'Loading models'", icon="INFO")
+        box.prop(self, "outputs_path")
+
+        box = layout.box()
+        box.label(text="Device and Memory", icon="MEMORY")
+        box.prop(self, "device")
+        box.prop(self, "dtype")
+        box.prop(self, "cpu_offload")
+        box.prop(self, "vae_tiling")
+        box.prop(self, "preview_every")
+
+
+classes = (VIST3AAddonPreferences,)
