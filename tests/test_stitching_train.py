@@ -1,0 +1,161 @@
+"""Self-distillation finetuning on tiny models: LoRA targets, schedule, resume, CLI, clips."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+from torch import nn
+
+from engine.models.anysplat import AnySplat
+from engine.models.config import tiny_anysplat_config
+from engine.stitching.clips import FolderClips, MixedClips, SyntheticClips
+from engine.stitching.decoder import VAEReference
+from engine.stitching.losses import ANYSPLAT_PAPER
+from engine.stitching.train import (
+    DistillationTrainer,
+    TrainConfig,
+    color_jitter,
+    view_counts,
+    warmup_cosine,
+)
+from engine.stitching.train_cli import add_train_parser
+
+SPEC = "conv3d_k3_o32_s1x2x2_p1"  # tiny Wan latent 8x8 (32 px, factor 4) -> 4x4 tokens (56 px, patch 14)
+# a random tiny camera head predicts near-zero fields of view, so pixel intrinsics are huge; leave them out
+WEIGHTS = {**ANYSPLAT_PAPER, "intrinsics": 0.0}
+
+
+def tiny_wan_adapter():
+    from engine.stitching.vae import WanVAEAdapter
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[True, True],
+        latents_mean=[0.1, -0.2, 0.0, 0.3],
+        latents_std=[1.5, 0.8, 1.0, 1.2],
+    ).eval()
+    return WanVAEAdapter(vae)
+
+
+def make_trainer(out_dir=None, **overrides) -> DistillationTrainer:
+    torch.manual_seed(0)
+    teacher = AnySplat(tiny_anysplat_config()).eval()
+    vae = tiny_wan_adapter()
+    settings = dict(
+        cut_stage="patch_embed.blocks.0",
+        spec=SPEC,
+        steps=20,
+        lr=2e-3,
+        warmup_steps=0,
+        views=(5, 5),
+        vae_size=32,
+        model_size=56,
+        lora_rank=4,
+        lora_alpha=2,
+        loss_weights=WEIGHTS,
+        save_every=1000,
+    )
+    settings.update(overrides)
+    return DistillationTrainer(
+        TrainConfig(**settings), teacher, vae, VAEReference.from_adapter(vae), SyntheticClips(), out_dir=out_dir
+    )
+
+
+def test_lora_targets_every_linear_and_conv2d_of_the_kept_part_and_only_those():
+    from peft.tuners.lora import LoraLayer
+
+    trainer = make_trainer()
+    student, teacher = trainer.student, trainer.teacher
+    wrapped = {name for name, m in student.network.named_modules() if isinstance(m, LoraLayer)}
+    expected = {
+        name
+        for name, m in teacher.named_modules()
+        if type(m) in (nn.Linear, nn.Conv2d)
+        and not name.startswith(
+            ("encoder.aggregator.patch_embed.patch_embed", "encoder.aggregator.patch_embed.blocks.0.")
+        )
+    }
+    assert wrapped == expected
+    transposed = [n for n, m in teacher.named_modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert transposed and not wrapped & set(transposed)
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    tokens = {f"network.encoder.aggregator.patch_embed.{t}" for t in ("cls_token", "register_tokens", "mask_token")}
+    assert {"stitching_layer.weight", "stitching_layer.bias"} | tokens <= trainable
+    others = trainable - tokens - {"stitching_layer.weight", "stitching_layer.bias"}
+    assert others and all(".lora_A." in n or ".lora_B." in n for n in others)
+    assert len(others) == 2 * len(expected)
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_schedule_views_and_jitter():
+    assert warmup_cosine(0, 500, 10000) == pytest.approx(1 / 500)
+    assert warmup_cosine(499, 500, 10000) == pytest.approx(1.0)
+    assert warmup_cosine(5250, 500, 10000) == pytest.approx(0.5)
+    assert warmup_cosine(10000, 500, 10000) == pytest.approx(0.0)
+    wan = VAEReference("AutoencoderKLWan", 16, 8, 4)
+    assert view_counts((9, 21), wan) == [9, 13, 17, 21]
+    with pytest.raises(ValueError, match="no view count"):
+        view_counts((10, 12), wan)
+    frames = torch.rand(2, 3, 3, 8, 8)
+    jittered = color_jitter(frames, 0.3, torch.Generator().manual_seed(0))
+    assert jittered.shape == frames.shape and 0 <= jittered.min() and jittered.max() <= 1
+    assert not torch.allclose(jittered, frames)
+    assert torch.equal(color_jitter(frames, 0.3, torch.Generator().manual_seed(0)), jittered)
+
+
+def test_clip_sources(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    scene = tmp_path / "scene_a" / "images"
+    scene.mkdir(parents=True)
+    for i in range(8):
+        iio.imwrite(scene / f"frame_{i}.png", np.full((20, 30, 3), i * 10, dtype=np.uint8))
+    source = FolderClips(tmp_path)
+    clip = source.sample(5, 16, torch.Generator().manual_seed(1))
+    assert clip.shape == (5, 3, 16, 16)
+    levels = (clip[:, 0, 0, 0] * 255).round() / 10
+    assert torch.equal(levels.diff(), torch.ones(4))  # consecutive frames, in order
+    with pytest.raises(ValueError, match="needs"):
+        source.sample(9, 16, torch.Generator())
+    mixed = MixedClips([source, SyntheticClips()], [1.0, 0.0])
+    assert mixed.sample(3, 16, torch.Generator()).shape == (3, 3, 16, 16)
+
+
+def test_cli_help_and_parse(capsys):
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="cmd"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    assert "--base-model" in capsys.readouterr().out
+    args = parser.parse_args(["train", "--base-model", "m", "--vae", "v", "--out", "o", "--views", "9", "13"])
+    assert args.views == [9, 13] and args.lr == 2e-4 and args.warmup == 500 and callable(args.func)
+
+
+@pytest.mark.slow
+def test_resume_continues_at_the_same_step_with_the_same_state(tmp_path):
+    trainer = make_trainer(tmp_path / "run")
+    trainer.train(1, progress=False)
+    checkpoint = trainer.save_checkpoint()
+    after = trainer.train_step()
+
+    resumed = make_trainer(tmp_path / "run2")
+    resumed.load_checkpoint(checkpoint)
+    assert resumed.step == 1
+    assert resumed.scheduler.last_epoch == 1
+    state_a = resumed.optimizer.state_dict()["state"]
+    assert state_a and all(int(s["step"]) == 1 for s in state_a.values())
+    again = resumed.train_step()  # same RNG -> same clip, same update
+    assert again["step"] == after["step"] == 2
+    assert again["loss"] == pytest.approx(after["loss"], rel=1e-5)
+    for name, param in trainer.trainable.items():
+        torch.testing.assert_close(resumed.trainable[name], param, atol=1e-6, rtol=1e-5)
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
+        resumed.load_checkpoint(tmp_path)
