@@ -24,7 +24,15 @@ import bpy
 import bpy.utils.previews
 
 from . import client, history, importer, operators, preferences, setup_env
-from .engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, MAX_SEED, GenerationSettings, SettingsError
+from .engine.pipeline_settings import (
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_SEED,
+    GenerationSettings,
+    ModelBundle,
+    ModelBundleError,
+    ModelNotFoundError,
+    SettingsError,
+)
 
 SESSION = client.EngineSession()
 TIMER_INTERVAL = 0.2
@@ -52,7 +60,8 @@ STATUS = _Status()
 
 
 class _SetupState:
-    """The running or last "Set up engine" job and the last "Check engine" report, for the preferences."""
+    """The running or last background job of the preferences ("Set up engine" or "Download models")
+    and the last "Check engine" report."""
 
     def __init__(self):
         self.job: Optional[setup_env.SetupJob] = None
@@ -441,11 +450,45 @@ def _setup_timer() -> Optional[float]:
     return 0.5 if not job.finished else None
 
 
+class VIST3A_OT_download_models(bpy.types.Operator):
+    """Download the model's hub parts (the Wan pipeline) into the hub cache now, with progress, instead of on first use"""
+
+    bl_idname = "vist3a.download_models"
+    bl_label = "Download Models"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        if not bpy.app.online_access:
+            cls.poll_message_set("Online access is off (Preferences > System > Network)")
+            return False
+        if not preferences.get(context).resolved_python():
+            cls.poll_message_set("Set up the engine first")
+            return False
+        return SETUP.job is None or SETUP.job.finished
+
+    def execute(self, context):
+        prefs = preferences.get(context)
+        try:
+            bundle = ModelBundle.load(prefs.model_reference())
+        except (preferences.ModelConfigError, ModelBundleError, ModelNotFoundError) as exc:
+            self.report({"ERROR"}, f"VIST3A: {exc}")
+            return {"CANCELLED"}
+        if not bundle.wan_is_hub_id:
+            self.report({"INFO"}, "VIST3A: every part of the model is a local file; nothing to download")
+            return {"CANCELLED"}
+        step = setup_env.download_step(prefs.resolved_python(), bundle.wan, bundle.wan_revision or "")
+        SETUP.job = setup_env.SetupJob([step]).start()
+        if not bpy.app.background:
+            bpy.app.timers.register(_setup_timer, first_interval=0.5)
+        return {"FINISHED"}
+
+
 class VIST3A_OT_cancel_setup(bpy.types.Operator):
-    """Stop setting up the engine environment (it stays incomplete until set up again)"""
+    """Stop setting up the engine environment or downloading models (what was left unfinished stays incomplete)"""
 
     bl_idname = "vist3a.cancel_setup"
-    bl_label = "Cancel Setup"
+    bl_label = "Cancel"
     bl_options = {"REGISTER"}
 
     def execute(self, context):
@@ -578,6 +621,7 @@ classes = (
     VIST3A_OT_import_run,
     VIST3A_OT_refresh_history,
     VIST3A_OT_setup_engine,
+    VIST3A_OT_download_models,
     VIST3A_OT_cancel_setup,
     VIST3A_OT_check_engine,
     VIST3A_PT_generate,

@@ -227,9 +227,9 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
             row.operator(generate_ui.VIST3A_OT_setup_engine.bl_idname, icon="IMPORT")
         row.operator(generate_ui.VIST3A_OT_check_engine.bl_idname, icon="VIEWZOOM")
         if job is not None:
-            status = (
-                job.step_label if not job.finished else f"Setup {job.status}" + (f": {job.error}" if job.error else "")
-            )
+            status = job.step_label if not job.finished else f"{job.step_label}: {job.status}"
+            if job.status == job.FAILED:
+                status = job.error
             box.progress(factor=job.fraction, type="BAR", text=status)
             column = box.column(align=True)
             column.scale_y = 0.7
@@ -253,7 +253,8 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
         if not bpy.app.online_access:
             box.label(text="Online access is off (Preferences > System): hub models are not downloaded", icon="ERROR")
         else:
-            box.label(text="Hub models download on first use; progress shows as 'Loading models'", icon="INFO")
+            box.label(text="Hub models download on first use, or now:", icon="INFO")
+        box.operator(generate_ui.VIST3A_OT_download_models.bl_idname, icon="IMPORT")
         box.prop(self, "outputs_path")
 
         box = layout.box()

@@ -235,13 +235,19 @@ class SetupJob:
                 break
         return self.status
 
-    # pip with --progress-bar raw prints "Progress 1234 of 5678" per download chunk.
-    _PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
+    # pip with --progress-bar raw prints "Progress 1234 of 5678" per download chunk; the hub's
+    # downloads print tqdm bars ("Fetching 12 files:  42%|████      | 5/12 [...]").
+    _PIP_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
+    _TQDM_PROGRESS = re.compile(r"(\d{1,3})%\|")
 
     def _track_progress(self, line: str) -> None:
-        match = self._PROGRESS.match(line)
+        match = self._PIP_PROGRESS.match(line)
         if match and int(match.group(2)) > 0:
             self.step_fraction = min(1.0, int(match.group(1)) / int(match.group(2)))
+            return
+        match = self._TQDM_PROGRESS.search(line)
+        if match:
+            self.step_fraction = min(1.0, int(match.group(1)) / 100)
 
     def _run(self) -> None:
         try:
@@ -317,6 +323,21 @@ def start_setup(env_dir, pyproject, *, base_python: Optional[str] = None, cuda: 
     cuda = has_nvidia_gpu() if cuda is None else cuda
     steps = setup_steps(env_dir, requirements, base_python=base_python or sys.executable, cuda=cuda)
     return SetupJob(steps).start()
+
+
+# Runs in the engine's Python: downloads one hub repository into the hub cache (where the engine's
+# loaders look for it), with tqdm's progress bars on stderr.
+_DOWNLOAD_SCRIPT = r"""
+import sys
+from huggingface_hub import snapshot_download
+path = snapshot_download(repo_id=sys.argv[1], revision=sys.argv[2] or None)
+print("Downloaded to " + path)
+"""
+
+
+def download_step(python, repo_id: str, revision: str = "") -> SetupStep:
+    """A step that downloads hub repository ``repo_id`` with the engine's Python (for a ``SetupJob``)."""
+    return SetupStep(f"Downloading {repo_id}", (str(python), "-c", _DOWNLOAD_SCRIPT, repo_id, revision))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,13 +35,16 @@ history = _load("history")
 
 # A fake engine worker: speaks the protocol just enough, then misbehaves as its mode says.
 FAKE_WORKER = r"""
-import json, sys, time
+import json, os, sys, time
 mode = sys.argv[1]
 def send(message):
     sys.stdout.write(json.dumps(message) + "\n"); sys.stdout.flush()
 if mode == "garbage-start":
     sys.stdout.write("Traceback (most recent call last): not a protocol line\n"); sys.stdout.flush()
     time.sleep(60); sys.exit(0)
+with open(sys.argv[2], "w") as file:  # what the add-on started it with
+    json.dump({"offline": os.environ.get("HF_HUB_OFFLINE"), "pythonpath": os.environ.get("PYTHONPATH", ""),
+               "cwd": os.getcwd(), "args": sys.argv[3:]}, file)
 send({"type": "hello", "protocol": 1, "engine_version": "fake", "pid": 0})
 for line in sys.stdin:
     request = json.loads(line)
@@ -61,7 +64,7 @@ def _wrapper(tmp_path, mode):
     worker = tmp_path / "fake_worker.py"
     worker.write_text(FAKE_WORKER)
     path = tmp_path / f"python-{mode}"
-    path.write_text(f"#!/bin/sh\nexec {sys.executable} {worker} {mode}\n")
+    path.write_text(f'#!/bin/sh\nexec {sys.executable} {worker} {mode} {tmp_path / f"started-{mode}.json"} "$@"\n')
     path.chmod(0o755)
     return str(path)
 
@@ -147,7 +150,16 @@ ui.SESSION.cancel()
 ui.wait_for_generation(bpy.context, timeout=30)
 out["unchanged"] = inventory() == before
 
-# 6. Check engine on the project's Python (it has every package)
+# 6. offline (bpy's default): setting up and downloading are greyed out with the reason
+for name in ("setup_engine", "download_models"):
+    try:
+        getattr(bpy.ops.vist3a, name)()
+        out[name] = "ran"
+    except RuntimeError as error:
+        out[name] = str(error)
+out["extension_dir"] = os.path.dirname(ui.__file__)
+
+# 7. Check engine on the project's Python (it has every package)
 prefs.engine_python = {sys.executable!r}
 try:
     out["check"] = sorted(bpy.ops.vist3a.check_engine())
@@ -186,6 +198,14 @@ emit_result(out)
     assert result["again"] == [["FINISHED"], ""] and result["again_new_pid"]
     assert result["unchanged"], "a failed generation changed the scene"
 
+    # The worker ran the extension's bundled engine, offline, with a log file in the user folder.
+    started = json.loads((tmp_path / "started-garbage-mid.json").read_text())
+    assert started["offline"] == "1" and started["cwd"] == result["extension_dir"]
+    assert started["pythonpath"].split(os.pathsep)[0] == result["extension_dir"]
+    assert started["args"][:3] == ["-m", "engine.worker", "--log-file"] and started["args"][3].endswith("worker.log")
+    for name in ("setup_engine", "download_models"):
+        assert "online access" in result[name].lower(), result[name]
+
     assert result["check"] == ["FINISHED"], result["check"]
     assert any(line.startswith("Device: cpu") for line in result["check_lines"])
     assert any("torch" in line and "diffusers" in line for line in result["check_lines"])
@@ -211,6 +231,18 @@ def test_setup_job_streams_lines_and_progress_then_succeeds():
     assert job.wait(timeout=60) == "succeeded"
     assert job.lines == ["== one", "hello", "Progress 5 of 10", "Progress 10 of 10", "err", "== two", "second"]
     assert job.fraction == 1.0 and job.error == ""
+
+
+def test_setup_job_follows_hub_download_progress_bars():
+    code = "import sys, time; sys.stderr.write('Fetching 4 files:  50%|#####     | 2/4\\r'); sys.stderr.flush(); time.sleep(30)"
+    job = setup_env.SetupJob([_step("download", code)]).start()
+    deadline = time.monotonic() + 30
+    while not any("50%" in line for line in job.lines) and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.05)
+    assert job.fraction == pytest.approx(0.5)
+    job.cancel()
+    assert job.wait(timeout=20) == "cancelled"
 
 
 def test_setup_job_stops_at_a_failing_step_and_says_which():
