@@ -90,18 +90,22 @@ def rasterize_torch(
         front_to_back = torch.sort(projected.depths[view, visible_ids].detach(), stable=True).indices
         order = visible_ids[front_to_back]  # (M,) Gaussian ids in compositing order
 
-        colors = sh_to_color(scene.sh[order], scene.means[order] - centers[view], sh_degree)
+        # index_select rather than [] indexing: its backward (index_add) is much faster on a CPU.
+        means2d = projected.means2d[view].index_select(0, order)
+        colors = sh_to_color(
+            scene.sh.index_select(0, order), scene.means.index_select(0, order) - centers[view], sh_degree
+        )
         features = torch.cat(
             [
-                projected.means2d[view, order],
-                projected.conics[view, order],
-                opacities[order, None],
-                projected.depths[view, order, None],
+                means2d,
+                projected.conics[view].index_select(0, order),
+                opacities.index_select(0, order)[:, None],
+                projected.depths[view].index_select(0, order)[:, None],
                 colors,
             ],
             dim=1,
         ).T  # (NUM_FEATURES, M), rows MEAN_X ... b
-        boxes = pixel_boxes(projected.means2d[view, order].detach(), projected.radii[view, order], width, height)
+        boxes = pixel_boxes(means2d.detach(), projected.radii[view].index_select(0, order), width, height)
         bins = bin_to_tiles(boxes, width, height)
         shade_tiles, transmittance_tiles = _TileCompositor.apply(features, bins)
 
@@ -186,12 +190,19 @@ class TileBins:
             yield tiles, lists
             start += count
 
-    def pixel_centres(self, tiles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(n,) tile ids -> x and y pixel-centre coordinates, each (n, tile_size^2), row-major in a tile."""
-        local = torch.arange(self.pixels_per_tile, device=tiles.device)
-        px = (tiles % self.tiles_x * self.tile_size)[:, None] + local % self.tile_size
-        py = (tiles // self.tiles_x * self.tile_size)[:, None] + local // self.tile_size
-        return px.to(dtype) + 0.5, py.to(dtype) + 0.5
+    def tile_centres(self, tiles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(n,) tile ids -> x and y pixel coordinates of the tile centres, each (n,)."""
+        half = self.tile_size / 2
+        return (tiles % self.tiles_x * self.tile_size).to(dtype) + half, (tiles // self.tiles_x * self.tile_size).to(
+            dtype
+        ) + half
+
+    def monomials(self, dtype: torch.dtype) -> Tensor:
+        """(6, P) monomials (1, qx, qy, qx^2, qx qy, qy^2) of the pixel-centre offsets q from the tile centre."""
+        local = torch.arange(self.pixels_per_tile, device=self.tile_count.device)
+        qx = (local % self.tile_size).to(dtype) + 0.5 - self.tile_size / 2
+        qy = (local // self.tile_size).to(dtype) + 0.5 - self.tile_size / 2
+        return torch.stack([torch.ones_like(qx), qx, qy, qx * qx, qx * qy, qy * qy])
 
     def tiles_to_image(self, per_tile: Tensor) -> Tensor:
         """(T, tile_size^2, C) tile-major values -> (H, W, C) image (differentiable)."""
@@ -236,15 +247,14 @@ def bin_to_tiles(boxes: Tensor, width: int, height: int, tile_size: int = TILE_S
 
 @dataclass
 class _ChunkState:
-    """Per-entry quantities of one chunk, all (n, L, P) unless noted."""
+    """One chunk's quantities: per-entry (n, L) local geometry and (n, L, P) per-pixel values."""
 
-    dx: Tensor  # mean_x - pixel x
-    dy: Tensor
+    mean_x: Tensor  # (n, L) mean relative to the tile centre
+    mean_y: Tensor
     alpha: Tensor  # min(MAX_ALPHA, o exp(-sigma)), 0 where below 1/255
-    alpha_unclamped: Tensor  # alpha where the MAX_ALPHA clamp is inactive, else 0 (gradient gate)
     one_minus_alpha: Tensor
     before: Tensor  # transmittance in front of the entry
-    kept: Tensor  # 1.0 where composited (inclusive transmittance > MIN_TRANSMITTANCE), else 0.0
+    kept: Tensor | None  # 1.0 where composited, 0.0 past the transmittance cut; None: no cut in chunk
     weight: Tensor  # alpha * before * kept
 
 
@@ -253,35 +263,47 @@ def _just_below(value: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(torch.tensor(value, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)))
 
 
-def _evaluate_chunk(columns: Tensor, px: Tensor, py: Tensor) -> _ChunkState:
+def _evaluate_chunk(columns: Tensor, tiles: Tensor, bins: TileBins) -> _ChunkState:
     """Alpha, transmittance and blending weights of one chunk.
+
+    log(alpha) = log(o) - 0.5 d^T conic d is a quadratic polynomial in the pixel position, so with
+    pixel offsets q from the tile centre it is ``sum_j k_j m_j(q)`` for the six monomials
+    m = (1, qx, qy, qx^2, qx qy, qy^2): one matmul of per-entry coefficients (n, L, 6) with the
+    monomials of the tile's pixels (6, P), instead of a dozen elementwise passes.
 
     Args:
         columns: (NUM_FEATURES, n, L) gathered feature rows of the chunk's lists.
-        px, py: (n, P) pixel centres of the chunk's tiles.
+        tiles: (n,) tile ids.
     """
-    dx = columns[MEAN_X, :, :, None] - px[:, None, :]
-    dy = columns[MEAN_Y, :, :, None] - py[:, None, :]
-    # sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2, written as dx (0.5 a dx + b dy) + 0.5 c dy^2.
-    # In-place updates matter here: on a CPU a fresh allocation costs more than the arithmetic.
-    sigma = dx * (0.5 * columns[CONIC_A, :, :, None])
-    sigma.addcmul_(dy, columns[CONIC_B, :, :, None]).mul_(dx)
-    sigma.addcmul_(dy * dy, columns[CONIC_C, :, :, None], value=0.5)
-    alpha = sigma.neg_().exp_().mul_(columns[OPACITY, :, :, None])
+    centre_x, centre_y = bins.tile_centres(tiles, columns.dtype)
+    mean_x = columns[MEAN_X] - centre_x[:, None]
+    mean_y = columns[MEAN_Y] - centre_y[:, None]
+    a, b, c = columns[CONIC_A], columns[CONIC_B], columns[CONIC_C]
+    # Empty list slots have opacity 0: log(0) = -inf gives alpha = 0.
+    constant = torch.log(columns[OPACITY]) - (
+        0.5 * a * mean_x * mean_x + b * mean_x * mean_y + 0.5 * c * mean_y * mean_y
+    )
+    coefficients = torch.stack(
+        [constant, a * mean_x + b * mean_y, b * mean_x + c * mean_y, -0.5 * a, -b, -0.5 * c], dim=-1
+    )
+    alpha = torch.matmul(coefficients, bins.monomials(columns.dtype)).exp_()  # (n, L, P), before the clamp
     # threshold(x, t, 0) keeps x > t, so t just below 1/255 keeps exactly gsplat's alpha >= 1/255.
-    # (Float masks through threshold/sign: boolean masks are several times slower on a CPU.)
-    alpha = F.threshold(alpha, _just_below(ALPHA_THRESHOLD, alpha.dtype), 0.0).clamp_max_(MAX_ALPHA)
-    alpha_unclamped = alpha - F.threshold(alpha, _just_below(MAX_ALPHA, alpha.dtype), 0.0)
+    # (Float masks through threshold/sign throughout: boolean masks are several times slower on a CPU.)
+    F.threshold_(alpha, _just_below(ALPHA_THRESHOLD, alpha.dtype), 0.0).clamp_max_(MAX_ALPHA)
 
-    one_minus_alpha = torch.neg(alpha).add_(1.0)
+    one_minus_alpha = torch.rsub(alpha, 1.0)
     through = torch.cumprod(one_minus_alpha, dim=1)  # inclusive transmittance
-    kept = F.threshold(through, MIN_TRANSMITTANCE, 0.0).sign_()
     before = torch.empty_like(through)
     before[:, 0] = 1.0
     before[:, 1:] = through[:, :-1]
     weight = before * alpha
-    weight.mul_(kept)
-    return _ChunkState(dx, dy, alpha, alpha_unclamped, one_minus_alpha, before, kept, weight)
+    kept = None
+    if float(through[:, -1].min()) <= MIN_TRANSMITTANCE:
+        # gsplat stops before the entry that would bring T to <= MIN_TRANSMITTANCE; T only
+        # decreases along the list, so this masks a suffix of each pixel's list.
+        kept = F.threshold(through, MIN_TRANSMITTANCE, 0.0).sign_()
+        weight.mul_(kept)
+    return _ChunkState(mean_x, mean_y, alpha, one_minus_alpha, before, kept, weight)
 
 
 def _gather_columns(table: Tensor, lists: Tensor) -> Tensor:
@@ -305,10 +327,10 @@ class _TileCompositor(torch.autograd.Function):
         transmittance = features.new_ones(bins.num_tiles, bins.pixels_per_tile)
         for tiles, lists in bins.chunks():
             columns = _gather_columns(table, lists)
-            state = _evaluate_chunk(columns, *bins.pixel_centres(tiles, features.dtype))
-            shade[tiles] = torch.bmm(state.weight.transpose(1, 2), columns[SHADE].permute(1, 2, 0))
+            state = _evaluate_chunk(columns, tiles, bins)
+            shade.index_copy_(0, tiles, torch.bmm(state.weight.transpose(1, 2), columns[SHADE].permute(1, 2, 0)))
             # sum_i w_i = 1 - T_final (the weights telescope).
-            transmittance[tiles] = 1.0 - state.weight.sum(dim=1)
+            transmittance.index_copy_(0, tiles, 1.0 - state.weight.sum(dim=1))
         ctx.bins = bins
         ctx.save_for_backward(table, transmittance)
         return shade, transmittance
@@ -318,44 +340,46 @@ class _TileCompositor(torch.autograd.Function):
         table, transmittance = ctx.saved_tensors
         bins = ctx.bins
         grad_table = torch.zeros_like(table)
+        monomials = bins.monomials(table.dtype)
         # dL/dT_final * T_final: what the background behind the last entry is worth to a pixel.
         behind = grad_transmittance * transmittance
         for tiles, lists in bins.chunks():
             columns = _gather_columns(table, lists)
-            state = _evaluate_chunk(columns, *bins.pixel_centres(tiles, table.dtype))
-            pixel_grad = grad_shade[tiles]  # (n, P, 4)
+            state = _evaluate_chunk(columns, tiles, bins)
+            pixel_grad = grad_shade.index_select(0, tiles)  # (n, P, 4)
             entry_shade = columns[SHADE].permute(1, 2, 0)  # (n, L, 4)
 
-            # gain_i = dL/dw_i per pixel; blended quantities get sum_pixels w_i dL/d(shade).
+            # gain_i = dL/dw_i per pixel; the blended quantities get sum_pixels w_i dL/d(shade).
             gain = torch.bmm(entry_shade, pixel_grad.transpose(1, 2))  # (n, L, P)
             grad_entry_shade = torch.bmm(state.weight, pixel_grad)  # (n, L, 4)
 
             # Every w_k behind entry i and T_final carry the factor (1 - alpha_i):
             # dL/dalpha_i = T_i gain_i - (sum_{k>i} w_k gain_k + behind) / (1 - alpha_i).
             weighted_gain = state.weight * gain
-            later = weighted_gain.sum(dim=1, keepdim=True) - torch.cumsum(weighted_gain, dim=1)
-            later.add_(behind[tiles][:, None, :]).div_(state.one_minus_alpha)
-            grad_alpha = gain.mul_(state.before).sub_(later).mul_(state.kept)
+            later = torch.cumsum(weighted_gain, dim=1).neg_().add_(weighted_gain.sum(dim=1, keepdim=True))
+            later.add_(behind.index_select(0, tiles)[:, None, :]).div_(state.one_minus_alpha)
+            grad_alpha = gain.mul_(state.before).sub_(later)
+            if state.kept is not None:
+                grad_alpha.mul_(state.kept)
+            # dL/dlog(alpha) = alpha dL/dalpha below the clamp; the clamp at MAX_ALPHA passes nothing.
+            grad_log_alpha = grad_alpha.mul_(state.alpha)
+            if float(state.alpha.max()) >= MAX_ALPHA:
+                # 1.0 where alpha < MAX_ALPHA (i.e. -alpha > -MAX_ALPHA), else 0.0.
+                grad_log_alpha.mul_(F.threshold(state.alpha.neg(), -MAX_ALPHA, 0.0).sign_().neg_())
+            grad_coefficients = torch.matmul(grad_log_alpha, monomials.T)  # (n, L, 6)
 
-            # alpha = o exp(-sigma) below the clamp: dalpha/dsigma = -alpha, dalpha/do = alpha / o.
-            grad_alpha_sigma = grad_alpha.mul_(state.alpha_unclamped)  # = -dL/dsigma
-            grad_opacity = grad_alpha_sigma.sum(dim=2) / columns[OPACITY].clamp_min(ALPHA_THRESHOLD)
-            along_x = grad_alpha_sigma * state.dx
-            along_y = grad_alpha_sigma.mul_(state.dy)
-            sum_x, sum_y = along_x.sum(dim=2), along_y.sum(dim=2)
-            sum_xx = along_x.mul_(state.dx).sum(dim=2)
-            sum_xy = (along_y * state.dx).sum(dim=2)
-            sum_yy = along_y.mul_(state.dy).sum(dim=2)
+            g_const, g_x, g_y, g_xx, g_xy, g_yy = grad_coefficients.unbind(-1)
+            mx, my = state.mean_x, state.mean_y
             a, b, c = columns[CONIC_A], columns[CONIC_B], columns[CONIC_C]
-            # sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 with dx = mean_x - px, dy = mean_y - py.
+            # Chain rule through the coefficients of _evaluate_chunk (mean offsets shift with the mean).
             entry_grads = torch.stack(
                 [
-                    -(a * sum_x + b * sum_y),
-                    -(c * sum_y + b * sum_x),
-                    -0.5 * sum_xx,
-                    -sum_xy,
-                    -0.5 * sum_yy,
-                    grad_opacity,
+                    -g_const * (a * mx + b * my) + g_x * a + g_y * b,
+                    -g_const * (b * mx + c * my) + g_x * b + g_y * c,
+                    -0.5 * g_const * mx * mx + g_x * mx - 0.5 * g_xx,
+                    -g_const * mx * my + g_x * my + g_y * mx - g_xy,
+                    -0.5 * g_const * my * my + g_y * my - 0.5 * g_yy,
+                    g_const / columns[OPACITY].clamp_min(ALPHA_THRESHOLD),
                     *grad_entry_shade.unbind(-1),
                 ]
             )  # (NUM_FEATURES, n, L)
