@@ -13,13 +13,11 @@ No bpy here: the caller passes an ``EngineConfig`` (built from the preferences) 
 """
 
 import dataclasses
-import importlib
 import os
-import sys
 import time
 from typing import Optional
 
-from .engine import protocol
+from .engine import protocol, worker_client
 
 # Seconds a worker has to send its hello after it starts (it imports no torch before that).
 START_TIMEOUT = 60.0
@@ -30,29 +28,6 @@ PING_AFTER = 5.0
 HANG_TIMEOUT = 30.0
 # How long ``close`` waits for a worker to shut down before killing it.
 SHUTDOWN_TIMEOUT = 10.0
-
-
-def _import_worker_client():
-    """``engine.worker_client``, as bundled with the extension.
-
-    The module imports its sibling as ``from engine import protocol``: right in the engine's own
-    Python (where ``engine`` is a top-level package) but not inside the extension, where the package
-    is ``<extension>.engine``. While it is imported, the name ``engine`` is pointed at the bundled
-    package, then restored, so nothing else in Blender sees the alias.
-    """
-    bundled = importlib.import_module(".engine", __package__)
-    previous = sys.modules.get("engine")
-    sys.modules["engine"] = bundled
-    try:
-        return importlib.import_module(".engine.worker_client", __package__)
-    finally:
-        if previous is None:
-            del sys.modules["engine"]
-        else:
-            sys.modules["engine"] = previous
-
-
-worker_client = _import_worker_client()
 
 
 class EngineUnavailable(RuntimeError):
@@ -308,7 +283,7 @@ class EngineSession:
         try:
             while True:
                 try:
-                    event = self.worker.next_event(timeout=0.002)
+                    event = self.worker.next_event(timeout=0)
                 except worker_client.WorkerTimeout:
                     break
                 self._last_event_at = time.monotonic()

@@ -125,25 +125,32 @@ class SceneDecoder(Protocol):
     def __call__(self, latent: Tensor, frames: Tensor) -> DecodedScene: ...
 
 
-DecoderLoader = Callable[[Path, torch.device, torch.dtype], SceneDecoder]
+DecoderLoader = Callable[[ModelBundle, torch.device, torch.dtype], SceneDecoder]
 _DECODER_LOADERS: dict[str, DecoderLoader] = {}
 
 
 def register_decoder_loader(kind: str, loader: DecoderLoader) -> None:
-    """Makes bundles whose ``decoder.kind`` is ``kind`` loadable: ``loader(checkpoint, device, dtype)``."""
+    """Makes bundles whose ``decoder.kind`` is ``kind`` loadable: ``loader(bundle, device, dtype)``.
+
+    The built-in kinds (``engine.decoders``: ``stitched``, ``anysplat-stitched``) register themselves.
+    """
     _DECODER_LOADERS[kind] = loader
 
 
 def decoder_kinds() -> list[str]:
+    import engine.decoders  # noqa: F401  (registers the built-in kinds; imports this module)
+
     return sorted(_DECODER_LOADERS)
 
 
 def _load_decoder(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> SceneDecoder:
+    known = decoder_kinds()
     loader = _DECODER_LOADERS.get(bundle.decoder_kind)
     if loader is None:
-        known = ", ".join(decoder_kinds()) or "none registered"
-        raise ModelLoadError(f"bundle {bundle.name!r}: unknown decoder kind {bundle.decoder_kind!r} (known: {known})")
-    return loader(bundle.decoder_path, device, dtype)
+        raise ModelLoadError(
+            f"bundle {bundle.name!r}: unknown decoder kind {bundle.decoder_kind!r} (known: {', '.join(known)})"
+        )
+    return loader(bundle, device, dtype)
 
 
 # ----------------------------------------------------------------------------- results

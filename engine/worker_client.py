@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Optional
 
-from engine import protocol
+from . import protocol
 
 
 class WorkerError(RuntimeError):
@@ -253,12 +253,16 @@ class WorkerProcess:
             if self._eof:
                 raise self._died()
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                what = "hello" if want_hello else f"an event for {request_id}" if request_id else "an event"
-                raise WorkerTimeout(f"no {what} from the worker within {timeout:.1f} s")
             try:
-                item = self._events.get(timeout=remaining)
+                # A spent (or zero) timeout still takes what is already queued.
+                if remaining is not None and remaining <= 0:
+                    item = self._events.get_nowait()
+                else:
+                    item = self._events.get(timeout=remaining)
             except queue.Empty:
+                if remaining is not None and remaining <= 0:
+                    what = "hello" if want_hello else f"an event for {request_id}" if request_id else "an event"
+                    raise WorkerTimeout(f"no {what} from the worker within {timeout:.1f} s") from None
                 continue
             if item is _EOF:
                 self._eof = True

@@ -1,9 +1,8 @@
 """Generate from Blender through the real engine worker on tiny models (one Blender subprocess).
 
 The installed extension starts its bundled ``engine.worker`` in the project's Python, on the tiny
-bundle of tests/test_pipeline_tiny.py (real Wan/UMT5/VAE classes, tiny sizes; the 3D decoder is that
-module's test double, registered by a small launcher standing in for the engine Python, since no
-real stitched decoder kind is registered with the pipeline yet). In the same Blender session:
+bundle of ``engine.tiny`` (real Wan/UMT5/VAE classes and the real stitched decoder, tiny sizes, random
+weights). In the same Blender session:
 
 1. Generate: progress stages and a preview arrive; the result lands in a new collection named from
    the prompt, at the 3D cursor, with the run folder on every object; point count and attribute
@@ -27,33 +26,11 @@ from test_pipeline_tiny import build_tiny_bundle
 from engine.io import read_gaussian_ply
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 MODULE = "bl_ext.user_default.vist3a"
 
 _spec = importlib.util.spec_from_file_location("vist3a_addon_conversions_e2e", ROOT / "addon" / "conversions.py")
 conversions = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(conversions)
-
-# Stands in for "python -m engine.worker" in the engine Python: registers the tiny test decoder with
-# the engine the worker runs (the extension's bundled copy, first on PYTHONPATH), then runs the worker.
-LAUNCHER = f"""
-import sys
-sys.path.append({str(TESTS)!r})
-import test_pipeline_tiny as tiny
-tiny.register_test_decoder()
-from engine.worker import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def _engine_python(tmp_path: Path) -> str:
-    launcher = tmp_path / "launcher.py"
-    launcher.write_text(LAUNCHER)
-    wrapper = tmp_path / "engine-python"
-    # The add-on runs "<python> -m engine.worker --log-file ...": drop "-m engine.worker", keep the rest.
-    wrapper.write_text(f'#!/bin/sh\nshift 2\nexec {sys.executable} {launcher} "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
 
 
 @pytest.mark.blender
@@ -71,7 +48,7 @@ import numpy as np
 bpy.ops.extensions.package_install_files(filepath={str(extension_zip)!r}, repo="user_default", enable_on_install=True)
 ui = importlib.import_module("{MODULE}.generate_ui")
 prefs = bpy.context.preferences.addons["{MODULE}"].preferences
-prefs.engine_python = {_engine_python(tmp_path)!r}
+prefs.engine_python = {sys.executable!r}
 prefs.bundle_path = {str(bundle)!r}
 prefs.outputs_path = {str(outputs)!r}
 prefs.device = "cpu"

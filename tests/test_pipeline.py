@@ -1,7 +1,5 @@
-"""Generation pipeline on tiny configurations of the real classes (UMT5, Wan transformer, Wan VAE, UniPC).
-
-The 3D decoder is the test double from test_pipeline_tiny (the real stitched decoder is tested elsewhere).
-"""
+"""Generation pipeline on tiny configurations of the real classes (UMT5, Wan transformer, Wan VAE, UniPC,
+and the real stitched decoder: a tiny AnySplat behind a Wan-shaped stitching conv)."""
 
 from __future__ import annotations
 
@@ -12,10 +10,10 @@ import threading
 import pytest
 import torch
 from test_pipeline_tiny import (
-    TinyTestDecoder,
+    DECODER_SIZE,
+    GAUSSIANS_PER_RUN,
     build_lora_adapter,
     build_tiny_bundle,
-    register_test_decoder,
     tiny_settings,
 )
 
@@ -53,7 +51,6 @@ def _one_thread():
     # Tiny models are dominated by thread overhead on a shared 2-core machine.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    register_test_decoder()
     yield
     torch.set_num_threads(before)
 
@@ -157,9 +154,9 @@ def test_missing_component_file_is_model_not_found(tmp_path, bundle_dir):
 def test_generate_shapes_and_records(result, pipeline):
     assert result.latent.shape == (1, 16, 2, 4, 4)
     assert result.frames.shape == (5, 3, 32, 32) and 0 <= result.frames.min() and result.frames.max() <= 1
-    assert len(result.cameras) == 5 and result.depth.shape == (5, 32, 32)
-    assert len(result.scene) == 5 * 8 * 8
-    assert result.settings.seed == 7 and result.model["decoder"]["kind"] == "tiny-test"
+    assert len(result.cameras) == 5 and result.depth.shape == (5, DECODER_SIZE, DECODER_SIZE)
+    assert len(result.scene) == GAUSSIANS_PER_RUN
+    assert result.settings.seed == 7 and result.model["decoder"]["kind"] == "stitched"
     assert set(result.timings) >= {"load", "sample", "decode_video", "decode_scene"}
 
 
@@ -244,7 +241,7 @@ def test_scheduler_is_flow_matching_with_the_settings_shift(pipeline):
 
 def test_points_output_from_gaussians(pipeline):
     result = pipeline.generate(tiny_settings(num_steps=1, output_kind="points"))
-    assert type(result.scene).__name__ == "PointScene" and len(result.scene) == 320
+    assert type(result.scene).__name__ == "PointScene" and len(result.scene) == GAUSSIANS_PER_RUN
     assert result.scene.colors.min() >= 0 and result.scene.colors.max() <= 1
 
 
@@ -294,7 +291,7 @@ def test_write_outputs_writes_every_file(tmp_path, result):
 def test_point_outputs(tmp_path, pipeline):
     result = pipeline.generate(tiny_settings(num_steps=1, output_kind="points"))
     out = write_outputs(result, tmp_path / "run")
-    assert len(read_point_ply(out / "scene.ply").points) == 320
+    assert len(read_point_ply(out / "scene.ply").points) == GAUSSIANS_PER_RUN
 
 
 def test_cancel_while_writing_leaves_no_folder(tmp_path, result):
@@ -343,10 +340,13 @@ def test_quaternion_round_trip():
     assert torch.allclose(rotation_to_quaternion(quaternion_to_rotation(q)), q, atol=1e-9)
 
 
-def test_test_double_decoder_interface():
-    # Guards the documented interface the real stitched decoder must follow.
-    decoded = TinyTestDecoder()(torch.randn(1, 16, 2, 4, 4), torch.rand(1, 5, 3, 32, 32))
-    assert len(decoded.cameras) == 5 and decoded.depth.shape == (5, 32, 32)
+def test_stitched_decoder_behind_the_pipeline_interface(pipeline, result):
+    # The real stitched decoder: frames resized to its token grid x patch, one camera and depth map per frame.
+    assert type(pipeline.decoder).__name__ == "StitchedSceneDecoder"
+    assert len(result.cameras) == 5 and (result.cameras.width, result.cameras.height) == (DECODER_SIZE, DECODER_SIZE)
+    assert len(result.scene) == GAUSSIANS_PER_RUN
+    assert torch.allclose(result.cameras.camera_to_world[0], torch.eye(4), atol=1e-5)  # world = first camera
+    assert torch.isfinite(result.scene.means).all() and torch.isfinite(result.cameras.intrinsics).all()
 
 
 def test_generate_command_line(tmp_path, bundle_dir, capsys, caplog):

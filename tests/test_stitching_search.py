@@ -55,7 +55,8 @@ def clips(count, batch=2, seed=0):
 
 
 class ToyVAE:
-    def encode(self, frames):
+    def encode(self, frames, normalized=True):
+        assert not normalized, "the search must ask for the raw VAE latent"
         return toy_encoder(frames)
 
 

@@ -1,8 +1,8 @@
 """The worker through a real subprocess, driven by the stdlib client (engine.worker_client).
 
 Two kinds of worker: the plain ``python -m engine.worker`` for protocol-level behaviour (it answers
-without ever importing torch), and one started through a small launcher that first registers the
-tiny test-double 3D decoder, for end-to-end generation on the tiny bundle.
+without ever importing torch), and one started through a small launcher that wraps the stitched
+decoder's loader in one that writes to stdout, for end-to-end generation on the tiny bundle.
 """
 
 from __future__ import annotations
@@ -24,18 +24,17 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 TINY = {"prompt": "a red house", "num_frames": 5, "height": 32, "width": 32, "num_steps": 2, "seed": 3}
 
-# The launcher registers the test double, and makes the decoder loader print to stdout both through
-# Python and straight to file descriptor 1: the protocol stream must stay clean regardless.
-LAUNCHER = f"""
+# The launcher makes the stitched decoder's loader print to stdout both through Python and straight to
+# file descriptor 1: the protocol stream must stay clean regardless.
+LAUNCHER = """
 import os, sys
-sys.path.insert(0, {str(TESTS)!r})
-import test_pipeline_tiny as tiny
+from engine import decoders
 from engine.pipeline import register_decoder_loader
 def noisy_loader(*args):
     print("stray print from a library")
     os.write(1, b"stray write to fd 1\\n")
-    return tiny.load_test_decoder(*args)
-register_decoder_loader(tiny.TEST_DECODER_KIND, noisy_loader)
+    return decoders.load_stitched(*args)
+register_decoder_loader(decoders.STITCHED_KIND, noisy_loader)
 from engine.worker import main
 main(sys.argv[1:])
 """

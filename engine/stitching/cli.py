@@ -97,7 +97,7 @@ def run_search(args: argparse.Namespace) -> int:
     def encoded():
         # runs inside find_stitch_layer's no_grad; one clip in memory at a time
         for frames in clips:
-            yield frames, vae.encode(frames)
+            yield frames, vae.encode(frames, normalized=False)
 
     log.info(
         "searching %d stages; VAE %s at %dpx (latent %d), 3D network at %dx%d px, %d frames",

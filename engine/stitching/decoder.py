@@ -283,8 +283,9 @@ class StitchedDecoder(nn.Module):
         """Decodes a latent into the network's prediction.
 
         Args:
-            latent: (B, C, T_lat, h, w), normalised as ``VideoVAEAdapter.encode`` returns it (the video
-                model's latent space: Wan ``(z - latents_mean) / latents_std``).
+            latent: (B, C, T_lat, h, w), the raw VAE latent (``VideoVAEAdapter.encode(...,
+                normalized=False)``; at generation time the video model's latent un-normalised), as the
+                released VIST3A stitch reads it.
             frames: (B, T, 3, H, W) RGB in [0, 1] at the network's resolution (the token grid times the
                 patch size, e.g. 448² for the released stitch): the clip's frames in training, the
                 VAE-decoded frames resized at generation time. T fixes the number of views.

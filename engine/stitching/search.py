@@ -43,8 +43,9 @@ WEIGHTS_FILE = "stitching_layer.safetensors"
 class LatentEncoder(Protocol):
     """What the search needs from a video VAE (``engine.stitching.vae.VideoVAEAdapter`` is one)."""
 
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) frames in [0, 1] -> (B, C, T_lat, h, w) normalised latent."""
+    def encode(self, frames: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+        """(B, T, 3, H, W) frames in [0, 1] -> (B, C, T_lat, h, w) latent; the search asks for the raw
+        VAE latent (``normalized=False``), the space the stitched decoder reads."""
         ...
 
 
@@ -254,7 +255,7 @@ def _frames_and_latent(item: Any, vae: LatentEncoder | None) -> tuple[torch.Tens
         if vae is None:
             raise ValueError("clips yield frames only, so a vae is needed to encode them (or yield (frames, latent))")
         frames = item
-        latent = vae.encode(frames)
+        latent = vae.encode(frames, normalized=False)  # stitching reads the raw VAE latent
     elif isinstance(item, (tuple, list)) and len(item) == 2:
         frames, latent = item
     else:

@@ -1,8 +1,10 @@
 """Video-VAE adapters: one interface over the diffusers VAEs a VIST3A generator can be built on.
 
-Frames are always ``(B, T, 3, H, W)`` in [0, 1]; latents are always ``(B, C, T_lat, h, w)`` and
-*normalised the way the video model sees them* (what its denoiser produces), so that the stitching
-layer and the generator agree. Each adapter knows its VAE's factors and frame rule:
+Frames are always ``(B, T, 3, H, W)`` in [0, 1]; latents are always ``(B, C, T_lat, h, w)``,
+*normalised the way the video model sees them* (what its denoiser produces) unless asked for raw: the
+stitching layer reads the raw VAE latent (``encode(..., normalized=False)``), as the released VIST3A
+stitch does, and the generator's latent is un-normalised (``denormalize``) before it reaches the
+stitched decoder. Each adapter knows its VAE's factors and frame rule:
 
 =============================  ===================  ==================  ====================================
 diffusers class                temporal rule        latents (T_lat)     normalisation (from the pipeline)
@@ -126,14 +128,23 @@ class VideoVAEAdapter(ABC):
             )
 
     def encode(
-        self, frames: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+        self,
+        frames: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        normalized: bool = True,
     ) -> torch.Tensor:
-        """(B, T, 3, H, W) in [0, 1] -> normalised latent (B, C, T_lat, H/s, W/s), float32."""
+        """(B, T, 3, H, W) in [0, 1] -> latent (B, C, T_lat, H/s, W/s), float32.
+
+        ``normalized=True`` gives the video model's latent space (what its denoiser produces);
+        ``normalized=False`` the raw VAE posterior latent, which is what stitching reads (the released
+        VIST3A stitch feeds the VAE encoder's output, and at generation time the un-normalised latent).
+        """
         self._check_frames(frames)
         pixels = frames.to(device=self.device, dtype=self.dtype) * 2 - 1  # the VAEs take [-1, 1]
         posterior = self._encode_raw(pixels)
         raw = posterior.sample(generator=generator) if sample else posterior.mode()
-        return self.normalize(raw.float())
+        return self.normalize(raw.float()) if normalized else raw.float()
 
     def decode(self, latent: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Normalised latent (B, C, T_lat, h, w) -> frames (B, T, 3, h*s, w*s) in [0, 1], float32."""

@@ -1,0 +1,163 @@
+"""Tiny, randomly initialised model bundles built from the *real* model classes.
+
+``build_tiny_bundle(folder)`` writes a complete bundle that the pipeline, the worker and the add-on
+load exactly like a real one: a diffusers ``WanPipeline`` folder (UMT5 text encoder with a small
+tokenizer built here, Wan transformer, Wan VAE, UniPC scheduler), optionally a PEFT LoRA adapter for the
+transformer, and a stitched decoder checkpoint (a tiny AnySplat cut after DINOv2 block 1, fed by a
+Wan-shaped Conv3D stitching layer, as the released VIST3A stitch). Every size is tiny, so a whole
+generation runs in seconds on a CPU.
+
+The weights are random: the scenes it produces are noise. It exists so that the tests and the demo
+exercise the full chain (text -> latent -> stitched decoder -> files -> Blender) on any machine, and the
+demo says so plainly when it falls back to it. The one deliberate choice in the weights: the camera
+head's last layer is set so that the predicted cameras are valid (unit quaternion, 60 degree field of
+view, small translations), since a random camera head predicts degenerate fields of view.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+
+from engine.pipeline_settings import ModelBundle
+
+TEXT_DIM = 32
+TINY_DECODER_KIND = "stitched"
+TINY_CUT_STAGE = "patch_embed.blocks.1"
+TINY_SPEC_TEMPLATE = "conv3d_k5x3x3_o{dim}_s1x2x2_p2x1x1"
+WORDS = (
+    "a the of on in with and red blue green yellow white black grey cat dog house tree car chair table "
+    "room garden street scene camera orbit around slowly blurry low quality distorted"
+).split()
+
+
+def build_tokenizer():
+    """A UMT5-style tokenizer (unigram over a few words plus single letters) as ``T5TokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + word, -1.0) for word in WORDS]
+    vocab += [(char, -5.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789,.:;'-"] + [("\u2581", -6.0)]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
+
+
+def build_wan_pipeline(seed: int = 0):
+    """A diffusers ``WanPipeline`` of tiny real components (16 latent channels, 8x spatial, 4x temporal)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=TEXT_DIM,
+            d_kv=8,
+            d_ff=32,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+    # Not configured for flow matching on purpose: the pipeline sets its own sampler up.
+    scheduler = UniPCMultistepScheduler(num_train_timesteps=1000, flow_shift=3.0)
+    return WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+    )
+
+
+def build_lora_adapter(transformer, out_dir: Path, seed: int = 1, rank: int = 4) -> Path:
+    """A PEFT LoRA adapter on the attention projections (VIST3A's targets) with non-zero weights."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    peft_model = get_peft_model(copy.deepcopy(transformer), config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:  # zero at initialisation; make the adapter change something
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    peft_model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def build_stitched_decoder(seed: int = 0, embed_dim: int = 32):
+    """A tiny AnySplat stitched after DINOv2 block 1 to a Wan-shaped latent (16 channels, 8x, 4x)."""
+    from engine.models.anysplat import AnySplat
+    from engine.models.config import tiny_anysplat_config
+    from engine.stitching.decoder import StitchedDecoder, VAEReference
+
+    torch.manual_seed(seed)
+    network = AnySplat(tiny_anysplat_config(embed_dim=embed_dim))
+    _make_cameras_valid(network.encoder.camera_head, seed)
+    vae = VAEReference(
+        class_name="AutoencoderKLWan", latent_channels=16, spatial_factor=8, temporal_factor=4, name_or_path="wan"
+    )
+    spec = TINY_SPEC_TEMPLATE.format(dim=embed_dim)
+    return StitchedDecoder.from_network(network, TINY_CUT_STAGE, spec, vae).eval()
+
+
+def _make_cameras_valid(camera_head: torch.nn.Module, seed: int) -> None:
+    """Sets the pose branch's last layer so the accumulated pose encoding is a valid camera.
+
+    The pose encoding is [translation (3), quaternion xyzw (4), fov_h, fov_w], summed over the refinement
+    iterations; a small random weight keeps the cameras different per view.
+    """
+    last = camera_head.pose_branch.fc2
+    iterations = camera_head.config.num_iterations
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        last.weight.copy_(torch.randn(last.weight.shape, generator=generator) * 1e-3)
+        target = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.radians(60), math.radians(60)])
+        last.bias.copy_(target / iterations)
+
+
+def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0) -> Path:
+    """Writes a complete tiny bundle into ``root`` (created; must not hold a bundle yet); returns it."""
+    from engine.stitching.checkpoint import save_stitched_decoder
+
+    root = Path(root)
+    pipe = build_wan_pipeline(seed)
+    pipe.save_pretrained(str(root / "wan"))
+    lora = None
+    if with_lora:
+        build_lora_adapter(pipe.transformer, root / "lora", seed=seed + 1)
+        lora = "lora"
+    save_stitched_decoder(build_stitched_decoder(seed), root / "decoder")
+    bundle = ModelBundle(
+        root=root,
+        name="tiny-random-lora" if with_lora else "tiny-random",
+        wan="wan",
+        decoder_kind=TINY_DECODER_KIND,
+        decoder_checkpoint="decoder",
+        lora=lora,
+        extra={"note": "randomly initialised tiny model for tests and demos; its scenes are noise"},
+    )
+    bundle.save()
+    return root
