@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+import engine.render.torch_backend as torch_backend
 from engine.render import RenderOutput, rasterize
 from engine.scene import Cameras, GaussianScene, look_at
 
@@ -245,6 +246,33 @@ def test_matches_reference_far_plane_dense_opaque_and_large_off_screen_gaussians
     assert_matches_reference(out, ref)
 
 
+@pytest.fixture
+def tiny_segments(monkeypatch):
+    """Forces many short segments and small chunks so that every list walk spans several of them."""
+    monkeypatch.setattr(torch_backend, "SEGMENT_LENGTH", 3)
+    monkeypatch.setattr(torch_backend, "TILES_PER_CHUNK", 5)
+
+
+def test_matches_reference_with_many_segments_and_early_finished_tiles(tiny_segments):
+    """Long per-tile lists of opaque Gaussians: tiles finish (all pixels cut) part-way through."""
+    gen = torch.Generator().manual_seed(9)
+    n = 90
+    means = torch.randn(n, 3, generator=gen, dtype=torch.float64) * torch.tensor([0.5, 0.4, 0.8], dtype=torch.float64)
+    means[:, 2] += 3.0
+    scene = GaussianScene(
+        means=means,
+        rotations=torch.randn(n, 4, generator=gen, dtype=torch.float64),
+        log_scales=torch.randn(n, 3, generator=gen, dtype=torch.float64) * 0.5 - 1.6,
+        opacity_logits=torch.randn(n, generator=gen, dtype=torch.float64) * 2 + 3,
+        sh=torch.randn(n, 4, 3, generator=gen, dtype=torch.float64) * 0.5,
+    )
+    cameras = single_camera(19, 14, focal=20.0)
+    out = rasterize(scene, cameras, background=(0.5, 0.5, 0.5), backend="torch")
+    ref = reference_render(scene, cameras, background=(0.5, 0.5, 0.5))
+    assert (ref[1] > 0.999).float().mean() > 0.3  # T < 1e-3: much of the image is at or near the cut
+    assert_matches_reference(out, ref)
+
+
 def test_float32_matches_reference():
     scene = random_scene(30, 2, seed=7).to(dtype=torch.float32)
     cameras = orbit_cameras(1, 32, 32, seed=7).to(dtype=torch.float32)
@@ -394,6 +422,36 @@ def test_gradcheck_all_parameters():
 
 def test_gradcheck_sh_degree_3_fast_mode():
     assert _gradcheck_render(num_gaussians=6, degree=3, seed=8, fast_mode=True)
+
+
+def test_gradcheck_across_segments(tiny_segments):
+    assert _gradcheck_render(num_gaussians=12, degree=0, seed=13, fast_mode=True)
+
+
+def test_gradcheck_through_the_transmittance_cut(tiny_segments):
+    """Opaque stacked layers: gradients must respect the cut (entries past it get none)."""
+    gen = torch.Generator().manual_seed(17)
+    n = 10
+    means = torch.randn(n, 3, generator=gen, dtype=torch.float64) * 0.15
+    means[:, 2] += torch.linspace(2.0, 4.0, n, dtype=torch.float64)
+    base = dict(
+        means=means,
+        rotations=torch.randn(n, 4, generator=gen, dtype=torch.float64),
+        log_scales=torch.full((n, 3), -1.2, dtype=torch.float64)
+        + 0.1 * torch.randn(n, 3, generator=gen, dtype=torch.float64),
+        opacity_logits=torch.full((n,), 5.0, dtype=torch.float64) + torch.rand(n, generator=gen, dtype=torch.float64),
+        sh=torch.randn(n, 1, 3, generator=gen, dtype=torch.float64),
+    )
+    cameras = single_camera(9, 8, focal=12.0)
+    assert reference_render(GaussianScene(**base), cameras)[1].max() > 0.9998  # the cut is reached
+
+    def render(means, opacity_logits, sh):
+        scene = GaussianScene(means, base["rotations"], base["log_scales"], opacity_logits, sh)
+        out = rasterize(scene, cameras, background=(0.2, 0.4, 0.6))
+        return torch.cat([out.rgb.flatten(), out.depth.flatten()])
+
+    inputs = tuple(base[k].clone().requires_grad_(True) for k in ("means", "opacity_logits", "sh"))
+    assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
 def test_gradients_reach_every_parameter_in_float32():

@@ -43,8 +43,9 @@ from engine.scene import Cameras, GaussianScene
 
 MAX_ALPHA = 0.999  # gsplat 1.5 clamps alpha at 0.999 (the original 3DGS rasterizer uses 0.99)
 MIN_TRANSMITTANCE = 1e-4  # a Gaussian whose inclusion brings T to <= this is not composited
-TILE_SIZE = 8  # pixels per tile side; results do not depend on it, only speed does
-CHUNK_ELEMENTS = 1 << 18  # (tile, list entry, pixel) entries per dense chunk
+TILE_SIZE = 4  # pixels per tile side; results do not depend on it, only speed does
+SEGMENT_LENGTH = 32  # list entries evaluated at once per tile; finished tiles drop out in between
+TILES_PER_CHUNK = 256  # tiles processed side by side: (256, 32, 16) = 131k entries per dense segment
 
 # Rows of the transposed per-Gaussian feature table.
 MEAN_X, MEAN_Y, CONIC_A, CONIC_B, CONIC_C, OPACITY, DEPTH = range(7)
@@ -170,25 +171,19 @@ class TileBins:
     def pixels_per_tile(self) -> int:
         return self.tile_size * self.tile_size
 
-    def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """Non-empty tiles in chunks of similar list length.
-
-        Yields:
-            tiles (n,) tile ids and lists (n, L): feature rows, padded with ``num_gaussians``.
-        """
+    def chunks(self) -> Iterator[Tensor]:
+        """Non-empty tile ids, longest lists first, in chunks of ``TILES_PER_CHUNK`` (similar lengths)."""
         nonempty = (self.tile_count > 0).nonzero().squeeze(1)
         by_length = nonempty[torch.sort(self.tile_count[nonempty], descending=True, stable=True).indices]
-        lengths = self.tile_count[by_length].tolist()
-        start = 0
-        while start < len(lengths):
-            list_length = lengths[start]  # the longest list of this chunk, since sorted descending
-            count = max(1, CHUNK_ELEMENTS // (list_length * self.pixels_per_tile))
-            tiles = by_length[start : start + count]
-            slots = torch.arange(list_length, device=tiles.device)
-            entry = (self.tile_first[tiles, None] + slots).clamp_max(len(self.gaussian_of_entry) - 1)
-            lists = torch.where(slots < self.tile_count[tiles, None], self.gaussian_of_entry[entry], self.num_gaussians)
-            yield tiles, lists
-            start += count
+        yield from by_length.split(TILES_PER_CHUNK)
+
+    def segment(self, tiles: Tensor, start: int, length: int) -> Tensor:
+        """(n, length) feature rows at list positions start..start+length-1 of the tiles; past the
+        end of a tile's list the row is ``num_gaussians`` (the empty slot)."""
+        slots = torch.arange(start, start + length, device=tiles.device)
+        entry = (self.tile_first[tiles, None] + slots).clamp_max(len(self.gaussian_of_entry) - 1)
+        inside = slots < self.tile_count[tiles, None]
+        return torch.where(inside, self.gaussian_of_entry[entry], self.num_gaussians)
 
     def tile_centres(self, tiles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(n,) tile ids -> x and y pixel coordinates of the tile centres, each (n,)."""
@@ -246,15 +241,15 @@ def bin_to_tiles(boxes: Tensor, width: int, height: int, tile_size: int = TILE_S
 
 
 @dataclass
-class _ChunkState:
-    """One chunk's quantities: per-entry (n, L) local geometry and (n, L, P) per-pixel values."""
+class _SegmentState:
+    """One segment's quantities: per-entry (n, S) local geometry and (n, S, P) per-pixel values."""
 
-    mean_x: Tensor  # (n, L) mean relative to the tile centre
+    mean_x: Tensor  # (n, S) mean relative to the tile centre
     mean_y: Tensor
     alpha: Tensor  # min(MAX_ALPHA, o exp(-sigma)), 0 where below 1/255
     one_minus_alpha: Tensor
     before: Tensor  # transmittance in front of the entry
-    kept: Tensor | None  # 1.0 where composited, 0.0 past the transmittance cut; None: no cut in chunk
+    kept: Tensor | None  # 1.0 where composited, 0.0 past the transmittance cut; None: all kept
     weight: Tensor  # alpha * before * kept
 
 
@@ -263,17 +258,21 @@ def _just_below(value: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(torch.tensor(value, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)))
 
 
-def _evaluate_chunk(columns: Tensor, tiles: Tensor, bins: TileBins) -> _ChunkState:
-    """Alpha, transmittance and blending weights of one chunk.
+def _evaluate_segment(
+    columns: Tensor, tiles: Tensor, bins: TileBins, start_transmittance: Tensor, alive: Tensor
+) -> _SegmentState:
+    """Alpha, transmittance and blending weights of one segment of the tiles' lists.
 
     log(alpha) = log(o) - 0.5 d^T conic d is a quadratic polynomial in the pixel position, so with
     pixel offsets q from the tile centre it is ``sum_j k_j m_j(q)`` for the six monomials
-    m = (1, qx, qy, qx^2, qx qy, qy^2): one matmul of per-entry coefficients (n, L, 6) with the
-    monomials of the tile's pixels (6, P), instead of a dozen elementwise passes.
+    m = (1, qx, qy, qx^2, qx qy, qy^2): one matmul of per-entry coefficients (n, S, 6) with the
+    monomials of a tile's pixels (6, P), instead of a dozen elementwise passes.
 
     Args:
-        columns: (NUM_FEATURES, n, L) gathered feature rows of the chunk's lists.
+        columns: (NUM_FEATURES, n, S) gathered feature rows of the segment.
         tiles: (n,) tile ids.
+        start_transmittance: (n, P) transmittance in front of the segment.
+        alive: (n, P) 1.0 for pixels not yet stopped by the transmittance cut, else 0.0.
     """
     centre_x, centre_y = bins.tile_centres(tiles, columns.dtype)
     mean_x = columns[MEAN_X] - centre_x[:, None]
@@ -286,24 +285,24 @@ def _evaluate_chunk(columns: Tensor, tiles: Tensor, bins: TileBins) -> _ChunkSta
     coefficients = torch.stack(
         [constant, a * mean_x + b * mean_y, b * mean_x + c * mean_y, -0.5 * a, -b, -0.5 * c], dim=-1
     )
-    alpha = torch.matmul(coefficients, bins.monomials(columns.dtype)).exp_()  # (n, L, P), before the clamp
+    alpha = torch.matmul(coefficients, bins.monomials(columns.dtype)).exp_()  # (n, S, P), before the clamp
     # threshold(x, t, 0) keeps x > t, so t just below 1/255 keeps exactly gsplat's alpha >= 1/255.
     # (Float masks through threshold/sign throughout: boolean masks are several times slower on a CPU.)
     F.threshold_(alpha, _just_below(ALPHA_THRESHOLD, alpha.dtype), 0.0).clamp_max_(MAX_ALPHA)
 
     one_minus_alpha = torch.rsub(alpha, 1.0)
-    through = torch.cumprod(one_minus_alpha, dim=1)  # inclusive transmittance
+    through = torch.cumprod(one_minus_alpha, dim=1).mul_(start_transmittance[:, None, :])  # inclusive
     before = torch.empty_like(through)
-    before[:, 0] = 1.0
+    before[:, 0] = start_transmittance
     before[:, 1:] = through[:, :-1]
     weight = before * alpha
     kept = None
-    if float(through[:, -1].min()) <= MIN_TRANSMITTANCE:
+    if float(alive.min()) < 1.0 or float(through[:, -1].min()) <= MIN_TRANSMITTANCE:
         # gsplat stops before the entry that would bring T to <= MIN_TRANSMITTANCE; T only
         # decreases along the list, so this masks a suffix of each pixel's list.
-        kept = F.threshold(through, MIN_TRANSMITTANCE, 0.0).sign_()
+        kept = F.threshold(through, MIN_TRANSMITTANCE, 0.0).sign_().mul_(alive[:, None, :])
         weight.mul_(kept)
-    return _ChunkState(mean_x, mean_y, alpha, one_minus_alpha, before, kept, weight)
+    return _SegmentState(mean_x, mean_y, alpha, one_minus_alpha, before, kept, weight)
 
 
 def _gather_columns(table: Tensor, lists: Tensor) -> Tensor:
@@ -312,26 +311,68 @@ def _gather_columns(table: Tensor, lists: Tensor) -> Tensor:
     return torch.stack([row.index_select(0, flat) for row in table]).reshape(len(table), *lists.shape)
 
 
+@dataclass
+class _SegmentStart:
+    """What the backward pass needs to re-evaluate one segment: which tiles, where, and the state in front."""
+
+    active: Tensor  # (n_a,) positions in the chunk's tile list
+    start: int  # list position of the segment's first entry
+    transmittance: Tensor  # (n_a, P)
+    alive: Tensor  # (n_a, P)
+
+
 class _TileCompositor(torch.autograd.Function):
     """Front-to-back compositing of one view's tiles, with a hand-written backward.
 
     Inputs: features (NUM_FEATURES, M) rows MEAN_X ... b for Gaussians in front-to-back order,
     bins (TileBins). Outputs: shade (T, P, 4) = sum_i w_i (z_i, r_i, g_i, b_i) per tile pixel and
     transmittance (T, P), with w_i = alpha_i T_i and T_i the transmittance in front of entry i.
+
+    Each chunk of tiles walks its lists in segments of ``SEGMENT_LENGTH``; a tile leaves once its
+    list is exhausted or all its pixels hit the transmittance cut (gsplat's per-tile early exit).
+    The forward pass records the transmittance in front of every segment, so the backward pass can
+    walk the segments in reverse, re-evaluating one at a time, with bounded memory.
     """
 
     @staticmethod
     def forward(ctx, features: Tensor, bins: TileBins):
         table = torch.cat([features, features.new_zeros(NUM_FEATURES, 1)], dim=1)  # empty slot: opacity 0
-        shade = features.new_zeros(bins.num_tiles, bins.pixels_per_tile, 4)
-        transmittance = features.new_ones(bins.num_tiles, bins.pixels_per_tile)
-        for tiles, lists in bins.chunks():
-            columns = _gather_columns(table, lists)
-            state = _evaluate_chunk(columns, tiles, bins)
-            shade.index_copy_(0, tiles, torch.bmm(state.weight.transpose(1, 2), columns[SHADE].permute(1, 2, 0)))
-            # sum_i w_i = 1 - T_final (the weights telescope).
-            transmittance.index_copy_(0, tiles, 1.0 - state.weight.sum(dim=1))
-        ctx.bins = bins
+        pixels = bins.pixels_per_tile
+        shade = features.new_zeros(bins.num_tiles, pixels, 4)
+        transmittance = features.new_ones(bins.num_tiles, pixels)
+        walks = []
+        for tiles in bins.chunks():
+            chunk_shade = features.new_zeros(len(tiles), pixels, 4)
+            chunk_transmittance = features.new_ones(len(tiles), pixels)
+            alive = features.new_ones(len(tiles), pixels)
+            active = torch.arange(len(tiles), device=tiles.device)
+            counts = bins.tile_count[tiles]
+            segments = []
+            start = 0
+            while len(active):
+                active_tiles = tiles[active]
+                lists = bins.segment(active_tiles, start, SEGMENT_LENGTH)
+                columns = _gather_columns(table, lists)
+                start_transmittance = chunk_transmittance[active]
+                start_alive = alive[active]
+                state = _evaluate_segment(columns, active_tiles, bins, start_transmittance, start_alive)
+                segments.append(_SegmentStart(active, start, start_transmittance, start_alive))
+
+                blended = torch.bmm(state.weight.transpose(1, 2), columns[SHADE].permute(1, 2, 0))
+                chunk_shade.index_add_(0, active, blended)
+                # The weights telescope: T_after = T_before - sum_i w_i.
+                chunk_transmittance.index_copy_(0, active, start_transmittance - state.weight.sum(dim=1))
+                start += SEGMENT_LENGTH
+                if state.kept is not None:
+                    alive.index_copy_(0, active, state.kept[:, -1])
+                    unfinished = (alive[active].amax(dim=1) > 0) & (counts[active] > start)
+                else:
+                    unfinished = counts[active] > start
+                active = active[unfinished]
+            shade.index_copy_(0, tiles, chunk_shade)
+            transmittance.index_copy_(0, tiles, chunk_transmittance)
+            walks.append((tiles, segments))
+        ctx.bins, ctx.walks = bins, walks
         ctx.save_for_backward(table, transmittance)
         return shade, transmittance
 
@@ -343,47 +384,79 @@ class _TileCompositor(torch.autograd.Function):
         monomials = bins.monomials(table.dtype)
         # dL/dT_final * T_final: what the background behind the last entry is worth to a pixel.
         behind = grad_transmittance * transmittance
-        for tiles, lists in bins.chunks():
-            columns = _gather_columns(table, lists)
-            state = _evaluate_chunk(columns, tiles, bins)
-            pixel_grad = grad_shade.index_select(0, tiles)  # (n, P, 4)
-            entry_shade = columns[SHADE].permute(1, 2, 0)  # (n, L, 4)
-
-            # gain_i = dL/dw_i per pixel; the blended quantities get sum_pixels w_i dL/d(shade).
-            gain = torch.bmm(entry_shade, pixel_grad.transpose(1, 2))  # (n, L, P)
-            grad_entry_shade = torch.bmm(state.weight, pixel_grad)  # (n, L, 4)
-
-            # Every w_k behind entry i and T_final carry the factor (1 - alpha_i):
-            # dL/dalpha_i = T_i gain_i - (sum_{k>i} w_k gain_k + behind) / (1 - alpha_i).
-            weighted_gain = state.weight * gain
-            later = torch.cumsum(weighted_gain, dim=1).neg_().add_(weighted_gain.sum(dim=1, keepdim=True))
-            later.add_(behind.index_select(0, tiles)[:, None, :]).div_(state.one_minus_alpha)
-            grad_alpha = gain.mul_(state.before).sub_(later)
-            if state.kept is not None:
-                grad_alpha.mul_(state.kept)
-            # dL/dlog(alpha) = alpha dL/dalpha below the clamp; the clamp at MAX_ALPHA passes nothing.
-            grad_log_alpha = grad_alpha.mul_(state.alpha)
-            if float(state.alpha.max()) >= MAX_ALPHA:
-                # 1.0 where alpha < MAX_ALPHA (i.e. -alpha > -MAX_ALPHA), else 0.0.
-                grad_log_alpha.mul_(F.threshold(state.alpha.neg(), -MAX_ALPHA, 0.0).sign_().neg_())
-            grad_coefficients = torch.matmul(grad_log_alpha, monomials.T)  # (n, L, 6)
-
-            g_const, g_x, g_y, g_xx, g_xy, g_yy = grad_coefficients.unbind(-1)
-            mx, my = state.mean_x, state.mean_y
-            a, b, c = columns[CONIC_A], columns[CONIC_B], columns[CONIC_C]
-            # Chain rule through the coefficients of _evaluate_chunk (mean offsets shift with the mean).
-            entry_grads = torch.stack(
-                [
-                    -g_const * (a * mx + b * my) + g_x * a + g_y * b,
-                    -g_const * (b * mx + c * my) + g_x * b + g_y * c,
-                    -0.5 * g_const * mx * mx + g_x * mx - 0.5 * g_xx,
-                    -g_const * mx * my + g_x * my + g_y * mx - g_xy,
-                    -0.5 * g_const * my * my + g_y * my - 0.5 * g_yy,
-                    g_const / columns[OPACITY].clamp_min(ALPHA_THRESHOLD),
-                    *grad_entry_shade.unbind(-1),
-                ]
-            )  # (NUM_FEATURES, n, L)
-            flat_lists = lists.flatten()
-            for row, values in zip(grad_table, entry_grads):
-                row.index_add_(0, flat_lists, values.flatten())
+        for tiles, segments in ctx.walks:
+            chunk_pixel_grad = grad_shade.index_select(0, tiles)  # (n, P, 4)
+            # sum_{k behind} w_k gain_k + behind, per pixel, accumulated from the back.
+            later_total = behind.index_select(0, tiles)
+            for segment in reversed(segments):
+                active = segment.active
+                active_tiles = tiles[active]
+                lists = bins.segment(active_tiles, segment.start, SEGMENT_LENGTH)
+                columns = _gather_columns(table, lists)
+                state = _evaluate_segment(columns, active_tiles, bins, segment.transmittance, segment.alive)
+                _accumulate_segment_grads(
+                    grad_table, lists, columns, state, chunk_pixel_grad[active], later_total, active, monomials
+                )
         return grad_table[:, :-1], None
+
+
+def _accumulate_segment_grads(
+    grad_table: Tensor,
+    lists: Tensor,
+    columns: Tensor,
+    state: _SegmentState,
+    pixel_grad: Tensor,
+    later_total: Tensor,
+    active: Tensor,
+    monomials: Tensor,
+) -> None:
+    """Adds one segment's gradients to ``grad_table`` and its weighted gains to ``later_total``.
+
+    Args:
+        grad_table: (NUM_FEATURES, M + 1) gradient of the feature table, updated in place.
+        lists, columns, state: the segment as evaluated by ``_evaluate_segment``.
+        pixel_grad: (n_a, P, 4) dL/d(shade) of the segment's tiles.
+        later_total: (n_chunk, P) per pixel of the chunk: sum of w_k gain_k over the entries behind
+            this segment plus dL/dT_final T_final; updated in place (rows ``active``).
+    """
+    entry_shade = columns[SHADE].permute(1, 2, 0)  # (n, S, 4)
+    # gain_i = dL/dw_i per pixel; the blended quantities get sum_pixels w_i dL/d(shade).
+    gain = torch.bmm(entry_shade, pixel_grad.transpose(1, 2))  # (n, S, P)
+    grad_entry_shade = torch.bmm(state.weight, pixel_grad)  # (n, S, 4)
+
+    # Every w_k behind entry i and T_final carry the factor (1 - alpha_i):
+    # dL/dalpha_i = T_i gain_i - (sum_{k>i} w_k gain_k + dL/dT_final T_final) / (1 - alpha_i).
+    weighted_gain = state.weight * gain
+    segment_total = weighted_gain.sum(dim=1)  # (n, P)
+    behind_segment = later_total.index_select(0, active)
+    later = torch.cumsum(weighted_gain, dim=1).neg_().add_((segment_total + behind_segment)[:, None, :])
+    later_total.index_add_(0, active, segment_total)
+    later.div_(state.one_minus_alpha)
+    grad_alpha = gain.mul_(state.before).sub_(later)
+    if state.kept is not None:
+        grad_alpha.mul_(state.kept)
+    # dL/dlog(alpha) = alpha dL/dalpha below the clamp; the clamp at MAX_ALPHA passes nothing.
+    grad_log_alpha = grad_alpha.mul_(state.alpha)
+    if float(state.alpha.max()) >= MAX_ALPHA:
+        # 1.0 where alpha < MAX_ALPHA (i.e. -alpha > -MAX_ALPHA), else 0.0.
+        grad_log_alpha.mul_(F.threshold(state.alpha.neg(), -MAX_ALPHA, 0.0).sign_().neg_())
+    grad_coefficients = torch.matmul(grad_log_alpha, monomials.T)  # (n, S, 6)
+
+    g_const, g_x, g_y, g_xx, g_xy, g_yy = grad_coefficients.unbind(-1)
+    mx, my = state.mean_x, state.mean_y
+    a, b, c = columns[CONIC_A], columns[CONIC_B], columns[CONIC_C]
+    # Chain rule through the coefficients of _evaluate_segment (the offsets move with the mean).
+    entry_grads = torch.stack(
+        [
+            -g_const * (a * mx + b * my) + g_x * a + g_y * b,
+            -g_const * (b * mx + c * my) + g_x * b + g_y * c,
+            -0.5 * g_const * mx * mx + g_x * mx - 0.5 * g_xx,
+            -g_const * mx * my + g_x * my + g_y * mx - g_xy,
+            -0.5 * g_const * my * my + g_y * my - 0.5 * g_yy,
+            g_const / columns[OPACITY].clamp_min(ALPHA_THRESHOLD),
+            *grad_entry_shade.unbind(-1),
+        ]
+    )  # (NUM_FEATURES, n, S)
+    flat_lists = lists.flatten()
+    for row, values in zip(grad_table, entry_grads):
+        row.index_add_(0, flat_lists, values.flatten())
