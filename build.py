@@ -4,6 +4,8 @@
     python build.py setup            create .venv and install the engine + test dependencies
     python build.py test [ARGS]      set up if needed, then run pytest (ARGS go to pytest)
     python build.py build            validate and build the Blender extension zip into dist/
+    python build.py demo "PROMPT"    generate a scene with the best local model, import it into
+                                     Blender and render it with Cycles
 
 Run ``python build.py COMMAND --help`` for the options of each command.
 """
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 from typing import NoReturn
@@ -238,6 +241,66 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# Runs inside Blender-as-a-module: installs the built extension into a throwaway profile, imports the
+# run folder with the add-on's own operator and renders the first generated camera with Cycles.
+BLENDER_DEMO_SCRIPT = """
+import json, sys
+import bpy
+zip_path, run_dir, png = sys.argv[1:4]
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+result = bpy.ops.vist3a.import_result(directory=run_dir, set_scene_camera=True)
+if result != {"FINISHED"}:
+    raise SystemExit(f"the add-on could not import {run_dir}: {result}")
+scene = bpy.context.scene
+camera = scene.camera
+bpy.ops.vist3a.render_camera(camera_name=camera.name, filepath=png, samples=32, show=False)
+clouds = [o for o in scene.objects if o.type == "POINTCLOUD"]
+print(json.dumps({"objects": len(scene.objects), "points": sum(len(o.data.points) for o in clouds), "png": png}))
+"""
+
+
+def blender_available() -> bool:
+    check = subprocess.run([str(venv_python()), "-c", "import bpy"], capture_output=True)
+    return check.returncode == 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    ensure_setup()
+    out = args.out or Path("outputs") / time.strftime("%Y%m%d-%H%M%S")
+    command = [str(venv_python()), "-m", "engine", "demo", args.prompt, "--out", str(out), "--seed", str(args.seed)]
+    if args.model:
+        command += ["--model", str(args.model)]
+    for option in ("frames", "size", "steps"):
+        if getattr(args, option) is not None:
+            command += [f"--{option}", str(getattr(args, option))]
+    log("generating: " + " ".join(command[1:]))
+    start = time.monotonic()
+    code = subprocess.run(command, cwd=ROOT).returncode
+    if code:
+        return code
+    log(f"generated {out} in {time.monotonic() - start:.1f} s")
+    if not blender_available():
+        log("Blender (the bpy module) is not available: skipping the import and the Cycles render")
+        return 0
+    zip_path = build_extension()
+    png = (ROOT / out / "render.png").resolve()
+    with tempfile.TemporaryDirectory(prefix="vist3a-blender-") as profile:
+        env = dict(os.environ, BLENDER_USER_RESOURCES=profile)
+        log("importing into Blender with the add-on and rendering with Cycles")
+        result = subprocess.run(
+            [str(venv_python()), "-c", BLENDER_DEMO_SCRIPT, str(zip_path), str((ROOT / out).resolve()), str(png)],
+            cwd=profile,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    if result.returncode != 0 or not png.is_file():
+        fail("the Blender step failed:\n" + (result.stdout + result.stderr)[-4000:])
+    log(f"Cycles render: {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -256,6 +319,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", type=Path, default=MANIFEST, help="manifest to build with (default: the project's)")
     p.add_argument("--out-dir", type=Path, default=DIST, help="where the zip goes (default: dist/)")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("demo", help="generate a scene from a prompt, import it into Blender, render it")
+    p.add_argument("prompt", help="what to generate")
+    p.add_argument("--out", type=Path, help="run folder to create (default: outputs/<time>)")
+    p.add_argument("--model", type=Path, help="model bundle (default: the best one available locally)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--frames", type=int, help="video frames (4k+1; default: the model's)")
+    p.add_argument("--size", type=int, help="square frame size in pixels (default: the model's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
     return args.func(args)

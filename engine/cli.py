@@ -16,6 +16,7 @@ import sys
 
 # command name -> module that defines it
 COMMANDS = {
+    "demo": "engine.demo",
     "reconstruct": "engine.models.cli",
     "stitch": "engine.stitching.cli",
     "generate": "engine.pipeline_cli",

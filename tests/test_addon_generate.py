@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from blender_env import run_in_blender
-from test_pipeline_tiny import build_tiny_bundle
+from test_pipeline_tiny import GAUSSIANS_PER_RUN, build_tiny_bundle
 
 from engine.io import read_gaussian_ply
 
@@ -164,9 +164,9 @@ emit_result(out)
     assert np.allclose(result["root_location"], [1.0, 2.0, 3.0])
     assert result["sources"] == [output_dir] and Path(output_dir).parent == tmp_path / "outputs"
 
-    # 5 frames of 32 x 32, every 4th pixel in each direction: 5 * 8 * 8 Gaussians, equal to the PLY's.
+    # 5 frames, one Gaussian per pixel of the 28 x 28 decoder input, equal to the PLY's.
     ply = read_gaussian_ply(Path(output_dir) / "scene.ply")
-    assert result["count"] == len(ply.means) == 5 * 8 * 8
+    assert result["count"] == len(ply.means) == GAUSSIANS_PER_RUN
     attrs = conversions.gaussian_point_attributes(ply.f_dc, ply.opacity, ply.scale, ply.rot)
     got = np.load(tmp_path / "attributes.npz")
     expected = {
