@@ -14,6 +14,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from engine.stitching.train_cli import add_train_parser
+
 log = logging.getLogger(__name__)
 
 RELEASED_SPEC = "conv3d_k5x3x3_o1024_s1x2x2_p2x1x1"
@@ -48,6 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     search.add_argument("--vae-dtype", choices=VAE_DTYPES, default="float32", help="VAE weights dtype")
     search.add_argument("--seed", type=int, default=0, help="seed of the synthetic clips")
     search.set_defaults(func=run_search)
+    add_train_parser(commands)
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
     return parser
 

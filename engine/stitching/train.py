@@ -240,7 +240,7 @@ class DistillationTrainer:
     @torch.no_grad()
     def targets(self, frames: Tensor):
         """(latent, model-resolution frames, teacher prediction) for jittered frames at the VAE's size."""
-        latent = self.vae.encode(frames).to(self.device)
+        latent = self.vae.encode(frames, normalized=False).to(self.device)  # the stitched decoder reads raw latents
         model_frames = resize_frames(frames, self.config.model_size)
         return latent, model_frames, self.teacher(model_frames)
 
