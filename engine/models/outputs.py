@@ -40,6 +40,7 @@ from engine.models.pose_encoding import (
     mat_to_quat,
     pose_encoding_to_extri_intri,
 )
+from engine.render.sh import sh_basis
 from engine.scene import Cameras, GaussianScene, PointScene
 
 
@@ -50,48 +51,6 @@ class PredictionError(ValueError):
 # ------------------------------------------------------------------------------------------------------
 # Real spherical harmonics (3DGS / gsplat basis) and their rotation
 # ------------------------------------------------------------------------------------------------------
-
-_C1 = 0.4886025119029199
-_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-_C3 = (
-    -0.5900435899266435,
-    2.890611442640554,
-    -0.4570457994644658,
-    0.3731763325901154,
-    -0.4570457994644658,
-    1.445305721320277,
-    -0.5900435899266435,
-)
-
-
-def sh_basis(directions: Tensor, degree: int) -> Tensor:
-    """(..., 3) unit directions -> (..., (degree+1)^2) real SH basis values, in the 3DGS / gsplat order."""
-    if not 0 <= degree <= 3:
-        raise ValueError(f"SH degree must be in 0..3, got {degree}")
-    x, y, z = directions.unbind(-1)
-    values = [torch.full_like(x, 0.28209479177387814)]
-    if degree >= 1:
-        values += [-_C1 * y, _C1 * z, -_C1 * x]
-    if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
-        values += [
-            _C2[0] * x * y,
-            _C2[1] * y * z,
-            _C2[2] * (2 * zz - xx - yy),
-            _C2[3] * x * z,
-            _C2[4] * (xx - yy),
-        ]
-    if degree >= 3:
-        values += [
-            _C3[0] * y * (3 * xx - yy),
-            _C3[1] * x * y * z,
-            _C3[2] * y * (4 * zz - xx - yy),
-            _C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
-            _C3[4] * x * (4 * zz - xx - yy),
-            _C3[5] * z * (xx - yy),
-            _C3[6] * x * (xx - 3 * yy),
-        ]
-    return torch.stack(values, dim=-1)
 
 
 @functools.lru_cache(maxsize=1)
