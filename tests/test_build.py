@@ -85,3 +85,11 @@ def test_invalid_manifest_fails_the_build_with_the_validators_message(tmp_path):
     with pytest.raises(build.BuildError, match="tagline"):
         build.build_extension(manifest=bad, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_test_command_fails_when_pytest_collects_nothing():
+    # pytest exits 5 when nothing ran; CI must read that as a failure, not a pass.
+    command = [sys.executable, str(ROOT / "build.py"), "test", "tests/test_scene.py", "-k", "no_such_test_name"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "collected no tests" in out.stdout
