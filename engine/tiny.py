@@ -161,3 +161,36 @@ def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0) 
     )
     bundle.save()
     return root
+
+
+def build_visible_anysplat(seed: int = 0, embed_dim: int = 32, colour_gain: float = 20.0, **config_overrides):
+    """A tiny random AnySplat whose output renders as a visible, textured scene (a finetuning teacher).
+
+    A random tiny AnySplat predicts degenerate cameras and Gaussians that are nearly transparent, a few
+    micrometres wide and uniformly grey, so its renders are blank and comparisons of renders say nothing.
+    Here, on top of ``tiny_anysplat_config(embed_dim, **config_overrides)`` with random weights:
+
+    * the camera head predicts valid cameras (as in :func:`build_stitched_decoder`);
+    * the Gaussian head's last conv has opacity bias 1 (opacity ~0.73) and scale bias 30 (scales
+      0.001·softplus(30) = 0.03 network units, a pixel or two at the ~unit depths and 60° field of view
+      predicted here, for images of a few dozen pixels);
+    * the weights of the three SH DC channels are multiplied by ``colour_gain``, so the colours vary
+      over the image (render std ~0.1-0.15 instead of ~0.02).
+    """
+    from engine.models.anysplat import AnySplat
+    from engine.models.config import tiny_anysplat_config
+    from engine.models.gaussian_adapter import num_sh_coeffs
+
+    torch.manual_seed(seed)
+    network = AnySplat(tiny_anysplat_config(embed_dim=embed_dim, **config_overrides)).eval()
+    encoder = network.encoder
+    _make_cameras_valid(encoder.camera_head, seed)
+    head = encoder.gaussian_param_head
+    last = head.scratch.output_conv2[2]
+    coeffs = num_sh_coeffs(head.sh_degree)
+    with torch.no_grad():
+        last.bias[0] = 1.0  # opacity logit
+        last.bias[1:4] = 30.0  # scale pre-activation
+        for channel in range(3):  # SH coefficients are RGB-major: DC of channel c at 8 + c·coeffs
+            last.weight[8 + channel * coeffs] *= colour_gain
+    return network

@@ -381,3 +381,23 @@ class DistillationTrainer:
             "steps": self.step,
         }
         return save_stitched_decoder(merged.eval(), directory)
+
+
+@torch.no_grad()
+def render_psnr(student_prediction, teacher_prediction, batch_index: int = 0, background=(1.0, 1.0, 1.0)) -> float:
+    """PSNR (dB) of the student's Gaussians against the teacher's, both rendered at the teacher's cameras.
+
+    Both scenes stay in the network frame and are rasterised (SH degree 0, ``engine.render``) with the
+    teacher's predicted cameras, so the number compares the Gaussians alone (the student's own camera
+    prediction only enters through its Gaussian means, which are its depth unprojected with its cameras).
+    AnySplat predictions only.
+    """
+    from engine.render import rasterize
+
+    cameras = teacher_prediction.cameras(batch_index, relative_to_first=False)
+    renders = []
+    for prediction in (student_prediction, teacher_prediction):
+        scene = prediction.gaussian_scene(batch_index, relative_to_first=False, sh_degree=0)
+        renders.append(rasterize(scene, cameras, background=background).rgb.clamp(0, 1))
+    mse = ((renders[0] - renders[1]) ** 2).mean().clamp_min(1e-10)
+    return float(-10 * torch.log10(mse))
