@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import pytest
 import torch
@@ -151,3 +152,92 @@ def test_finetuning_lowers_l1_raises_render_psnr_and_export_matches(tmp_path):
     merged_prediction = exported.predict(*batch[:2])
     torch.testing.assert_close(merged_prediction.depth, student_prediction.depth, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(merged_prediction.gaussian_raw, student_prediction.gaussian_raw, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_search_then_train_then_resume_end_to_end(tmp_path):
+    """``stitch search`` -> ``stitch train --stitching-init`` -> ``stitch train --resume`` through the real
+    CLI entry on saved tiny models: loss log, resumable checkpoints, a merged export that loads and
+    predicts, and an export closer to the teacher than the layer-search initialisation."""
+    import json
+
+    from safetensors import safe_open
+
+    from engine.cli import main
+    from engine.models.loading import load_model, save_model
+    from engine.stitching.checkpoint import load_stitched_decoder
+    from engine.stitching.decoder import StitchedDecoder
+    from engine.stitching.losses import PRESETS, distillation_loss
+    from engine.stitching.train_cli import _stitching_init
+    from engine.stitching.train_tiny import TINY_SPEC, tiny_wan_vae
+    from engine.stitching.vae import load_video_vae
+    from engine.tiny import build_visible_anysplat
+
+    model_dir, vae_dir = save_model(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
+    tiny_wan_vae().save_pretrained(str(vae_dir))
+    search, run = tmp_path / "search", tmp_path / "run"
+    assert (
+        main(
+            ["stitch", "search", "--vae", str(vae_dir), "--model", str(model_dir), "--synthetic", "2"]
+            + ["--spec", TINY_SPEC, "--frames", "5", "--size", "32", "--out", str(search), "--device", "cpu"]
+        )
+        == 0
+    )
+    with safe_open(str(search / "stitching_layer.safetensors"), framework="pt") as handle:
+        best_stage = handle.metadata()["layer"]
+    assert best_stage == json.loads((search / "layer_search.json").read_text())["best_layer"]
+
+    train = ["stitch", "train", "--base-model", str(model_dir), "--vae", str(vae_dir), "--out", str(run)]
+    train += ["--stitching-init", str(search), "--synthetic", "1", "--views", "5", "5", "--vae-size", "32"]
+    train += ["--model-size", "56", "--lora-rank", "4", "--lora-alpha", "2", "--lr", "2e-3", "--warmup", "0"]
+    train += ["--save-every", "2", "--seed", "3", "--device", "cpu"]
+    assert main(train + ["--steps", "3"]) == 0
+
+    records = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 and math.isfinite(r["grad_norm"]) for r in records)
+    config = json.loads((run / "train_config.json").read_text())["config"]
+    assert config["cut_stage"] == best_stage and config["spec"] == TINY_SPEC  # taken from the search
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000002", "step_00000003"]
+    assert {p.name for p in (run / "checkpoints" / "step_00000003").iterdir()} == {
+        "trainable.safetensors",
+        "state.pt",
+    }
+    with pytest.raises(SystemExit, match="--resume"):  # a fresh run must not overwrite this one
+        main(train + ["--steps", "3"])
+
+    assert main(train + ["--steps", "5", "--resume"]) == 0
+    records = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]  # continued at step 4, no step redone
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert records[3]["lr"] > 0  # the extended run's schedule, not the finished 3-step one (lr 0)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000004", "step_00000005"]
+    # a run that stopped after logging step 5 but before saving it: resuming from step 4 redoes step 5 once
+    for file in (run / "checkpoints" / "step_00000005").iterdir():
+        file.unlink()
+    (run / "checkpoints" / "step_00000005").rmdir()
+    assert main(train + ["--steps", "5", "--resume"]) == 0
+    redone = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in redone] == [1, 2, 3, 4, 5]
+    assert redone[4]["loss"] == pytest.approx(records[4]["loss"], rel=1e-4)  # same RNG state -> same step
+
+    exported = load_stitched_decoder(run / "export")
+    assert exported.cut_stage == best_stage and exported.lora_info["steps"] == 5
+    teacher, _ = load_model(model_dir)
+    vae = load_video_vae(vae_dir)
+    frames = SyntheticClips().sample(5, 32, torch.Generator().manual_seed(99))[None]
+    latent = vae.encode(frames, normalized=False)
+    model_frames = torch.nn.functional.interpolate(frames[0], size=(56, 56), mode="bilinear", antialias=True)[None]
+    prediction = exported.predict(latent, model_frames)
+    for name in ("depth", "gaussian_raw", "pose_enc", "points"):
+        assert torch.isfinite(getattr(prediction, name)).all(), name
+    with torch.no_grad():
+        target = teacher(model_frames)
+    layer, spec, stage = _stitching_init(search)
+    initial = StitchedDecoder.from_network(teacher, stage, spec, exported.vae, layer).eval()
+    weights = PRESETS["anysplat"]
+    l1_init = float(distillation_loss(initial.predict(latent, model_frames), target, weights)[0])
+    l1_export = float(distillation_loss(prediction, target, weights)[0])
+    print(f"CLI run: L1 to teacher on an unseen clip, search init {l1_init:.4f} -> export {l1_export:.4f}")
+    assert l1_export < l1_init

@@ -257,13 +257,14 @@ class DistillationTrainer:
             raise FloatingPointError(f"non-finite loss at step {self.step}: {terms}")
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), self.config.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return {
             "step": self.step,
             "loss": float(loss.detach()),
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": lr,
             "grad_norm": float(grad_norm),
             "views": model_frames.shape[1],
             "terms": terms,
@@ -357,10 +358,28 @@ class DistillationTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
+        # The optimizer state holds the learning rate of the saved run's schedule. When the run is
+        # extended (more --steps), the next step must use this run's schedule at the resumed step.
+        factor = warmup_cosine(self.step, self.config.warmup_steps, self.config.steps)
+        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base_lr * factor
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def truncate_log(self) -> int:
+        """Drops records of steps after ``self.step`` from ``out_dir``'s loss log (a resumed run redoes
+        them); returns how many were dropped."""
+        path = None if self.out_dir is None else self.out_dir / LOG_FILE
+        if path is None or not path.is_file():
+            return 0
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= self.step]
+        if len(kept) != len(lines):
+            with atomic_write(path, "w") as f:
+                f.write("".join(line + "\n" for line in kept))
+        return len(lines) - len(kept)
 
     def latest_checkpoint(self) -> Optional[Path]:
         """The newest ``checkpoints/step_*`` folder of ``out_dir`` (None if there is none)."""

@@ -85,6 +85,8 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.stitching.train import DistillationTrainer, TrainConfig
     from engine.stitching.vae import load_video_vae
 
+    if not args.resume and any((args.out / "checkpoints").glob("step_*")):
+        raise SystemExit(f"{args.out} already holds checkpoints of a run: pass --resume, or choose another --out")
     layer = None
     spec, stage = args.spec, args.cut_stage
     if args.stitching_init is not None:
@@ -143,7 +145,8 @@ def run_train(args: argparse.Namespace) -> int:
         if latest is None:
             raise SystemExit(f"--resume: no checkpoint in {args.out / 'checkpoints'}")
         trainer.load_checkpoint(latest)
-        log.info("resumed from %s at step %d", latest, trainer.step)
+        dropped = trainer.truncate_log()
+        log.info("resumed from %s at step %d (%d later log records dropped)", latest, trainer.step, dropped)
     trainer.train()
     export = trainer.export(args.out / "export")
     log.info("merged stitched decoder written to %s", export)
