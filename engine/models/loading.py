@@ -76,9 +76,29 @@ def _reason(model_type: str, prefix: str) -> str:
     return DROPPED_PREFIXES.get(model_type, {}).get(prefix, "not part of this model")
 
 
-def _listing(keys: list[str]) -> str:
+def listing(keys: list[str]) -> str:
+    """``"N (first, second, ...)"``: a count and the first few names, for error messages."""
     shown = ", ".join(keys[:_LIST_LIMIT])
     return f"{len(keys)} ({shown}{', ...' if len(keys) > _LIST_LIMIT else ''})"
+
+
+def state_dict_problems(own: dict[str, Tensor], state: dict[str, Tensor], owner: str) -> list[str]:
+    """Missing, unexpected and mis-shaped keys of ``state`` against ``own`` (empty when it fits)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {owner} {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {listing(mismatched)}")
+    return problems
 
 
 def detect_model_type(keys) -> Optional[str]:
@@ -113,21 +133,8 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], sour
             report.dropped[prefix] = report.dropped.get(prefix, 0) + 1
         else:
             kept[key] = value
-    missing = [k for k in own if k not in kept]
-    unexpected = [k for k in kept if k not in own]
-    mismatched = [
-        f"{k} {tuple(kept[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in kept and tuple(kept[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_listing(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_listing(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatches: {_listing(mismatched)}")
+    problems = state_dict_problems(own, kept, "model")
+    if problems:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
 
     materialise = any(p.is_meta for p in own.values())

@@ -36,22 +36,17 @@ from torch import Tensor
 
 from engine.io.atomic import atomic_directory
 from engine.models.config import config_from_dict
+from engine.models.loading import listing, state_dict_problems
 from engine.stitching.decoder import StitchedDecoder, VAEReference
 
 FORMAT = "vist3a-stitched-decoder"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "stitched_config.json"
-_LIST_LIMIT = 8
 
 
 class StitchedCheckpointError(ValueError):
     """A stitched-decoder checkpoint is missing, malformed or does not fit its description."""
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_LIST_LIMIT])
-    return f"{len(items)} ({shown}{', ...' if len(items) > _LIST_LIMIT else ''})"
 
 
 def stitched_config(decoder: StitchedDecoder) -> dict:
@@ -82,7 +77,7 @@ def save_stitched_decoder(decoder: StitchedDecoder, directory: Union[str, Path],
     unmerged = [k for k in state if "lora_" in k or ".base_layer." in k]
     if unmerged:
         raise StitchedCheckpointError(
-            f"the decoder still has unmerged LoRA tensors {_listing(unmerged)}; merge the adapters before saving"
+            f"the decoder still has unmerged LoRA tensors {listing(unmerged)}; merge the adapters before saving"
         )
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     directory = Path(directory)
@@ -124,21 +119,7 @@ def read_stitched_config(path: Union[str, Path]) -> dict:
 
 def check_state_dict(decoder: StitchedDecoder, state: dict[str, Tensor], source: str) -> None:
     """Raises StitchedCheckpointError listing missing, unexpected and mis-shaped keys."""
-    own = decoder.state_dict(keep_vars=True)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs decoder {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches: {_listing(mismatched)}")
+    problems = state_dict_problems(decoder.state_dict(keep_vars=True), state, "decoder")
     if problems:
         raise StitchedCheckpointError(f"{source} does not fit its stitched decoder: " + "; ".join(problems))
 
