@@ -330,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.set_defaults(func=cmd_demo)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["test"] and not {"-h", "--help"} & set(argv[1:2]):
+        # Everything after "test" goes to pytest verbatim (options such as -k NAME included).
+        return cmd_test(argparse.Namespace(pytest_args=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 

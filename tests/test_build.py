@@ -93,3 +93,10 @@ def test_test_command_fails_when_pytest_collects_nothing():
     out = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "collected no tests" in out.stdout
+
+
+def test_test_command_passes_options_to_pytest_verbatim():
+    command = [sys.executable, str(ROOT / "build.py"), "test", "-k", "look_at", "-q", "tests/test_scene.py"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in out.stdout and "deselected" in out.stdout
