@@ -65,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.pipeline import Vist3aPipeline
     from engine.pipeline_outputs import write_outputs
-    from engine.pipeline_settings import GenerationSettings, RuntimeOptions, SettingsError
+    from engine.pipeline_settings import (
+        GenerationSettings,
+        ModelBundleError,
+        ModelLoadError,
+        ModelNotFoundError,
+        RuntimeOptions,
+        SettingsError,
+    )
 
     bundle, source = find_model(args.model)
     settings = {"prompt": args.prompt, "seed": args.seed}
@@ -97,8 +104,12 @@ def run(args: argparse.Namespace) -> int:
         bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, leave=False))
         bar.update(step - bar.n)
 
-    pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=RuntimeOptions(device=args.device))
-    result = pipeline.generate(generation, progress=progress)
+    try:
+        pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=RuntimeOptions(device=args.device))
+        result = pipeline.generate(generation, progress=progress)
+    except (ModelNotFoundError, ModelBundleError, ModelLoadError, SettingsError) as error:
+        log.error("%s", error)
+        return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = write_outputs(result, out, progress=progress)
     for bar in bars.values():

@@ -44,3 +44,12 @@ def test_demo_refuses_an_existing_output_folder(tmp_path):
     command = [sys.executable, "-m", "engine", "demo", "x", "--out", str(tmp_path / "run"), "--model", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "already exists" in done.stderr
+
+
+def test_demo_names_a_missing_model_clearly(tmp_path):
+    env = dict(os.environ, VIST3A_HOME=str(tmp_path / "home"))
+    missing = tmp_path / "no-such-bundle"
+    command = [sys.executable, "-m", "engine", "demo", "x", "--out", str(tmp_path / "run"), "--model", str(missing)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and f"model bundle {missing} does not exist" in done.stderr
+    assert not (tmp_path / "run").exists()
