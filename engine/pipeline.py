@@ -480,13 +480,7 @@ class Vist3aPipeline:
 
     def make_scheduler(self, settings: GenerationSettings):
         """A fresh UniPC scheduler in flow-matching mode with the settings' flow shift."""
-        from diffusers import UniPCMultistepScheduler
-
-        config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
-        config.update(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(settings.flow_shift))
-        scheduler = UniPCMultistepScheduler.from_config(config)
-        scheduler.set_timesteps(settings.num_steps, device=self.device)
-        return scheduler
+        return flow_scheduler(self.scheduler_config, settings.num_steps, settings.flow_shift, self.device)
 
     def initial_noise(self, settings: GenerationSettings, seed: int) -> Tensor:
         """(1, C, T_lat, h, w) float32 standard normal noise from ``seed``.
@@ -672,6 +666,20 @@ def _scene_of_kind(decoded: DecodedScene, kind: str) -> Union[GaussianScene, Poi
     return PointScene(
         points=gaussians.means, colors=gaussians.base_colors().clamp(0, 1), confidence=gaussians.opacities
     )
+
+
+def flow_scheduler(scheduler_config: dict, num_steps: int, flow_shift: float, device: torch.device):
+    """A fresh diffusers UniPC scheduler in flow-matching mode, its timesteps set for ``num_steps``.
+
+    ``scheduler_config`` is the Wan pipeline's scheduler config (keys starting with ``_`` are ignored).
+    """
+    from diffusers import UniPCMultistepScheduler
+
+    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    config.update(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(flow_shift))
+    scheduler = UniPCMultistepScheduler.from_config(config)
+    scheduler.set_timesteps(int(num_steps), device=device)
+    return scheduler
 
 
 def _load_part(name: str, source: str, load: Callable):

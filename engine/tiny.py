@@ -107,15 +107,22 @@ def build_lora_adapter(transformer, out_dir: Path, seed: int = 1, rank: int = 4)
     return out_dir
 
 
-def build_stitched_decoder(seed: int = 0, embed_dim: int = 32):
-    """A tiny AnySplat stitched after DINOv2 block 1 to a Wan-shaped latent (16 channels, 8x, 4x)."""
+def build_stitched_decoder(seed: int = 0, embed_dim: int = 32, visible: bool = False):
+    """A tiny AnySplat stitched after DINOv2 block 1 to a Wan-shaped latent (16 channels, 8x, 4x).
+
+    ``visible``: the network of :func:`build_visible_anysplat` (textured, opaque renders) instead of a
+    plain random one (nearly transparent Gaussians).
+    """
     from engine.models.anysplat import AnySplat
     from engine.models.config import tiny_anysplat_config
     from engine.stitching.decoder import StitchedDecoder, VAEReference
 
-    torch.manual_seed(seed)
-    network = AnySplat(tiny_anysplat_config(embed_dim=embed_dim))
-    _make_cameras_valid(network.encoder.camera_head, seed)
+    if visible:
+        network = build_visible_anysplat(seed, embed_dim=embed_dim)
+    else:
+        torch.manual_seed(seed)
+        network = AnySplat(tiny_anysplat_config(embed_dim=embed_dim))
+        _make_cameras_valid(network.encoder.camera_head, seed)
     vae = VAEReference(
         class_name="AutoencoderKLWan", latent_channels=16, spatial_factor=8, temporal_factor=4, name_or_path="wan"
     )
@@ -138,8 +145,11 @@ def _make_cameras_valid(camera_head: torch.nn.Module, seed: int) -> None:
         last.bias.copy_(target / iterations)
 
 
-def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0) -> Path:
-    """Writes a complete tiny bundle into ``root`` (created; must not hold a bundle yet); returns it."""
+def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0, visible: bool = False) -> Path:
+    """Writes a complete tiny bundle into ``root`` (created; must not hold a bundle yet); returns it.
+
+    ``visible``: use the visible tiny AnySplat as the decoder's network (see :func:`build_stitched_decoder`).
+    """
     from engine.stitching.checkpoint import save_stitched_decoder
 
     root = Path(root)
@@ -149,7 +159,7 @@ def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0) 
     if with_lora:
         build_lora_adapter(pipe.transformer, root / "lora", seed=seed + 1)
         lora = "lora"
-    save_stitched_decoder(build_stitched_decoder(seed), root / "decoder")
+    save_stitched_decoder(build_stitched_decoder(seed, visible=visible), root / "decoder")
     bundle = ModelBundle(
         root=root,
         name="tiny-random-lora" if with_lora else "tiny-random",

@@ -70,7 +70,7 @@ class ReconstructionModel(nn.Module):
             )
         if views < self.config.min_views:
             raise InputError(f"{type(self).__name__} needs at least {self.config.min_views} views, got {views}")
-        low, high = float(images.min()), float(images.max())
+        low, high = float(images.detach().min()), float(images.detach().max())
         if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
             raise InputError(f"images must be in [0, 1], got values in [{low:.3g}, {high:.3g}]")
         return images
