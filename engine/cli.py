@@ -20,6 +20,7 @@ COMMANDS = {
     "reconstruct": "engine.models.cli",
     "stitch": "engine.stitching.cli",
     "generate": "engine.pipeline_cli",
+    "align": "engine.alignment.cli",
 }
 
 
