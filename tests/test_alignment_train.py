@@ -74,7 +74,8 @@ def _frozen_state(trainer):
 
 def test_training_changes_only_the_lora_and_writes_its_outputs(bundle, tmp_path):
     out = tmp_path / "run"
-    trainer = make_trainer(bundle, out)
+    trainer = make_trainer(bundle, out, gradient_checkpointing=True)
+    assert trainer.model.base_model.model.is_gradient_checkpointing
     frozen = _frozen_state(trainer)
     lora_before = {n: p.detach().clone() for n, p in trainer.trainable.items()}
     records = trainer.train(progress=False)
