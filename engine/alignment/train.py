@@ -45,6 +45,7 @@ from engine.io.atomic import atomic_directory, atomic_write
 from engine.pipeline import Vist3aPipeline, flow_scheduler
 from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE, ModelBundle
 from engine.render import rasterize
+from engine.training import checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
 
 log = logging.getLogger(__name__)
 
@@ -410,26 +411,19 @@ class AlignmentTrainer:
 
         if self.out_dir is None:
             raise ValueError("no out_dir to save into")
-        directory = self.out_dir / "checkpoints" / f"step_{self.step:08d}"
+        directory = checkpoint_dir(self.out_dir, self.step)
         directory.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "ema_num_updates": self.ema.num_updates,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "generator": self.generator.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": rng_state(self.generator),
         }
         with atomic_directory(directory, replace=True) as temp:
             save_file({n: p.detach().contiguous().cpu() for n, p in self.trainable.items()}, str(temp / LORA_FILE))
             save_file({n: t.contiguous().cpu() for n, t in self.ema.shadow.items()}, str(temp / EMA_FILE))
             torch.save(state, temp / STATE_FILE)
-        for old in sorted(directory.parent.glob("step_*"))[: -self.config.keep_checkpoints]:
-            for file in old.iterdir():
-                file.unlink()
-            old.rmdir()
+        prune_checkpoints(directory.parent, self.config.keep_checkpoints)
         self.export()
         return directory
 
@@ -444,10 +438,7 @@ class AlignmentTrainer:
         return self.out_dir / EMA_ADAPTER_DIR
 
     def latest_checkpoint(self) -> Optional[Path]:
-        if self.out_dir is None:
-            return None
-        found = sorted((self.out_dir / "checkpoints").glob("step_*"))
-        return found[-1] if found else None
+        return latest_checkpoint(self.out_dir)
 
     def load_checkpoint(self, directory: Union[str, Path]) -> None:
         """Restores LoRA, EMA, optimizer, step and RNG states (strict)."""
@@ -473,22 +464,11 @@ class AlignmentTrainer:
         )
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        restore_rng(state["rng"], self.generator)
 
     def truncate_log(self) -> int:
         """Drops log records of steps after ``self.step`` (a resumed run redoes them); returns how many."""
-        path = None if self.out_dir is None else self.out_dir / LOG_FILE
-        if path is None or not path.is_file():
-            return 0
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= self.step]
-        if len(kept) != len(lines):
-            with atomic_write(path, "w") as f:
-                f.write("".join(line + "\n" for line in kept))
-        return len(lines) - len(kept)
+        return truncate_log(None if self.out_dir is None else self.out_dir / LOG_FILE, self.step)
 
 
 def write_finetuned_bundle(base: ModelBundle, out_dir: Path, adapter: str, steps: int) -> Path:

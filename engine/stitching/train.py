@@ -41,6 +41,7 @@ from engine.stitching.clips import ClipSource
 from engine.stitching.decoder import StitchedDecoder, VAEReference
 from engine.stitching.layer_spec import StitchingLayer
 from engine.stitching.losses import PRESETS, distillation_loss
+from engine.training import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
 
 log = logging.getLogger(__name__)
 
@@ -314,21 +315,14 @@ class DistillationTrainer:
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "generator": self.generator.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": rng_state(self.generator),
         }
         directory.parent.mkdir(parents=True, exist_ok=True)
         with atomic_directory(directory, replace=True) as tmp:
             save_file(tensors, str(tmp / TRAINABLE_FILE))
             torch.save(state, tmp / STATE_FILE)
         if self.out_dir is not None and directory.parent == self.out_dir / "checkpoints":
-            for old in sorted(directory.parent.glob("step_*"))[: -self.config.keep_checkpoints]:
-                for file in old.iterdir():
-                    file.unlink()
-                old.rmdir()
+            prune_checkpoints(directory.parent, self.config.keep_checkpoints)
         return directory
 
     def load_checkpoint(self, directory: Union[str, Path]) -> None:
@@ -363,30 +357,16 @@ class DistillationTrainer:
         factor = warmup_cosine(self.step, self.config.warmup_steps, self.config.steps)
         for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base_lr * factor
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        restore_rng(state["rng"], self.generator)
 
     def truncate_log(self) -> int:
         """Drops records of steps after ``self.step`` from ``out_dir``'s loss log (a resumed run redoes
         them); returns how many were dropped."""
-        path = None if self.out_dir is None else self.out_dir / LOG_FILE
-        if path is None or not path.is_file():
-            return 0
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= self.step]
-        if len(kept) != len(lines):
-            with atomic_write(path, "w") as f:
-                f.write("".join(line + "\n" for line in kept))
-        return len(lines) - len(kept)
+        return truncate_log(None if self.out_dir is None else self.out_dir / LOG_FILE, self.step)
 
     def latest_checkpoint(self) -> Optional[Path]:
         """The newest ``checkpoints/step_*`` folder of ``out_dir`` (None if there is none)."""
-        if self.out_dir is None:
-            return None
-        found = sorted((self.out_dir / "checkpoints").glob("step_*"))
-        return found[-1] if found else None
+        return latest_checkpoint(self.out_dir)
 
     def export(self, directory: Union[str, Path]) -> Path:
         """Writes the student with LoRA merged in our stitched-decoder checkpoint format."""
