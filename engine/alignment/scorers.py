@@ -49,7 +49,7 @@ class RewardWeightsMissing(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ScorerSpec:
-    """Facts about one named scorer."""
+    """Facts about one named scorer (``image_size``: the released model's; the loaded config decides)."""
 
     source: str  # default hub id
     files: tuple[str, ...]  # the weights file(s) looked for in a folder
