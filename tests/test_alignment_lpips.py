@@ -46,6 +46,25 @@ def test_distance_matches_the_definition_and_its_properties(vgg):
     assert (vgg(a, near) < distance).all()
 
 
+def test_alexnet_distance_matches_the_definition():
+    torch.manual_seed(3)
+    alex = LPIPS("alex")
+    assert [m.out_channels for m in alex.features if isinstance(m, torch.nn.Conv2d)] == [64, 192, 384, 256, 256]
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.rand(2, 3, 64, 72, generator=g), torch.rand(2, 3, 64, 72, generator=g)
+    assert torch.allclose(alex(a, b), _hand_lpips(alex, a, b), rtol=1e-5, atol=1e-7)
+    assert torch.equal(alex(b, b), torch.zeros(2))
+
+
+def test_bad_inputs_are_refused(vgg):
+    with pytest.raises(ValueError, match="one shape"):
+        vgg(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 40))
+    with pytest.raises(ValueError, match="floating-point"):
+        vgg(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="'vgg' or 'alex'"):
+        LPIPS("squeeze")
+
+
 def test_gradients_reach_both_inputs_and_not_the_weights(vgg):
     a = torch.rand(1, 3, 32, 32, requires_grad=True)
     b = torch.rand(1, 3, 32, 32, requires_grad=True)
@@ -55,9 +74,12 @@ def test_gradients_reach_both_inputs_and_not_the_weights(vgg):
 
 
 def test_small_images_are_upsampled_to_the_minimum_size(vgg):
-    a, b = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
-    up = lambda x: F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)  # noqa: E731
+    a, b = torch.rand(1, 3, 16, 24), torch.rand(1, 3, 16, 24)
+    up = lambda x: F.interpolate(x, size=(32, 48), mode="bilinear", align_corners=False)  # noqa: E731
     assert torch.allclose(vgg(a, b), _hand_lpips(vgg, up(a), up(b)), rtol=1e-5)
+    plain = LPIPS("vgg", min_size=0)
+    plain.load_state_dict(vgg.state_dict())
+    assert torch.allclose(plain(a, b), _hand_lpips(vgg, a, b), rtol=1e-5)  # no resize: 1×1 at relu5_3
 
 
 @pytest.mark.parametrize(
@@ -78,12 +100,16 @@ def test_loads_torchvision_backbones_and_lpips_lin_files(tmp_path, net, convs):
 
     with pytest.raises(RewardWeightsMissing, match="vgg16-397923af.pth|alexnet-owt"):
         LPIPS.from_files(tmp_path / "absent.pth", tmp_path / "lin.pth", net=net)
-    with pytest.raises(RewardWeightsMissing, match="v0.1"):
+    with pytest.raises(RewardWeightsMissing, match=f"absent.pth.*lpips/weights/v0.1/{net}.pth"):
         LPIPS.from_files(tmp_path / "backbone.pth", tmp_path / "absent.pth", net=net)
     del lins["lin4.model.1.weight"]
     torch.save(lins, tmp_path / "lin_short.pth")
     with pytest.raises(ValueError, match="lin4.model.1.weight"):
         LPIPS.from_files(tmp_path / "backbone.pth", tmp_path / "lin_short.pth", net=net)
+    for extra in ("features.99.weight", "fc.weight"):  # unexpected keys (the classifier alone is ignored)
+        torch.save({**backbone, extra: torch.zeros(1)}, tmp_path / "extra.pth")
+        with pytest.raises(ValueError, match=f"unexpected.*{extra}"):
+            LPIPS.from_files(tmp_path / "extra.pth", tmp_path / "lin.pth", net=net)
     backbone[f"features.{convs[-1]}.weight"] = torch.zeros(3, 3)
     torch.save(backbone, tmp_path / "bad_backbone.pth")
     with pytest.raises(ValueError, match=f"features.{convs[-1]}.weight"):

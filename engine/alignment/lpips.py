@@ -9,7 +9,13 @@ the reference implementation.
 Weights: the backbone from torchvision's ImageNet files (``vgg16-397923af.pth`` /
 ``alexnet-owt-7be5be79.pth`` at download.pytorch.org; keys ``features.<i>.weight/bias``, the classifier
 is ignored) and the lin layers from the ``lpips`` package's ``weights/v0.1/{vgg,alex}.pth`` (keys
-``lin<k>.model.1.weight``, shape (1, C_k, 1, 1)); both read with ``torch.load(weights_only=True)``.
+``lin<k>.model.1.weight``, shape (1, C_k, 1, 1)); both read with safetensors or
+``torch.load(weights_only=True)``.
+
+Small inputs: by default images whose shorter side is under 32 px (VGG) or 64 px (AlexNet) are first
+upsampled bilinearly, aspect kept, so the deepest tap still has at least 2×2 (VGG, after 4 max-pools)
+or 3×3 (AlexNet) pixels; a 16 px image is compared at 32 px. ``min_size=0`` turns this off (the
+reference implementation has no resize; it then fails below 16 px for VGG).
 """
 
 from __future__ import annotations
@@ -71,8 +77,9 @@ class LPIPS(nn.Module):
         net: "vgg" (the usual choice as a training loss) or "alex".
         min_size: images whose shorter side is smaller are upsampled (bilinear, aspect kept) to it first,
             so the deepest taps still see a few pixels (default 32 for VGG, 64 for AlexNet). 0 disables.
+
     A fresh module has random backbone weights and positive random lin weights (for tests); use
-    :meth:`from_files` for the real ones.
+    :meth:`from_files` for the real ones. The weights are frozen and the module stays in eval mode.
     """
 
     def __init__(self, net: str = "vgg", min_size: int | None = None):
@@ -82,7 +89,7 @@ class LPIPS(nn.Module):
         self.net = net
         self.features = _vgg_features() if net == "vgg" else _alex_features()
         self.taps = _VGG_TAPS if net == "vgg" else _ALEX_TAPS
-        self.lins = nn.ParameterList([nn.Parameter(torch.rand(1, c, 1, 1) / c) for c in CHANNELS[net]])
+        self.lins = nn.ParameterList([nn.Parameter((torch.rand(1, c, 1, 1) + 0.1) / c) for c in CHANNELS[net]])
         self.min_size = MIN_SIZE[net] if min_size is None else int(min_size)
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
@@ -92,9 +99,21 @@ class LPIPS(nn.Module):
         return super().train(False)
 
     @classmethod
-    def from_files(cls, backbone: Union[str, Path], lin: Union[str, Path], net: str = "vgg") -> LPIPS:
-        """Loads torchvision backbone weights and LPIPS v0.1 lin weights (strict)."""
-        model = cls(net)
+    def from_files(
+        cls, backbone: Union[str, Path], lin: Union[str, Path], net: str = "vgg", min_size: int | None = None
+    ) -> LPIPS:
+        """Loads torchvision backbone weights and LPIPS v0.1 lin weights, strictly.
+
+        Args:
+            backbone: torchvision's ``vgg16-397923af.pth`` / ``alexnet-owt-7be5be79.pth`` (or the same
+                keys in another file); ``classifier.*`` keys are ignored.
+            lin: the lpips package's ``weights/v0.1/{vgg,alex}.pth``.
+            net, min_size: as for the constructor.
+        Raises:
+            RewardWeightsMissing: a file does not exist (the message says where it comes from).
+            ValueError: missing, unexpected or mis-shaped keys (named), or an unreadable file.
+        """
+        model = cls(net, min_size)
         backbone, lin = Path(backbone), Path(lin)
         if not backbone.is_file():
             raise RewardWeightsMissing(
@@ -107,9 +126,12 @@ class LPIPS(nn.Module):
             )
         state = _read(backbone)
         wanted = {f"features.{k}" for k in model.features.state_dict()}
-        features = {k: v for k, v in state.items() if k.startswith("features.")}
+        # torchvision's files also hold the classifier (and an empty avgpool): not used here
+        features = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         _check_keys(backbone, wanted, set(features), model.features.state_dict(), features, "features.")
-        model.features.load_state_dict({k[len("features.") :]: v for k, v in features.items()})
+        with torch.no_grad():
+            for key, param in model.features.state_dict(keep_vars=True).items():
+                param.copy_(features[f"features.{key}"])
         lins = _read(lin)
         wanted = {f"lin{k}.model.1.weight" for k in range(5)}
         expected = {f"lin{k}.model.1.weight": p for k, p in enumerate(model.lins)}
@@ -120,6 +142,7 @@ class LPIPS(nn.Module):
         return model
 
     def activations(self, images: Tensor) -> list[Tensor]:
+        """The five tapped backbone activations of images in [0, 1] (no resize here)."""
         x = (images * 2 - 1 - self.shift) / self.scale
         taps = []
         for index, layer in enumerate(self.features):
@@ -131,33 +154,33 @@ class LPIPS(nn.Module):
         return taps
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """(N,) float32 distances between images ``a`` and ``b`` (N, 3, H, W) in [0, 1]."""
         if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
             raise ValueError(
                 f"LPIPS needs two (N, 3, H, W) images of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
             )
-        a, b = a.float(), b.float()
-        short = min(a.shape[-2:])
+        if not (a.is_floating_point() and b.is_floating_point()):
+            raise ValueError(f"LPIPS needs floating-point images in [0, 1], got {a.dtype} and {b.dtype}")
+        dtype = self.lins[0].dtype
+        x = torch.cat([a, b]).to(dtype)  # one backbone pass for both
+        short = min(x.shape[-2:])
         if self.min_size and short < self.min_size:
             factor = self.min_size / short
-            size = (round(a.shape[-2] * factor), round(a.shape[-1] * factor))
-            a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
-            b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
-        total = torch.zeros(a.shape[0], device=a.device)
-        for fa, fb, weight in zip(self.activations(a), self.activations(b), self.lins):
-            fa = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            fb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + ((fa - fb).pow(2) * weight).sum(1).mean((1, 2))
+            size = (round(x.shape[-2] * factor), round(x.shape[-1] * factor))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        n = a.shape[0]
+        total = torch.zeros(n, device=x.device, dtype=torch.float32)
+        for feature, weight in zip(self.activations(x), self.lins):
+            unit = feature / (feature.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            total = total + F.conv2d((unit[:n] - unit[n:]).pow(2), weight).mean((1, 2, 3)).float()
         return total
 
 
 def _read(path: Path) -> dict[str, Tensor]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read {path} as a torch state dict: {error}") from error
-    if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return data
+    """``read_state_dict``: safetensors, or a torch pickle read with ``weights_only=True``."""
+    from engine.models.loading import read_state_dict
+
+    return read_state_dict(path)
 
 
 def _check_keys(path: Path, wanted: set, found: set, own: dict, state: dict, prefix: str) -> None:

@@ -5,23 +5,24 @@ torchvision are not needed): PickScore ships in transformers' format, DFN-CLIP a
 open_clip state dicts, which :func:`openclip_to_transformers` converts on load.
 
 A scorer maps images (N, 3, H, W) in [0, 1] and N prompts to N scores, differentiably in the images
-(its own weights are frozen). Preprocessing runs in torch so the gradient reaches the pixels:
+(its own weights are frozen). Preprocessing runs in torch (bicubic, antialiased resize; clamp; CLIP's
+mean/std) so the gradient reaches the pixels. The scorers (``SCORERS``):
 
-=============  ==========================================  =====  ===========================  =========
-name           default source                               size   resize                       score
-=============  ==========================================  =====  ===========================  =========
-``dfn-clip``   ``apple/DFN5B-CLIP-ViT-H-14-378`` (open_clip)  378   straight to 378²             cosine
-``hpsv2.1``    ``xswu/HPSv2`` ``HPS_v2.1_compressed.pt``     224   shorter side + centre crop   cosine
-``pickscore``  ``yuvalkirstain/PickScore_v1`` (transformers) 224   shorter side + centre crop   100·cos
-=============  ==========================================  =====  ===========================  =========
+* ``dfn-clip``: ``apple/DFN5B-CLIP-ViT-H-14-378`` (open_clip ``open_clip_pytorch_model.bin`` +
+  ``open_clip_config.json``, QuickGELU), 378 px, resized straight to the square, cosine score;
+* ``hpsv2.1``: ``xswu/HPSv2`` ``HPS_v2.1_compressed.pt`` (open_clip ViT-H/14 state dict under
+  ``state_dict``, GELU), 224 px, shorter side resized then centre-cropped, cosine score;
+* ``pickscore``: ``yuvalkirstain/PickScore_v1`` (transformers ``config.json`` + weights), 224 px,
+  shorter side + centre crop, score ``logit_scale.exp()`` × cosine as its authors compute it (about
+  20 for real images).
 
-(bicubic, antialiased; CLIP's mean/std). PickScore's score is ``logit_scale.exp()`` times the cosine,
-as its authors compute it (about 20 for real images). The text side uses the CLIP BPE tokenizer of
-``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (what all three were trained with); text features are
-computed without gradients and cached per prompt.
+The text side uses the CLIP BPE tokenizer of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (what all
+three were trained with); text features are computed without gradients and cached per prompt.
 
-Weights are read with safetensors or ``torch.load(weights_only=True)``; a scorer whose files cannot
-be found raises :class:`RewardWeightsMissing` naming them, never a silent zero.
+Sources are local folders or files, or hub ids looked up in the Hugging Face cache and downloaded
+only when missing there and ``HF_HUB_OFFLINE`` is not set. Weights are read with safetensors or
+``torch.load(weights_only=True)`` (no remote code). A scorer whose files cannot be found raises
+:class:`RewardWeightsMissing` naming them and where to get them, never a silent zero.
 """
 
 from __future__ import annotations
@@ -52,33 +53,48 @@ class ScorerSpec:
     """Facts about one named scorer (``image_size``: the released model's; the loaded config decides)."""
 
     source: str  # default hub id
-    files: tuple[str, ...]  # the weights file(s) looked for in a folder
+    files: tuple[str, ...]  # the weights file(s) looked for in a folder, in order of preference
     fmt: str  # "open_clip" or "transformers"
     image_size: int
     crop: bool
     output: str  # "cosine" or "pickscore"
     label: str
+    quick_gelu: bool = False  # open_clip activation, used when no open_clip_config.json comes with the weights
+    option: str = ""  # the ``engine align train`` option that points at local weights
 
 
 SCORERS = {
     "dfn-clip": ScorerSpec(
-        "apple/DFN5B-CLIP-ViT-H-14-378",
-        ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
-        "open_clip",
-        378,
-        False,
-        "cosine",
-        "DFN-CLIP",
+        source="apple/DFN5B-CLIP-ViT-H-14-378",
+        files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+        fmt="open_clip",
+        image_size=378,
+        crop=False,
+        output="cosine",
+        label="DFN-CLIP",
+        quick_gelu=True,
+        option="--dfn-clip",
     ),
-    "hpsv2.1": ScorerSpec("xswu/HPSv2", ("HPS_v2.1_compressed.pt",), "open_clip", 224, True, "cosine", "HPSv2.1"),
+    "hpsv2.1": ScorerSpec(
+        source="xswu/HPSv2",
+        files=("HPS_v2.1_compressed.pt",),
+        fmt="open_clip",
+        image_size=224,
+        crop=True,
+        output="cosine",
+        label="HPSv2.1",
+        quick_gelu=False,
+        option="--hps",
+    ),
     "pickscore": ScorerSpec(
-        "yuvalkirstain/PickScore_v1",
-        ("model.safetensors", "pytorch_model.bin"),
-        "transformers",
-        224,
-        True,
-        "pickscore",
-        "PickScore",
+        source="yuvalkirstain/PickScore_v1",
+        files=("model.safetensors", "pytorch_model.bin"),
+        fmt="transformers",
+        image_size=224,
+        crop=True,
+        output="pickscore",
+        label="PickScore",
+        option="--pickscore",
     ),
 }
 
@@ -98,6 +114,8 @@ class QualityScorer(nn.Module):
             raise ValueError(f"{self.name}: images must be floating point in [0, 1], got {images.dtype}")
         if isinstance(prompts, str) or len(prompts) != images.shape[0]:
             raise ValueError(f"{self.name}: need one prompt per image ({images.shape[0]}), got {prompts!r:.80}")
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"{self.name}: prompts must be strings, got {[type(p).__name__ for p in prompts]}")
 
 
 def _features(output) -> Tensor:
@@ -142,6 +160,7 @@ class CLIPScorer(QualityScorer):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self._text_cache: dict[str, Tensor] = {}
+        self.eval()
 
     def train(self, mode: bool = True):  # the scorer always stays in eval mode
         return super().train(False)
@@ -177,7 +196,7 @@ class CLIPScorer(QualityScorer):
                 self._text_cache[prompt] = feature
             while len(self._text_cache) > TEXT_CACHE_SIZE:
                 self._text_cache.pop(next(iter(self._text_cache)))
-        return torch.stack([self._text_cache[p] for p in prompts])
+        return torch.stack([self._text_cache[p] for p in prompts]).to(self.mean.device)
 
     def image_features(self, images: Tensor) -> Tensor:
         """(N, D) unit-length image features, with gradient to ``images``."""
@@ -224,6 +243,13 @@ def _convert_block(prefix_out: str, rest: str, value: Tensor, out: dict[str, Ten
     return False
 
 
+def _square(size):
+    """open_clip sizes may be ``[s, s]``; a square one becomes ``s`` (anything else is left as it is)."""
+    if isinstance(size, (list, tuple)) and len(set(size)) == 1:
+        return size[0]
+    return size
+
+
 def _layer_count(state: dict, prefix: str) -> int:
     indices = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
     return max(indices) + 1 if indices else 0
@@ -234,13 +260,19 @@ def openclip_to_transformers(state_dict: dict, open_clip_config: Optional[dict] 
 
     Args:
         state_dict: open_clip keys (a ``module.`` prefix and a ``state_dict`` wrapper are accepted).
-        open_clip_config: the ``open_clip_config.json`` content (or its ``model_cfg``); None infers the
-            architecture from the shapes (heads: width / 80 for a 1280-wide vision tower as ViT-H/14,
-            else width / 64; GELU).
+        open_clip_config: the ``open_clip_config.json`` content (or its ``model_cfg``). Widths, patch
+            and image size, vocabulary and context length always come from the tensor shapes (a config
+            that contradicts them is an error); layers and heads come from the config when it gives them,
+            else from the keys and ``width // head_width`` (vision head width: the config's
+            ``head_width``, else 80 for a 1280-wide tower as in ViT-H/14, else 64; text: 64). The
+            activation is QuickGELU when ``quick_gelu`` is true, else GELU.
     Returns:
-        (CLIPConfig, state dict for ``CLIPModel``).
+        (CLIPConfig, state dict for ``CLIPModel``). The text config's ``eos_token_id`` and
+        ``pad_token_id`` are the last vocabulary id (CLIP's ``<|endoftext|>``, 49407), so pooling takes
+        the first end-of-text token as open_clip does.
     Raises:
-        ValueError: a key this conversion does not know (named).
+        ValueError: a key this conversion does not know (named), a missing essential key, or a config
+            that contradicts the shapes.
     """
     from transformers import CLIPConfig
 
@@ -286,49 +318,71 @@ def openclip_to_transformers(state_dict: dict, open_clip_config: Optional[dict] 
             unknown.append(key)
     if unknown:
         raise ValueError(f"open_clip state dict has keys this conversion does not know: {unknown[:5]} ({len(unknown)})")
-    for needed in ("visual.conv1.weight", "visual.proj", "token_embedding.weight", "text_projection"):
+    needed_keys = (
+        "visual.conv1.weight",
+        "visual.positional_embedding",
+        "visual.proj",
+        "visual.transformer.resblocks.0.mlp.c_fc.weight",
+        "token_embedding.weight",
+        "positional_embedding",
+        "text_projection",
+        "transformer.resblocks.0.mlp.c_fc.weight",
+    )
+    for needed in needed_keys:
         if needed not in state:
             raise ValueError(f"open_clip state dict lacks {needed!r}: not a CLIP ViT checkpoint")
 
     cfg = (open_clip_config or {}).get("model_cfg", open_clip_config or {})
     vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-    vision_width = state["visual.conv1.weight"].shape[0]
-    patch = state["visual.conv1.weight"].shape[-1]
+    vision_width, _, _, patch = state["visual.conv1.weight"].shape
     grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    text_width = state["token_embedding.weight"].shape[1]
-    head_width = vision_cfg.get("head_width", 80 if vision_width == 1280 and open_clip_config is None else 64)
+    vocab, text_width = state["token_embedding.weight"].shape
+    embed_dim = state["visual.proj"].shape[1]
+    shapes = {
+        "embed_dim": (cfg.get("embed_dim"), embed_dim),
+        "vision_cfg.width": (vision_cfg.get("width"), vision_width),
+        "vision_cfg.patch_size": (vision_cfg.get("patch_size"), patch),
+        "vision_cfg.image_size": (_square(vision_cfg.get("image_size")), grid * patch),
+        "text_cfg.width": (text_cfg.get("width"), text_width),
+        "text_cfg.vocab_size": (text_cfg.get("vocab_size"), vocab),
+        "text_cfg.context_length": (text_cfg.get("context_length"), state["positional_embedding"].shape[0]),
+    }
+    differ = [
+        f"{k}={given} but the weights say {found}" for k, (given, found) in shapes.items() if given not in (None, found)
+    ]
+    if differ:
+        raise ValueError(f"open_clip config does not match the state dict: {'; '.join(differ)}")
+    head_width = vision_cfg.get("head_width") or (80 if vision_width == 1280 else 64)
+    vision_heads = max(1, vision_width // head_width)
     act = "quick_gelu" if cfg.get("quick_gelu", False) else "gelu"
-    vocab = state["token_embedding.weight"].shape[0]
-    vision_mlp = state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
-    text_mlp = state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
-    eos = vocab - 1  # CLIP BPE: <|endoftext|> is the last id (49407); it also pads
+    eos = vocab - 1  # CLIP BPE: <|endoftext|> is the last id (49407 of 49408); pooling takes its first position
     config = CLIPConfig(
-        projection_dim=state["visual.proj"].shape[1],
+        projection_dim=embed_dim,
         logit_scale_init_value=float(state.get("logit_scale", torch.tensor(2.6592))),
         text_config=dict(
             vocab_size=vocab,
             hidden_size=text_width,
-            intermediate_size=text_mlp,
+            intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             num_hidden_layers=text_cfg.get("layers", _layer_count(state, "transformer.resblocks.")),
-            num_attention_heads=text_cfg.get("heads", text_width // 64),
+            num_attention_heads=text_cfg.get("heads", max(1, text_width // 64)),
             max_position_embeddings=state["positional_embedding"].shape[0],
             hidden_act=act,
             layer_norm_eps=1e-5,
             eos_token_id=eos,
             pad_token_id=eos,
             bos_token_id=eos - 1,
-            projection_dim=state["text_projection"].shape[1],
+            projection_dim=embed_dim,
         ),
         vision_config=dict(
             hidden_size=vision_width,
-            intermediate_size=vision_mlp,
+            intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             num_hidden_layers=vision_cfg.get("layers", _layer_count(state, "visual.transformer.resblocks.")),
-            num_attention_heads=vision_width // head_width,
-            image_size=vision_cfg.get("image_size", grid * patch),
+            num_attention_heads=vision_heads,
+            image_size=grid * patch,
             patch_size=patch,
             hidden_act=act,
             layer_norm_eps=1e-5,
-            projection_dim=state["visual.proj"].shape[1],
+            projection_dim=embed_dim,
         ),
     )
     return config, out
@@ -339,54 +393,106 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def _resolve(source: str, patterns: list[str], what: str) -> Path:
-    """A local file/folder, or a hub id fetched through the Hugging Face cache (download if allowed)."""
+def _resolve(source: str, patterns: Sequence[str], wanted: Sequence[str], what: str, hint: str) -> Path:
+    """A local file/folder, or the snapshot of a hub id holding one of ``wanted`` (cache first).
+
+    A hub id is looked up in the Hugging Face cache (``local_files_only``); when the cached snapshot
+    lacks all of ``wanted``, it is downloaded unless ``HF_HUB_OFFLINE`` is set. Any failure raises
+    :class:`RewardWeightsMissing` naming ``wanted`` and ending with ``hint``.
+    """
     path = Path(source).expanduser()
     if path.exists():
         return path
     text = str(source)
+    looked_for = " or ".join(wanted)
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise RewardWeightsMissing(
-            f"{what}: {source} does not exist (give a local folder/file or a hub id 'owner/name')"
+            f"{what} not found: {source} does not exist (neither a local folder/file nor a hub id 'owner/name'); {hint}"
         )
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(text, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        if _offline():
-            raise RewardWeightsMissing(
-                f"{what}: {text} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; download it "
-                f"({', '.join(patterns)}) or pass a local path"
-            ) from None
+        cached = Path(snapshot_download(text, allow_patterns=list(patterns), local_files_only=True))
+        if any((cached / name).is_file() for name in wanted):
+            return cached
+    except Exception:  # not cached (LocalEntryNotFoundError), or an unusable cache entry
+        pass
+    if _offline():
+        raise RewardWeightsMissing(
+            f"{what} not found: looked for {looked_for} of the hub repo {text} in the Hugging Face cache, "
+            f"and HF_HUB_OFFLINE is set (no download); {hint}"
+        )
     try:
-        return Path(snapshot_download(text, allow_patterns=patterns))
+        return Path(snapshot_download(text, allow_patterns=list(patterns)))
     except Exception as error:
-        raise RewardWeightsMissing(f"{what}: cannot download {text} from the Hugging Face hub: {error}") from error
+        raise RewardWeightsMissing(
+            f"{what} not found: cannot download {looked_for} from the hub repo {text} ({error}); {hint}"
+        ) from error
 
 
-def _weights_file(location: Path, files: Sequence[str], what: str, source: str) -> Path:
+def _scorer_hint(spec: ScorerSpec) -> str:
+    option = f" ({spec.option} for 'engine align train')" if spec.option else ""
+    return f"download {spec.files[-1]} from the hub repo {spec.source} or pass a local folder or file{option}"
+
+
+def _weights_file(location: Path, spec: ScorerSpec, source: str) -> Path:
     if location.is_file():
         return location
-    for name in files:
+    for name in spec.files:
         if (location / name).is_file():
             return location / name
     raise RewardWeightsMissing(
-        f"{what} weights not found: looked for {' or '.join(files)} in {location} (from {source})"
+        f"{spec.label} weights not found: looked for {' or '.join(spec.files)} in {location} (from {source}); "
+        f"{_scorer_hint(spec)}"
     )
 
 
-def load_tokenizer(source: Optional[str] = None):
-    """The CLIP BPE tokenizer from a folder or hub id (default: the LAION ViT-H/14 one)."""
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    """A state dict from safetensors or a torch pickle (``weights_only=True``), unwrapping ``state_dict``.
+
+    HPSv2.1's file is ``{"state_dict": ..., "epoch": ...}`` with ``module.``-prefixed keys.
+    """
+    from engine.models.loading import CheckpointError, read_state_dict
+
+    if path.suffix == ".safetensors":
+        return read_state_dict(path)
+    if path.suffix not in (".pt", ".pth", ".bin", ".ckpt"):
+        raise CheckpointError(f"unknown weights format {path.suffix!r} ({path}); use .safetensors, .pt, .pth or .bin")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read {path} as a torch state dict: {error}") from error
+    if isinstance(data, dict):
+        data = _unwrap(data)
+    if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return data
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def load_tokenizer(source: Optional[Union[str, Path]] = None):
+    """The CLIP BPE tokenizer from a folder or hub id (default: the LAION ViT-H/14 one).
+
+    Raises:
+        RewardWeightsMissing: no ``tokenizer.json`` nor ``vocab.json`` + ``merges.txt`` found.
+    """
     from transformers import CLIPTokenizer
 
-    source = source or DEFAULT_TOKENIZER
-    files = ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]
-    folder = _resolve(source, files, "CLIP tokenizer")
+    source = str(source or DEFAULT_TOKENIZER)
+    hint = (
+        f"download the tokenizer files ({', '.join(TOKENIZER_FILES[:3])}) of the hub repo {DEFAULT_TOKENIZER} or "
+        "pass a local folder holding them (--clip-tokenizer for 'engine align train')"
+    )
+    folder = _resolve(source, TOKENIZER_FILES, ("tokenizer.json", "vocab.json"), "CLIP tokenizer", hint)
+    if folder.is_file():
+        folder = folder.parent
     has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     if not has_bpe and not (folder / "tokenizer.json").is_file():
         raise RewardWeightsMissing(
-            f"CLIP tokenizer not found: {folder} has neither tokenizer.json nor vocab.json + merges.txt (from {source})"
+            f"CLIP tokenizer not found: looked for tokenizer.json or vocab.json + merges.txt in {folder} "
+            f"(from {source}); {hint}"
         )
     return CLIPTokenizer.from_pretrained(str(folder))
 
@@ -401,7 +507,14 @@ def load_scorer(
 ) -> CLIPScorer:
     """Loads the scorer ``name`` (one of ``SCORERS``) from ``source`` (default: its hub id).
 
-    ``tokenizer``: a tokenizer object, or a folder / hub id of one (default: the LAION ViT-H/14 one).
+    Args:
+        name: "dfn-clip", "hpsv2.1" or "pickscore".
+        source: a folder holding the weights file (and ``open_clip_config.json`` / ``config.json``), the
+            weights file itself, or a hub id (Hugging Face cache first, then a download unless
+            ``HF_HUB_OFFLINE`` is set). open_clip weights without ``open_clip_config.json`` next to them
+            get the scorer's known architecture facts (activation) and shape inference.
+        tokenizer: a tokenizer object, or a folder / hub id of one (default: the LAION ViT-H/14 one).
+        device, dtype: where and in which precision the model runs (scores are float32).
 
     Raises:
         ValueError: unknown scorer name, or weights that do not fit the architecture.
@@ -409,106 +522,118 @@ def load_scorer(
     """
     from transformers import CLIPConfig, CLIPModel
 
-    from engine.models.loading import CheckpointError, read_state_dict
+    from engine.models.loading import CheckpointError
 
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
     spec = SCORERS[name]
     source = str(source or spec.source)
     patterns = [*spec.files, "open_clip_config.json", "config.json"]
-    location = _resolve(source, patterns, f"{spec.label} weights")
-    weights = _weights_file(location, spec.files, spec.label, source)
+    location = _resolve(source, patterns, spec.files, f"{spec.label} weights", _scorer_hint(spec))
+    weights = _weights_file(location, spec, source)
+    if spec.fmt == "transformers" and not (weights.parent / "config.json").is_file():
+        raise RewardWeightsMissing(
+            f"{spec.label} config not found: looked for config.json next to {weights} (from {source}); "
+            f"{_scorer_hint(spec)}"
+        )
     try:
-        state = read_state_dict(weights) if weights.suffix != ".pt" else _read_wrapped(weights)
+        state = _read_weights(weights)
     except CheckpointError as error:
         raise ValueError(f"{spec.label}: {error}") from error
     if spec.fmt == "open_clip":
         config_file = weights.parent / "open_clip_config.json"
-        open_clip_config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else None
-        if open_clip_config is None and name == "hpsv2.1":
-            open_clip_config = {"model_cfg": {"quick_gelu": False, "vision_cfg": {"head_width": 80}}}
-        config, state = openclip_to_transformers(state, open_clip_config)
+        if config_file.is_file():
+            open_clip_config = json.loads(config_file.read_text(encoding="utf-8"))
+        else:
+            open_clip_config = {"model_cfg": {"quick_gelu": spec.quick_gelu}}
+        try:
+            config, state = openclip_to_transformers(state, open_clip_config)
+        except ValueError as error:
+            raise ValueError(f"{spec.label} weights in {weights}: {error}") from error
     else:
-        config_file = weights.parent / "config.json"
-        if not config_file.is_file():
-            raise RewardWeightsMissing(f"{spec.label}: config.json not found next to {weights} (from {source})")
         config = CLIPConfig.from_pretrained(str(weights.parent))
     model = CLIPModel(config)
-    own = model.state_dict()
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
-    missing = sorted(set(own) - set(state) - {k for k in own if k.endswith("position_ids")})
+    missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         raise ValueError(
             f"{spec.label} weights in {weights} do not fit a CLIP model: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, wrong shapes {sorted(wrong)[:3]}"
+            f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}"
         )
     model.load_state_dict(state, strict=False)
-    if not isinstance(tokenizer, (type(None), str, Path)):
-        tok = tokenizer
-    else:
-        tok = load_tokenizer(None if tokenizer is None else str(tokenizer))
+    tok = tokenizer if not isinstance(tokenizer, (type(None), str, Path)) else load_tokenizer(tokenizer)
     scorer = CLIPScorer(
         model.to(dtype), tok, name=name, image_size=config.vision_config.image_size, crop=spec.crop, output=spec.output
     )
     return scorer.to(device)
 
 
-def _read_wrapped(path: Path) -> dict[str, Tensor]:
-    """A ``.pt`` that may wrap its state dict (HPSv2.1: ``{'state_dict': ...}``), read with weights_only."""
-    from engine.models.loading import CheckpointError
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read {path} as a torch state dict: {error}") from error
-    data = _unwrap(data) if isinstance(data, dict) else data
-    if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return data
-
-
 # ------------------------------------------------------------------------------------------ tiny
-def build_tiny_tokenizer(folder: Union[str, Path]):
-    """A small real ``CLIPTokenizer`` (byte-level BPE over a few words) written into ``folder``."""
-    from transformers import CLIPTokenizer
+_TINY_WORDS = (
+    "a the of on in with and red blue green yellow white black grey cat dog house tree car chair table room "
+    "garden street scene camera orbit sphere cube cone torus cylinder floor small large near"
+).split()
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    words = (
-        "a the of on in with and red blue green yellow white black grey cat dog house tree car chair table room "
-        "garden street scene camera orbit sphere cube cone torus cylinder floor small large near"
-    ).split()
-    # CLIP's byte-level alphabet for printable ASCII is the characters themselves
-    letters = sorted(set("".join(words)) | set("abcdefghijklmnopqrstuvwxyz0123456789,.'-"))
-    vocab: dict[str, int] = {}
-    for char in letters:
-        vocab[char] = len(vocab)
+
+def _tiny_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a byte-level BPE that spells a few words whole and anything else by letters."""
+    # CLIP's byte-level alphabet maps printable ASCII to the characters themselves
+    letters = sorted(set("".join(_TINY_WORDS)) | set("abcdefghijklmnopqrstuvwxyz0123456789,.'-"))
+    vocab = {char: i for i, char in enumerate(letters)}
     for char in letters:
         vocab[char + "</w>"] = len(vocab)
-    merges = []
-    for word in words:  # greedy left-to-right merges building each whole word
+    merges: list[tuple[str, str]] = []
+    for word in _TINY_WORDS:  # left-to-right merges building each whole word
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         while len(pieces) > 1:
-            merged = pieces[0] + pieces[1]
             if (pieces[0], pieces[1]) not in merges:
                 merges.append((pieces[0], pieces[1]))
-                vocab.setdefault(merged, len(vocab))
-            pieces = [merged] + pieces[2:]
+                vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
     vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
-    tokenizer.save_pretrained(str(folder))
+    vocab["<|endoftext|>"] = len(vocab)  # the last id, as in CLIP (49407)
+    return vocab, merges
+
+
+def build_tiny_tokenizer(folder: Optional[Union[str, Path]] = None):
+    """A small real ``CLIPTokenizer`` (byte-level BPE over a few words).
+
+    Args:
+        folder: where its files (``vocab.json``, ``merges.txt``, tokenizer config) are saved, so that
+            ``load_tokenizer(folder)`` reads it back; None builds it in a temporary folder removed after.
+    """
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _tiny_vocab()
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(folder) if folder is not None else Path(scratch)
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (base / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        tokenizer = CLIPTokenizer(str(base / "vocab.json"), str(base / "merges.txt"), pad_token="<|endoftext|>")
+        if folder is not None:
+            tokenizer.save_pretrained(str(base))
     return tokenizer
 
 
-def tiny_clip_config(vocab_size: int, image_size: int = 32, hidden: int = 32, act: str = "gelu"):
-    """A tiny CLIP configuration (2 layers, 2 heads, patch 8) for tests."""
+def tiny_clip_config(
+    vocab_size: Optional[int] = None, image_size: int = 32, hidden: int = 32, act: str = "gelu", patch_size: int = 8
+):
+    """A tiny ``CLIPConfig`` (2 layers, 2 heads, projection 16) for tests.
+
+    Args:
+        vocab_size: default: the size of :func:`build_tiny_tokenizer`'s vocabulary.
+        image_size, hidden, act, patch_size: the vision input size, the width of both towers, the
+            activation ("gelu" or "quick_gelu") and the patch size.
+    """
     from transformers import CLIPConfig
 
+    vocab_size = vocab_size or len(_tiny_vocab()[0])
     eos = vocab_size - 1
     return CLIPConfig(
         projection_dim=16,
@@ -530,24 +655,32 @@ def tiny_clip_config(vocab_size: int, image_size: int = 32, hidden: int = 32, ac
             num_hidden_layers=2,
             num_attention_heads=2,
             image_size=image_size,
-            patch_size=8,
+            patch_size=patch_size,
             hidden_act=act,
         ),
     )
 
 
 def build_tiny_clip_scorer(
-    folder: Union[str, Path],
     name: str = "tiny-clip",
     output: str = "cosine",
     seed: int = 0,
     image_size: int = 32,
     crop: bool = False,
+    *,
+    folder: Optional[Union[str, Path]] = None,
 ) -> CLIPScorer:
-    """A randomly initialised tiny real ``CLIPModel`` + tiny tokenizer (written into ``folder``) as a scorer."""
+    """A randomly initialised tiny real ``CLIPModel`` + tiny tokenizer as a scorer (fast on CPU).
+
+    Args:
+        name, output, image_size, crop: as for :class:`CLIPScorer`.
+        seed: the model's initialisation seed (the global RNG state is left as it was).
+        folder: where the tokenizer files are saved (``folder/tokenizer``); None keeps them in memory.
+    """
     from transformers import CLIPModel
 
-    tokenizer = build_tiny_tokenizer(Path(folder) / "tokenizer")
-    torch.manual_seed(seed)
-    model = CLIPModel(tiny_clip_config(len(tokenizer), image_size))
+    tokenizer = build_tiny_tokenizer(None if folder is None else Path(folder) / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(tiny_clip_config(len(tokenizer), image_size))
     return CLIPScorer(model, tokenizer, name=name, image_size=image_size, crop=crop, output=output)
