@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.alignment.scorers import RewardWeightsMissing
+from engine.models.loading import read_state_dict
 
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
@@ -124,7 +125,7 @@ class LPIPS(nn.Module):
             raise RewardWeightsMissing(
                 f"LPIPS linear-layer weights not found: {lin} (the lpips package's lpips/weights/v0.1/{net}.pth)"
             )
-        state = _read(backbone)
+        state = read_state_dict(backbone)
         wanted = {f"features.{k}" for k in model.features.state_dict()}
         # torchvision's files also hold the classifier (and an empty avgpool): not used here
         features = {k: v for k, v in state.items() if not k.startswith("classifier.")}
@@ -132,7 +133,7 @@ class LPIPS(nn.Module):
         with torch.no_grad():
             for key, param in model.features.state_dict(keep_vars=True).items():
                 param.copy_(features[f"features.{key}"])
-        lins = _read(lin)
+        lins = read_state_dict(lin)
         wanted = {f"lin{k}.model.1.weight" for k in range(5)}
         expected = {f"lin{k}.model.1.weight": p for k, p in enumerate(model.lins)}
         _check_keys(lin, wanted, set(lins), expected, lins, "")
@@ -174,13 +175,6 @@ class LPIPS(nn.Module):
             unit = feature / (feature.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             total = total + F.conv2d((unit[:n] - unit[n:]).pow(2), weight).mean((1, 2, 3)).float()
         return total
-
-
-def _read(path: Path) -> dict[str, Tensor]:
-    """``read_state_dict``: safetensors, or a torch pickle read with ``weights_only=True``."""
-    from engine.models.loading import read_state_dict
-
-    return read_state_dict(path)
 
 
 def _check_keys(path: Path, wanted: set, found: set, own: dict, state: dict, prefix: str) -> None:

@@ -447,28 +447,6 @@ def _weights_file(location: Path, spec: ScorerSpec, source: str) -> Path:
     )
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    """A state dict from safetensors or a torch pickle (``weights_only=True``), unwrapping ``state_dict``.
-
-    HPSv2.1's file is ``{"state_dict": ..., "epoch": ...}`` with ``module.``-prefixed keys.
-    """
-    from engine.models.loading import CheckpointError, read_state_dict
-
-    if path.suffix == ".safetensors":
-        return read_state_dict(path)
-    if path.suffix not in (".pt", ".pth", ".bin", ".ckpt"):
-        raise CheckpointError(f"unknown weights format {path.suffix!r} ({path}); use .safetensors, .pt, .pth or .bin")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read {path} as a torch state dict: {error}") from error
-    if isinstance(data, dict):
-        data = _unwrap(data)
-    if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return data
-
-
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -522,7 +500,7 @@ def load_scorer(
     """
     from transformers import CLIPConfig, CLIPModel
 
-    from engine.models.loading import CheckpointError
+    from engine.models.loading import CheckpointError, read_state_dict
 
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
@@ -537,7 +515,7 @@ def load_scorer(
             f"{_scorer_hint(spec)}"
         )
     try:
-        state = _read_weights(weights)
+        state = read_state_dict(weights)
     except CheckpointError as error:
         raise ValueError(f"{spec.label}: {error}") from error
     if spec.fmt == "open_clip":

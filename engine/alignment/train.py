@@ -340,9 +340,11 @@ class AlignmentTrainer:
         if self.heldout_prompts:
             return self.heldout_prompts
         from engine.data.clips import SyntheticClipDataset
+        from engine.data.scenes import generate_scene
 
-        dataset = SyntheticClipDataset(4, self.config.data_seed + 1_000_003, num_frames=1, height=8, width=8)
-        return [dataset[i].caption for i in range(len(dataset))]
+        # the captions of clips of another seed (only the scenes are built: no frames are rendered)
+        dataset = SyntheticClipDataset(4, self.config.data_seed + 1_000_003)
+        return [generate_scene(dataset.item_seed(i)).caption for i in range(len(dataset))]
 
     @torch.no_grad()
     def evaluate(

@@ -174,8 +174,11 @@ def read_state_dict(path: Union[str, Path]) -> dict[str, Tensor]:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
             raise CheckpointError(f"cannot read {path} as a torch state dict: {error}") from error
-        if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
-            data = data["model"]
+        # training checkpoints wrap the weights: {"model": ...} (AnySplat), {"state_dict": ...} (HPSv2.1)
+        for wrapper in ("model", "state_dict"):
+            if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
+                data = data[wrapper]
+                break
         if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
             raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
         return data
