@@ -52,6 +52,8 @@ class WorkerProtocolMismatch(WorkerError):
 
 
 _EOF = object()  # queue marker: the worker's stdout was closed
+# Seconds close() waits for the reader thread to see the end of a killed worker's stdout.
+READER_JOIN_TIMEOUT = 5.0
 
 
 class WorkerProcess:
@@ -140,9 +142,15 @@ class WorkerProcess:
             except (WorkerError, OSError, subprocess.TimeoutExpired):
                 pass
         self.kill()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                stream.close()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        # stdout belongs to the reader thread, which closes it at end of stream. Closing it here while the
+        # thread still reads would free its descriptor number for the next pipe this process opens (the
+        # next worker's stdout), and the thread's pending read would steal that worker's first bytes.
+        # A killed worker's stdout ends at once, unless a child it started still holds it: then the
+        # thread keeps it until that child exits.
+        if self._reader is not None:
+            self._reader.join(timeout=READER_JOIN_TIMEOUT)
         return self.process.returncode
 
     def __enter__(self) -> WorkerProcess:
@@ -232,9 +240,10 @@ class WorkerProcess:
                     self._events.put(protocol.parse_event(line))
                 except protocol.ProtocolError as exc:
                     self._events.put(WorkerProtocolMismatch(f"worker sent an invalid line {line[:200]!r}: {exc}"))
-        except (OSError, ValueError):  # stream closed under us by close()
+        except (OSError, ValueError):  # the stream failed under us: the worker is gone either way
             pass
         finally:
+            stream.close()
             self._events.put(_EOF)
 
     def _take_held(self, request_id: Optional[str]) -> Optional[dict]:

@@ -156,6 +156,46 @@ def test_client_detects_a_hung_worker(tmp_path):
     assert not worker.alive
 
 
+def _hello_then_sleep(extra: str = "pass") -> list[str]:
+    """A fake worker: runs ``extra``, says hello (engine_version = the value of ``tag``), never answers."""
+    code = (
+        "import json, os, subprocess, sys, time; tag = 'x'; " + extra + "; "
+        f"sys.stdout.write(json.dumps({{'type': 'hello', 'protocol': {protocol.PROTOCOL_VERSION}, "
+        "'engine_version': tag, 'pid': os.getpid()}) + '\\n'); sys.stdout.flush(); time.sleep(60)"
+    )
+    return [sys.executable, "-c", code]
+
+
+def test_close_waits_for_the_reader_before_the_next_worker_starts():
+    # The reader thread must be done with the old stdout when close() returns: were the descriptor closed
+    # under a pending read, the next pipe would reuse its number and the old thread would eat the next
+    # worker's first bytes (seen as a hello that starts with '"type"' instead of '{').
+    for _ in range(5):
+        worker = WorkerProcess(command=_hello_then_sleep())
+        worker.start(timeout=30)
+        worker.close(timeout=0)
+        assert not worker._reader.is_alive()
+        assert worker.process.stdout.closed
+        following = WorkerProcess(command=_hello_then_sleep())
+        assert following.start(timeout=30)["type"] == "hello"
+        following.close(timeout=0)
+
+
+def test_close_leaves_stdout_to_the_reader_while_a_child_of_the_worker_holds_it(monkeypatch):
+    monkeypatch.setattr("engine.worker_client.READER_JOIN_TIMEOUT", 0.5)
+    spawn = "tag = str(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']).pid)"
+    worker = WorkerProcess(command=_hello_then_sleep(spawn))
+    child = int(worker.start(timeout=30)["engine_version"])
+    try:
+        worker.close(timeout=0)
+        assert worker.returncode is not None  # the worker itself is gone ...
+        assert worker._reader.is_alive() and not worker.process.stdout.closed  # ... its child keeps the pipe
+    finally:
+        os.kill(child, signal.SIGKILL)
+    worker._reader.join(timeout=30)
+    assert not worker._reader.is_alive() and worker.process.stdout.closed
+
+
 # ----------------------------------------------------------------------------- end to end (tiny models)
 
 
