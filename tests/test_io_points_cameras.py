@@ -12,6 +12,7 @@ from plyfile import PlyData, PlyElement
 from engine.io import (
     CameraArrays,
     CamerasFormatError,
+    InvalidValuesError,
     PlyFormatError,
     PointArrays,
     read_cameras_json,
@@ -97,7 +98,7 @@ def test_point_ply_non_finite_reject_and_drop(tmp_path):
     p.points[0, 1] = np.nan
     p.confidence[3] = np.inf
     path = tmp_path / "nan.ply"
-    with pytest.raises(PlyFormatError, match=r"2 points have non-finite values in: y, confidence"):
+    with pytest.raises(InvalidValuesError, match=r"2 of 5 points have invalid values .* in: y, confidence"):
         write_point_ply(path, p)
     assert not path.exists()
     rows = np.empty(
@@ -109,7 +110,7 @@ def test_point_ply_non_finite_reject_and_drop(tmp_path):
     for channel, name in enumerate(("red", "green", "blue")):
         rows[name] = np.rint(p.colors[:, channel] * 255)
     PlyData([PlyElement.describe(rows, "vertex")]).write(str(path))
-    with pytest.raises(PlyFormatError, match=r"2 vertices have non-finite values in: y, confidence"):
+    with pytest.raises(InvalidValuesError, match=r"2 of 5 points have invalid values .* in: y, confidence"):
         read_point_ply(path)
     back = read_point_ply(path, non_finite="drop")
     assert back.dropped_non_finite == 2

@@ -14,13 +14,14 @@ from .cameras_json import (
     read_cameras_json,
     write_cameras_json,
 )
-from .errors import CamerasFormatError, FormatError, PlyFormatError
+from .errors import CamerasFormatError, FormatError, InvalidValuesError, PlyFormatError
 from .gaussian_ply import (
     GaussianArrays,
     gaussian_property_names,
     num_f_rest,
     read_gaussian_ply,
     sh_degree_from_f_rest,
+    validate_gaussians,
     write_gaussian_ply,
 )
 from .ply import PlyElementHeader, PlyHeader, PlyProperty, read_header, read_ply, write_ply
@@ -31,6 +32,7 @@ __all__ = [
     "CamerasFormatError",
     "FormatError",
     "GaussianArrays",
+    "InvalidValuesError",
     "PlyElementHeader",
     "PlyFormatError",
     "PlyHeader",
@@ -48,6 +50,7 @@ __all__ = [
     "read_ply",
     "read_point_ply",
     "sh_degree_from_f_rest",
+    "validate_gaussians",
     "write_cameras_json",
     "write_gaussian_ply",
     "write_ply",

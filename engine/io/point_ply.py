@@ -139,7 +139,7 @@ def read_point_ply(path: PathLike, *, non_finite: str = "error") -> PointArrays:
                 path,
             )
     result = PointArrays(points, colors, confidence)
-    keep = check_non_finite(*result._property_block(), non_finite, "vertices", path)
+    keep = check_non_finite(*result._property_block(), non_finite, "points", path)
     if keep is None:
         return result
     result = result.select(keep)
