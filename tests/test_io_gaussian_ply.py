@@ -413,7 +413,7 @@ def test_log_scale_beyond_the_float32_range_of_radii_is_invalid(tmp_path, value)
 def test_writer_refuses_or_drops_non_finite(tmp_path):
     g = gaussians_with_non_finite()
     path = tmp_path / "w.ply"
-    with pytest.raises(InvalidValuesError, match=r"3 of 6 Gaussians have invalid values .* in: x, scale_0"):
+    with pytest.raises(InvalidValuesError, match=r"3 of 6 splats have invalid values .* in: x, scale_0"):
         write_gaussian_ply(path, g)
     assert not path.exists()
     assert write_gaussian_ply(path, g, non_finite="drop") == 3

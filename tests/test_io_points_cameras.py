@@ -83,14 +83,19 @@ def test_point_ply_reads_float_and_ushort_colours_from_other_tools(tmp_path):
 def test_point_ply_errors(tmp_path):
     rows = np.zeros(2, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1")])
     PlyData([PlyElement.describe(rows, "vertex")]).write(str(tmp_path / "m.ply"))
-    with pytest.raises(PlyFormatError, match=r"lacks required properties: green, blue"):
+    with pytest.raises(PlyFormatError, match=r"has colour property 'red' but lacks green, blue"):
         read_point_ply(tmp_path / "m.ply")
     signed = np.zeros(
         1, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "i1"), ("green", "u1"), ("blue", "u1")]
     )
+    signed["red"] = -3
     PlyData([PlyElement.describe(signed, "vertex")]).write(str(tmp_path / "s.ply"))
-    with pytest.raises(PlyFormatError, match=r"colour property 'red' has an unsupported type"):
+    with pytest.raises(PlyFormatError, match=r"colour property values must not be negative \(found -3"):
         read_point_ply(tmp_path / "s.ply")
+    no_y = np.zeros(1, dtype=[("x", "<f4"), ("z", "<f4")])
+    PlyData([PlyElement.describe(no_y, "vertex")]).write(str(tmp_path / "y.ply"))
+    with pytest.raises(PlyFormatError, match=r"lacks required properties: y"):
+        read_point_ply(tmp_path / "y.ply")
 
 
 def test_point_ply_non_finite_reject_and_drop(tmp_path):

@@ -31,6 +31,7 @@ from .errors import PathLike, PlyFormatError
 from .ply import _WRITE_NAMES, check_non_finite, check_non_finite_policy, read_ply, write_ply
 
 MAX_SH_DEGREE = 3
+SH_C0 = 0.28209479177387814  # degree-0 SH basis: colour = 0.5 + SH_C0 * f_dc
 # Log-scales beyond +-MAX_LOG_SCALE are invalid: the squared linear scale (what renderers and the
 # Blender material compute) would overflow or underflow float32 (exp(80) ~ 5.5e34 squared is inf).
 MAX_LOG_SCALE = 40.0
@@ -218,8 +219,8 @@ def write_gaussian_ply(
     Args:
         path: destination; an existing file is replaced only once the new one is complete.
         gaussians: what to write; its SH degree decides the number of ``f_rest`` properties.
-        non_finite: "error" (default) refuses Gaussians with NaN/inf values, naming how many and in
-            which properties; "drop" leaves them out.
+        non_finite: "error" (default) refuses Gaussians with invalid values (NaN, inf, log-scales
+            beyond +-MAX_LOG_SCALE), naming how many and in which properties; "drop" leaves them out.
         comments: extra ``comment`` header lines.
 
     Returns:
@@ -227,7 +228,7 @@ def write_gaussian_ply(
     """
     names = gaussian_property_names(gaussians.sh_degree)
     block = gaussians.property_columns()
-    keep = check_non_finite(names, block, non_finite, "Gaussians", path)
+    keep = check_non_finite(names, block, non_finite, "splats", path, out_of_range=invalid_value_mask(names, block))
     if keep is not None:
         block = block[keep]
     rows = np.ascontiguousarray(block).view(np.dtype([(name, "<f4") for name in names])).reshape(len(block))
@@ -259,6 +260,9 @@ def _standard_block(vertex: np.ndarray, names: list[str]) -> np.ndarray:
 def read_gaussian_ply(path: PathLike, *, non_finite: str = "error") -> GaussianArrays:
     """Reads Gaussians from a 3DGS PLY written by this module or by any other tool.
 
+    A SuperSplat / PlayCanvas compressed PLY is recognised and decoded by
+    :func:`engine.io.compressed_ply.read_compressed_ply`.
+
     Args:
         path: the file.
         non_finite: "error" (default) raises :class:`engine.io.errors.InvalidValuesError` if any
@@ -276,6 +280,11 @@ def read_gaussian_ply(path: PathLike, *, non_finite: str = "error") -> GaussianA
     """
     check_non_finite_policy(non_finite)
     header, elements = read_ply(path, elements=("vertex",))
+    if elements.get("vertex") is not None and "packed_position" in elements["vertex"].dtype.names:
+        from .compressed_ply import is_compressed_ply, read_compressed_ply  # imports this module
+
+        if is_compressed_ply(header):
+            return read_compressed_ply(path, non_finite=non_finite)
     if "vertex" not in elements:
         found = ", ".join(repr(e.name) for e in header.elements) or "none"
         raise PlyFormatError(f"no 'vertex' element (elements in the file: {found})", path)
