@@ -121,5 +121,8 @@ def test_official_preprocessing_sizes():
     assert vggt.shape == (1, 3, round(300 * 518 / 500 / 14) * 14, 518)
     tall = preprocess_frames([np.full((900, 400, 3), 255, dtype=np.uint8)], "vggt")
     assert tall.shape == (1, 3, 518, 518) and float(tall.max()) == 1.0
+    # Different shapes after the crop are padded with white to the largest, as the official loader does.
+    mixed = preprocess_frames([np.zeros((300, 500, 3), np.uint8), np.zeros((500, 300, 3), np.uint8)], "vggt")
+    assert mixed.shape == (2, 3, 518, 518) and float(mixed[0, :, 0, 0].min()) == 1.0
     with pytest.raises(FramesError, match="different sizes"):
-        preprocess_frames([np.zeros((300, 500, 3), np.uint8), np.zeros((500, 300, 3), np.uint8)], "vggt")
+        preprocess_frames([np.zeros((28, 56, 3), np.uint8), np.zeros((56, 28, 3), np.uint8)], "none")

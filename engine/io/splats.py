@@ -55,8 +55,11 @@ def format_from_suffix(path: PathLike) -> Optional[str]:
 def detect_format(path: PathLike) -> str:
     """The format of an existing file, from its content ("ply", "compressed-ply", "spz"), else its suffix.
 
+    A ``.ply`` name whose content is no PLY raises the PLY reader's error; ``.splat`` and ``.spz`` names are
+    handed to their readers, which say what is wrong with the content.
+
     Raises:
-        UnknownFormatError: no supported format fits. OSError: the file cannot be opened.
+        UnknownFormatError: no supported format fits. PlyFormatError, OSError.
     """
     with open(path, "rb") as file:
         start = file.read(4)
@@ -66,8 +69,12 @@ def detect_format(path: PathLike) -> str:
             return "compressed-ply" if is_compressed_ply(header) else "ply"
     if start[:2] == b"\x1f\x8b" or start == b"NGSP":
         return "spz"
-    if format_from_suffix(path) == "splat":
-        return "splat"
+    by_name = format_from_suffix(path)
+    if by_name in ("ply", "compressed-ply"):
+        with open(path, "rb") as file:
+            read_header(file, path)  # raises "not a PLY file (it starts with ...)"
+    if by_name in ("splat", "spz"):
+        return by_name  # the format's reader says what is wrong with the content
     raise UnknownFormatError("not a splat file this add-on reads (standard or compressed PLY, .splat, .spz)", path)
 
 
