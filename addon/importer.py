@@ -143,6 +143,12 @@ def _read_scene_file(path: str, result: LoadedResult, skip_invalid: bool) -> Non
         raise ResultImportError(f"{exc}. Turn on '{SKIP_INVALID_LABEL}' to import the others") from exc
     except (FormatError, OSError) as exc:
         raise ResultImportError(str(exc)) from exc
+    if len(scene) == 0 and scene.dropped_non_finite:
+        noun = "splats" if isinstance(scene, GaussianArrays) else "points"
+        raise ResultImportError(
+            f"{path}: all {scene.dropped_non_finite} {noun} have invalid values (not a number, infinite or out of "
+            "range); there is nothing to import"
+        )
     if isinstance(scene, GaussianArrays):
         result.gaussians = scene
     else:

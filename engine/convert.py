@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     except (FormatError, OSError) as error:
         log.error("%s", error)
         return 2
+    if gaussians.dropped_non_finite and len(gaussians) == 0:
+        log.error("%s: all %d splats have invalid values; nothing to convert", args.input, gaussians.dropped_non_finite)
+        return 2
     if gaussians.dropped_non_finite:
         log.warning(
             "left out %d of %d splats with invalid values",

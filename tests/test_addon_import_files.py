@@ -90,6 +90,9 @@ def test_import_of_invalid_compressed_splat_spz_and_point_files(extension_zip, t
     write_gaussians(tmp_path / "web.splat", generated(40, 0, 1))
     write_gaussians(tmp_path / "phone.spz", generated(60, 2, 2))
     splats_with_huge_scale(tmp_path / "huge.ply")
+    rows = PlyData.read(str(CASES / "non-finite-splats" / "nan_xyz.ply"))["vertex"].data.copy()
+    rows["opacity"] = np.inf
+    PlyData([PlyElement.describe(rows, "vertex")]).write(str(tmp_path / "all_bad.ply"))
     cases = CASES
     jobs = [
         ("nan default", str(cases / "non-finite-splats" / "nan_xyz.ply"), {}),
@@ -97,6 +100,7 @@ def test_import_of_invalid_compressed_splat_spz_and_point_files(extension_zip, t
         ("nan refused", str(cases / "non-finite-splats" / "nan_xyz.ply"), {"skip_invalid": False}),
         ("neginf refused", str(cases / "non-finite-splats" / "neginf_scale.ply"), {"skip_invalid": False}),
         ("huge scale", str(tmp_path / "huge.ply"), {}),
+        ("all invalid", str(tmp_path / "all_bad.ply"), {}),
         ("compressed", str(cases / "compressed-ply" / "splats.compressed.ply"), {"splat_mode": "POINTS"}),
         ("splat", str(tmp_path / "web.splat"), {"splat_mode": "POINTS"}),
         ("spz", str(tmp_path / "phone.spz"), {"splat_mode": "POINTS"}),
@@ -125,6 +129,10 @@ def test_import_of_invalid_compressed_splat_spz_and_point_files(extension_zip, t
         assert "Skip Invalid Splats" in record["message"]
         for python_term in ("non_finite", "drop", "=", "skip_invalid", "None", "True"):
             assert python_term not in record["message"], python_term
+
+    record = result["all invalid"]
+    assert record["outcome"] == ["CANCELLED"] and record["unchanged"]
+    assert "all 10 splats have invalid values" in record["message"] and "nothing to import" in record["message"]
 
     # Every splat format arrives as splats with the decoded values.
     for label, path in (

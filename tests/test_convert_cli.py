@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 from cases import CASES
+from plyfile import PlyData, PlyElement
 
 from engine.cli import main
 from engine.io import GaussianArrays, detect_format, read_gaussians, write_gaussians
@@ -96,3 +97,33 @@ def test_convert_refusals_are_one_line_with_status_2(tmp_path, make_args, messag
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_convert_refuses_a_file_whose_every_splat_is_invalid(tmp_path, caplog):
+    rows = np.zeros(
+        4,
+        dtype=[
+            (n, "<f4")
+            for n in (
+                "x",
+                "y",
+                "z",
+                "f_dc_0",
+                "f_dc_1",
+                "f_dc_2",
+                "opacity",
+                "scale_0",
+                "scale_1",
+                "scale_2",
+                "rot_0",
+                "rot_1",
+                "rot_2",
+                "rot_3",
+            )
+        ],
+    )
+    rows["x"] = np.nan
+    PlyData([PlyElement.describe(rows, "vertex")]).write(str(tmp_path / "all_bad.ply"))
+    assert main(["convert", str(tmp_path / "all_bad.ply"), str(tmp_path / "o.spz"), "--skip-invalid"]) == 2
+    assert "all 4 splats have invalid values; nothing to convert" in caplog.text
+    assert not (tmp_path / "o.spz").exists()

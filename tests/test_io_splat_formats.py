@@ -390,3 +390,30 @@ def test_non_finite_case_files(name, bad):
     g = read_scene_file(path, non_finite="drop")
     assert len(g) == 10 - bad and g.dropped_non_finite == bad
     assert np.all(np.isfinite(g.property_columns())) and np.all(np.abs(g.scale) <= 40)
+
+
+@pytest.mark.parametrize("encoding", ["float", "double", "ascii"])
+@pytest.mark.parametrize(
+    "prop, value",
+    [
+        ("opacity", np.inf),
+        ("f_rest_3", np.nan),
+        ("rot_2", np.nan),
+        ("z", -np.inf),
+        ("scale_2", 50.0),
+        ("f_dc_1", -np.inf),
+    ],
+)
+def test_invalid_splat_members_are_counted_and_skipped(tmp_path, encoding, prop, value):
+    g = random_gaussians(8, 1, 11)
+    write_gaussian_ply(tmp_path / "std.ply", g)
+    data = PlyData.read(str(tmp_path / "std.ply"))["vertex"].data
+    rows = data.astype([(name, "<f8" if encoding == "double" else "<f4") for name in data.dtype.names])
+    rows[prop][[1, 6]] = value
+    path = tmp_path / "bad.ply"
+    PlyData([PlyElement.describe(rows, "vertex")], text=encoding == "ascii").write(str(path))
+    with pytest.raises(InvalidValuesError, match=rf"2 of 8 splats have invalid values .* in: {prop}$"):
+        read_scene_file(path)
+    kept = read_scene_file(path, non_finite="drop")
+    assert len(kept) == 6 and kept.dropped_non_finite == 2
+    np.testing.assert_allclose(kept.means, g.means[[0, 2, 3, 4, 5, 7]], rtol=1e-6)
