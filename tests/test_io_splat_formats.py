@@ -10,7 +10,6 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 from cases import CASES
 from plyfile import PlyData, PlyElement
 
@@ -32,8 +31,6 @@ from engine.io import (
     write_splat,
 )
 from engine.io.compressed_ply import morton_order
-from engine.io.spz import SH_FLIP
-from engine.render.sh import sh_basis
 
 SH_C0 = 0.28209479177387814
 
@@ -278,8 +275,8 @@ def smallest_three(xyzw):
 
 
 @pytest.mark.parametrize("version", [2, 3])
-def test_spz_decodes_known_streams_into_the_rdf_frame(tmp_path, version):
-    q = np.array([0.1, -0.2, 0.3, 0.9])  # x y z w, RUB
+def test_spz_decodes_known_streams(tmp_path, version):
+    q = np.array([0.1, -0.2, 0.3, 0.9])  # x y z w
     q /= np.linalg.norm(q)
     rot = smallest_three(q) if version == 3 else bytes(int(round(c * 127.5 + 127.5)) for c in q[:3] * np.sign(q[3]))
     sh = bytes([0, 64, 128, 192, 255, 100, 10, 20, 30])  # degree 1: 3 coefficients x RGB
@@ -294,25 +291,14 @@ def test_spz_decodes_known_streams_into_the_rdf_frame(tmp_path, version):
     path.write_bytes(data)
     g = read_gaussians(path)
     assert detect_format(path) == "spz" and len(g) == 1 and g.sh_degree == 1
-    np.testing.assert_allclose(g.means[0], [1.5, 2.25, -100.0])  # RUB -> RDF: y and z change sign
+    np.testing.assert_allclose(g.means[0], [1.5, -2.25, 100.0])  # axes as stored (as the reference tools)
     np.testing.assert_allclose(sigmoid(g.opacity), [191 / 255], rtol=1e-6)
     np.testing.assert_allclose(g.f_dc[0], (np.array([0, 128, 255]) / 255 - 0.5) / 0.15, rtol=1e-6)
     np.testing.assert_allclose(g.scale[0], np.array([0, 160, 255]) / 16 - 10)
-    expected_q = np.array([q[3], q[0], -q[1], -q[2]])
+    expected_q = np.array([q[3], q[0], q[1], q[2]])
     assert rotation_angle_deg(g.rot, expected_q[None]).max() < (0.3 if version == 3 else 1.0)
     raw = (np.frombuffer(sh, np.uint8).astype(np.float64) - 128) / 128
-    np.testing.assert_allclose(g.f_rest[0], raw.reshape(3, 3) * np.array([-1, -1, 1])[:, None], rtol=1e-6)
-
-
-def test_spz_sh_flip_keeps_the_colour_seen_from_every_direction():
-    """RUB coefficients seen along the RUB direction give the RDF colour along the RDF direction."""
-    rng = np.random.default_rng(0)
-    coeffs = torch.tensor(rng.normal(size=(15, 3)))
-    directions = torch.nn.functional.normalize(torch.tensor(rng.normal(size=(50, 3))), dim=-1)
-    flip = torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)
-    rdf = sh_basis(directions, 3)[:, 1:] @ coeffs
-    rub = sh_basis(directions * flip, 3)[:, 1:] @ (coeffs * torch.tensor(SH_FLIP)[:, None])
-    torch.testing.assert_close(rdf, rub)
+    np.testing.assert_allclose(g.f_rest[0], raw.reshape(3, 3), rtol=1e-6)
 
 
 def test_spz_version_1_float16_positions(tmp_path):
@@ -320,7 +306,7 @@ def test_spz_version_1_float16_positions(tmp_path):
     data = spz_bytes(1, 1, 0, 0, [positions, bytes([128]), bytes([128] * 3), bytes([96] * 3), bytes([127, 127, 127])])
     (tmp_path / "v1.spz").write_bytes(data)
     g = read_spz(tmp_path / "v1.spz")
-    np.testing.assert_allclose(g.means[0], [0.5, 1.25, -3.0])
+    np.testing.assert_allclose(g.means[0], [0.5, -1.25, 3.0])
 
 
 @pytest.mark.parametrize(
@@ -339,10 +325,10 @@ def test_spz_round_trip_within_quantisation(tmp_path, n, degree, seed, extent):
     assert np.abs(back.f_dc - g.f_dc).max() <= 0.5 / (0.15 * 255) + 1e-6
     assert rotation_angle_deg(back.rot, g.rot).max() < 0.5
     assert np.all(np.abs(back.f_rest - g.f_rest) <= 0.5 / 128 + 1e-6)
-    # Independently decode the first splat's raw position: stored in RUB, y and z negated.
+    # Independently decode the first splat's raw position (24-bit fixed point, axes as given).
     raw = gzip.decompress(path.read_bytes())[16 : 16 + 9]
     stored = [int.from_bytes(raw[i : i + 3], "little", signed=True) / (1 << fractional_bits) for i in (0, 3, 6)]
-    np.testing.assert_allclose(stored, g.means[0] * [1, -1, -1], atol=1 / (1 << fractional_bits))
+    np.testing.assert_allclose(stored, g.means[0], atol=1 / (1 << fractional_bits))
 
 
 def test_spz_refusals(tmp_path):

@@ -15,10 +15,11 @@ and whose remaining 30 bits hold the other three, in order, as a sign bit and a 
 |q| / sqrt(1/2) each, the last in the lowest bits) and SH (uint8, (f - 0) * 128 + 128, coefficient-major
 with RGB innermost).
 
-Axes: SPZ stores the right-up-back (RUB, OpenGL) frame; 3DGS PLY files and this engine use
-right-down-front (RDF, OpenCV). Reading flips y and z (positions, the quaternion's y and z, and the SH
-coefficients whose basis function is odd in y or z, an odd number of times); writing flips back, so a
-PLY -> SPZ -> PLY round trip keeps the frame, as the reference tools do.
+Axes: the specification names right-up-back (OpenGL) as the stored frame, but the reference library's
+command-line tools (default options: no coordinate conversion) and PlayCanvas' splat-transform write and
+read SPZ data without any axis change, so a PLY converted to SPZ by them keeps its coordinates. This
+reader and writer do the same: values are stored as given (a round trip through these tools and ours
+keeps the frame).
 
 Not supported (refused with a message): version 4 (zstd streams, no gzip), files with extension records
 (flag 2), SH degree 4.
@@ -44,12 +45,6 @@ _COLOR_SCALE = 0.15
 _ALPHA_EDGE = 0.5 / 255.0
 _SQRT1_2 = math.sqrt(0.5)
 _MAX_POINTS = 100_000_000
-# RUB <-> RDF: y and z change sign. The SH bases of degree 1..3 (3DGS order) are odd in these axes:
-# degree 1: y, z, x; degree 2: xy, yz, 1, xz, 1; degree 3: y, xyz, y, z, x, z, x.
-_SH_PARITY = ("y", "z", "x", "xy", "yz", "", "xz", "", "y", "xyz", "y", "z", "x", "z", "x")
-_AXIS_SIGN = {"x": 1.0, "y": -1.0, "z": -1.0}
-SH_FLIP = np.array([math.prod(_AXIS_SIGN[a] for a in parity) for parity in _SH_PARITY])
-POSITION_FLIP = np.array([1.0, -1.0, -1.0])
 
 
 class SpzFormatError(FormatError):
@@ -74,7 +69,7 @@ def _unzip(path: PathLike) -> bytes:
 
 
 def read_spz(path: PathLike, *, non_finite: str = "error") -> GaussianArrays:
-    """Reads an ``.spz`` file (versions 1-3) into Gaussians in the RDF (OpenCV / 3DGS PLY) frame.
+    """Reads an ``.spz`` file (versions 1-3) into Gaussians (axes as stored; see the module doc).
 
     Args:
         non_finite: "error" refuses invalid decoded values; "drop" leaves those splats out.
@@ -128,15 +123,14 @@ def read_spz(path: PathLike, *, non_finite: str = "error") -> GaussianArrays:
     alpha = np.clip(alphas[:, 0].astype(np.float64) / 255.0, _ALPHA_EDGE, 1.0 - _ALPHA_EDGE)
     xyzw = _unpack_rotations(rotations, version)
 
-    f_rest = ((sh.reshape(count, coeffs, 3).astype(np.float64) - 128.0) / 128.0) * SH_FLIP[:coeffs, None]
+    f_rest = (sh.reshape(count, coeffs, 3).astype(np.float64) - 128.0) / 128.0
     gaussians = GaussianArrays(
-        means=means * POSITION_FLIP,
+        means=means,
         f_dc=(colors.astype(np.float64) / 255.0 - 0.5) / _COLOR_SCALE,
         f_rest=f_rest,
         opacity=np.log(alpha) - np.log1p(-alpha),
         scale=scales.astype(np.float64) / 16.0 - 10.0,
-        # xyzw (file) -> wxyz, with the RUB -> RDF flip of the vector part.
-        rot=np.stack([xyzw[:, 3], xyzw[:, 0], -xyzw[:, 1], -xyzw[:, 2]], axis=1),
+        rot=np.stack([xyzw[:, 3], xyzw[:, 0], xyzw[:, 1], xyzw[:, 2]], axis=1),  # xyzw (file) -> wxyz
     )
     return validate_gaussians(gaussians, non_finite, path)
 
@@ -179,7 +173,7 @@ def write_spz(path: PathLike, gaussians: GaussianArrays, *, non_finite: str = "e
     g = gaussians
     count = len(g)
     degree = g.sh_degree
-    means = g.means.astype(np.float64) * POSITION_FLIP
+    means = g.means.astype(np.float64)
     largest = float(np.abs(means).max()) if count else 0.0
     fractional_bits = 12
     while fractional_bits > 0 and largest * (1 << fractional_bits) >= (1 << 23) - 1:
@@ -195,7 +189,7 @@ def write_spz(path: PathLike, gaussians: GaussianArrays, *, non_finite: str = "e
     rot = g.rot.astype(np.float64)
     norm = np.linalg.norm(rot, axis=1, keepdims=True)
     rot = np.where(norm > 0, rot / np.where(norm > 0, norm, 1.0), np.array([1.0, 0.0, 0.0, 0.0]))
-    xyzw = np.stack([rot[:, 1], -rot[:, 2], -rot[:, 3], rot[:, 0]], axis=1)  # RDF -> RUB, wxyz -> xyzw
+    xyzw = np.stack([rot[:, 1], rot[:, 2], rot[:, 3], rot[:, 0]], axis=1)  # wxyz -> xyzw
     biggest = np.argmax(np.abs(xyzw), axis=1)
     rows = np.arange(count)
     negate = xyzw[rows, biggest] < 0
@@ -208,8 +202,7 @@ def write_spz(path: PathLike, gaussians: GaussianArrays, *, non_finite: str = "e
         code = np.where(here, (code << 10) | (sign << 9) | magnitude, code)
     rotations = code.astype("<u4").view(np.uint8).reshape(count, 4)
 
-    coeffs = num_f_rest(degree) // 3
-    sh = np.clip(np.rint(g.f_rest.astype(np.float64) * SH_FLIP[:coeffs, None] * 128.0 + 128.0), 0, 255)
+    sh = np.clip(np.rint(g.f_rest.astype(np.float64) * 128.0 + 128.0), 0, 255)
     header = _HEADER.pack(MAGIC, 3, count, degree, fractional_bits, 0, 0)
     body = b"".join(
         part.astype(np.uint8).tobytes()
