@@ -57,6 +57,11 @@ _CHUNK_BOUNDS = (
 _CHUNK_COLORS = ("min_r", "min_g", "min_b", "max_r", "max_g", "max_b")
 _PACKED = ("packed_position", "packed_rotation", "packed_scale", "packed_color")
 _ALPHA_EDGE = 0.5 / 255.0
+# SH byte -> coefficient: n = 0 (byte 0), 1 (byte 255), else (byte + 0.5) / 256; value = (n - 0.5) * 8.
+_SH_CODES = np.arange(256, dtype=np.float64)
+_SH_TABLE = (
+    (np.where(_SH_CODES == 0, 0.0, np.where(_SH_CODES == 255, 1.0, (_SH_CODES + 0.5) / 256.0)) - 0.5) * 8.0
+).astype(np.float32)
 
 
 def is_compressed_ply(header: PlyHeader) -> bool:
@@ -181,10 +186,9 @@ def read_compressed_ply(path: PathLike, *, non_finite: str = "error") -> Gaussia
             raise PlyFormatError(f"compressed PLY 'sh' element: {error}", path) from None
         names = [f"f_rest_{i}" for i in range(num_f_rest(degree))]
         _check_types(sh, names, "u1", "uchar", "sh", path)
-        codes = np.stack([sh[name] for name in names], axis=1).astype(np.float64)
-        n = np.where(codes == 0, 0.0, np.where(codes == 255, 1.0, (codes + 0.5) / 256.0))
+        codes = np.stack([sh[name] for name in names], axis=1)
         per_channel = num_f_rest(degree) // 3
-        f_rest = ((n - 0.5) * 8.0).reshape(count, 3, per_channel).transpose(0, 2, 1)
+        f_rest = _SH_TABLE[codes].reshape(count, 3, per_channel).transpose(0, 2, 1)
 
     gaussians = GaussianArrays(
         means=means,

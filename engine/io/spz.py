@@ -45,6 +45,7 @@ _COLOR_SCALE = 0.15
 _ALPHA_EDGE = 0.5 / 255.0
 _SQRT1_2 = math.sqrt(0.5)
 _MAX_POINTS = 100_000_000
+_SH_TABLE = ((np.arange(256) - 128.0) / 128.0).astype(np.float32)  # SH byte -> coefficient
 
 
 class SpzFormatError(FormatError):
@@ -123,7 +124,7 @@ def read_spz(path: PathLike, *, non_finite: str = "error") -> GaussianArrays:
     alpha = np.clip(alphas[:, 0].astype(np.float64) / 255.0, _ALPHA_EDGE, 1.0 - _ALPHA_EDGE)
     xyzw = _unpack_rotations(rotations, version)
 
-    f_rest = (sh.reshape(count, coeffs, 3).astype(np.float64) - 128.0) / 128.0
+    f_rest = _SH_TABLE[sh.reshape(count, coeffs, 3)]
     gaussians = GaussianArrays(
         means=means,
         f_dc=(colors.astype(np.float64) / 255.0 - 0.5) / _COLOR_SCALE,
