@@ -201,6 +201,18 @@ def test_an_undecodable_file_is_named(tmp_path, content):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("names", [["IMG_0004.HEIC"], ["b.dng", "a.CR2"]])
+def test_heic_and_raw_photos_are_named_not_skipped(tmp_path, names):
+    Image.fromarray(RGB).save(tmp_path / "IMG_0001.jpg")
+    for name in names:
+        (tmp_path / name).write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (tmp_path / "._IMG_0005.HEIC").write_bytes(b"\x00\x05\x16\x07")  # hidden: still skipped
+    first = sorted(names, key=str.lower)[0]
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    with pytest.raises(FramesError, match=rf"{first}{more}: HEIC and camera-raw photos cannot be read"):
+        read_frames(tmp_path)
+
+
 def test_reconstruct_stops_on_an_undecodable_file_with_one_line_and_status_2(tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()

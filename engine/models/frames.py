@@ -5,7 +5,7 @@ Reading gives uint8 RGB frames (H, W, 3), whatever the source holds:
 * Folder: every image file (``.png .jpg .jpeg .webp .bmp .tif .tiff``, any case) in natural order
   (``frame2`` < ``frame10``). Hidden and system files are skipped: names starting with ``.`` (macOS
   ``._*`` AppleDouble files, ``.DS_Store``), ``Thumbs.db`` and ``desktop.ini``. A file that cannot be
-  decoded stops the reading with :class:`FramesError` naming it (one line).
+  decoded, or a HEIC / camera-raw photo, stops the reading with :class:`FramesError` naming it (one line).
 * Video: any format imageio's ffmpeg plugin reads; every ``stride``-th frame.
 * Colour modes: the photo's orientation tag (EXIF) is applied first, so portrait photos are upright;
   transparency (RGBA, grey + alpha, palettes with a transparent colour, premultiplied modes) is
@@ -40,6 +40,8 @@ import torch
 from torch import Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# Photo formats people have that Pillow cannot decode here: refused by name rather than skipped silently.
+UNREADABLE_PHOTO_SUFFIXES = (".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
 SYSTEM_FILE_NAMES = ("thumbs.db", "desktop.ini")
 PREPROCESS_MODES = ("anysplat", "vggt", "vggt-pad", "none")
 DEFAULT_SIZES = {"anysplat": 448, "vggt": 518, "vggt-pad": 518}
@@ -62,12 +64,20 @@ def is_hidden_or_system_file(path: Path) -> bool:
 
 
 def list_frame_files(directory: Path) -> list[Path]:
-    """The image files of a folder in natural order, without hidden and system files."""
-    files = [
-        p
-        for p in Path(directory).iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden_or_system_file(p)
-    ]
+    """The image files of a folder in natural order, without hidden and system files.
+
+    Raises:
+        FramesError: no images, or HEIC / camera-raw photos among them (named; they cannot be decoded
+            here, and leaving them out would silently drop frames).
+    """
+    visible = [p for p in Path(directory).iterdir() if p.is_file() and not is_hidden_or_system_file(p)]
+    unreadable = sorted((p for p in visible if p.suffix.lower() in UNREADABLE_PHOTO_SUFFIXES), key=_natural_key)
+    if unreadable:
+        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+        raise FramesError(
+            f"{unreadable[0]}{more}: HEIC and camera-raw photos cannot be read; export them as JPEG or PNG"
+        )
+    files = [p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise FramesError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {directory}")
     return sorted(files, key=_natural_key)
