@@ -403,3 +403,14 @@ def test_invalid_splat_members_are_counted_and_skipped(tmp_path, encoding, prop,
     kept = read_scene_file(path, non_finite="drop")
     assert len(kept) == 6 and kept.dropped_non_finite == 2
     np.testing.assert_allclose(kept.means, g.means[[0, 2, 3, 4, 5, 7]], rtol=1e-6)
+
+
+def test_spz_reads_only_what_the_header_claims(tmp_path):
+    """Bytes after the splats in the stream (padding, or a stream far larger than claimed) are not inflated."""
+    g = random_gaussians(3, 1, 5)
+    write_spz(tmp_path / "g.spz", g)
+    data = gzip.decompress((tmp_path / "g.spz").read_bytes())
+    (tmp_path / "padded.spz").write_bytes(gzip.compress(data + bytes(50_000_000), compresslevel=1))
+    back = read_spz(tmp_path / "padded.spz")
+    assert len(back) == 3
+    np.testing.assert_array_equal(back.means, read_spz(tmp_path / "g.spz").means)

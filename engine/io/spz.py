@@ -52,7 +52,8 @@ class SpzFormatError(FormatError):
     """A ``.spz`` file cannot be read: not gzip, wrong magic, an unsupported version or feature, truncated."""
 
 
-def _unzip(path: PathLike) -> bytes:
+def _open_gzip(path: PathLike) -> tuple:
+    """The file's bytes and an inflater for its gzip stream (checked to be one)."""
     with open(path, "rb") as file:
         raw = file.read()
     if raw[:4] == b"NGSP":
@@ -63,9 +64,14 @@ def _unzip(path: PathLike) -> bytes:
         )
     if raw[:2] != b"\x1f\x8b":
         raise SpzFormatError("not an .spz file (it is not gzip-compressed)", path)
+    return raw, zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+
+def _inflate(inflater, data: bytes, size: int, path: PathLike) -> bytes:
+    """At most ``size`` (> 0) more decompressed bytes: memory stays bounded by what the header claims."""
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as error:
+        return inflater.decompress(data, size)
+    except zlib.error as error:
         raise SpzFormatError(f"the gzip stream is damaged: {error}", path) from None
 
 
@@ -82,7 +88,8 @@ def read_spz(path: PathLike, *, non_finite: str = "error") -> GaussianArrays:
         SpzFormatError: see the class; the message says what is wrong.
     """
     check_non_finite_policy(non_finite)
-    data = _unzip(path)
+    raw, inflater = _open_gzip(path)
+    data = _inflate(inflater, raw, _HEADER.size, path)
     if len(data) < _HEADER.size:
         raise SpzFormatError(f"the data is too short for the {_HEADER.size}-byte header ({len(data)} bytes)", path)
     magic, version, count, degree, fractional_bits, flags, _ = _HEADER.unpack_from(data)
@@ -101,6 +108,8 @@ def read_spz(path: PathLike, *, non_finite: str = "error") -> GaussianArrays:
     rotation_bytes = 4 if version >= 3 else 3
     sizes = (position_bytes, 1, 3, 3, rotation_bytes, coeffs * 3)
     needed = _HEADER.size + count * sum(sizes)
+    if needed > _HEADER.size:
+        data += _inflate(inflater, inflater.unconsumed_tail, needed - _HEADER.size, path)
     if len(data) < needed:
         raise SpzFormatError(
             f"truncated data: {count} splats of SH degree {degree} need {needed} bytes, the stream has {len(data)}",
