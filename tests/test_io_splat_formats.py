@@ -29,6 +29,7 @@ from engine.io import (
     write_gaussian_ply,
     write_gaussians,
     write_splat,
+    write_spz,
 )
 from engine.io.compressed_ply import morton_order
 
