@@ -35,11 +35,10 @@ from .engine.io import (
     CameraArrays,
     FormatError,
     GaussianArrays,
+    InvalidValuesError,
     PointArrays,
     read_cameras_json,
-    read_gaussian_ply,
-    read_header,
-    read_point_ply,
+    read_scene_file,
 )
 
 SOURCE_PROPERTY = "vist3a_source"  # the folder or file an object was imported from
@@ -84,6 +83,8 @@ class LoadedResult:
     """Everything one import needs, read and checked.
 
     At most one of ``gaussians`` / ``points`` is set (neither for a cameras JSON on its own).
+    ``skipped_invalid`` counts the splats or points left out for invalid values (NaN, infinite or
+    out-of-range numbers) when the import was asked to skip them.
     """
 
     name: str
@@ -91,10 +92,20 @@ class LoadedResult:
     gaussians: Optional[GaussianArrays] = None
     points: Optional[PointArrays] = None
     cameras: Optional[CameraArrays] = None
+    skipped_invalid: int = 0
 
 
-def load_result(path: str) -> LoadedResult:
-    """Reads a result folder (scene.ply [+ cameras.json]), a 3DGS or point PLY, or a cameras JSON.
+# Files the import reads: splats (standard or compressed PLY, .splat, .spz), point PLYs, cameras JSON.
+SCENE_EXTENSIONS = (".ply", ".splat", ".spz")
+SKIP_INVALID_LABEL = "Skip Invalid Splats"
+
+
+def load_result(path: str, *, skip_invalid: bool = True) -> LoadedResult:
+    """Reads a result folder (scene.ply [+ cameras.json]), a splat file (standard or compressed PLY,
+    .splat, .spz), a point PLY, or a cameras JSON.
+
+    With ``skip_invalid`` (the default) splats or points holding invalid values are left out and
+    counted in ``LoadedResult.skipped_invalid``; without it such a file is refused.
 
     Raises ResultImportError with a message naming the file for anything that cannot be imported.
     """
@@ -105,7 +116,7 @@ def load_result(path: str) -> LoadedResult:
         if not os.path.isfile(scene_file):
             raise ResultImportError(f"{path}: not a VIST3A result folder (no {RESULT_SCENE_FILE} in it)")
         result = LoadedResult(name=os.path.basename(path.rstrip(os.sep)), source=path)
-        _read_scene_ply(scene_file, result)
+        _read_scene_file(scene_file, result, skip_invalid)
         if os.path.isfile(cameras_file):
             result.cameras = _read_cameras(cameras_file)
         return result
@@ -113,32 +124,36 @@ def load_result(path: str) -> LoadedResult:
         raise ResultImportError(f"{path}: no such file or folder")
     result = LoadedResult(name=os.path.splitext(os.path.basename(path))[0], source=path)
     extension = os.path.splitext(path)[1].lower()
-    if extension == ".ply":
-        _read_scene_ply(path, result)
+    if extension in SCENE_EXTENSIONS:
+        _read_scene_file(path, result, skip_invalid)
     elif extension == ".json":
         result.cameras = _read_cameras(path)
     else:
-        raise ResultImportError(f"{path}: expected a result folder, a .ply file or a cameras .json file")
+        raise ResultImportError(
+            f"{path}: expected a result folder, a splat or point file (.ply, .splat, .spz) or a cameras .json file"
+        )
     return result
 
 
-def is_gaussian_ply(path: str) -> bool:
-    """True when the PLY's vertices carry 3DGS properties (f_dc_0, opacity), judged from the header only."""
-    with open(path, "rb") as file:
-        header = read_header(file, path)
-    names = {prop.name for element in header.elements if element.name == "vertex" for prop in element.properties}
-    return {"f_dc_0", "opacity"} <= names
-
-
-def _read_scene_ply(path: str, result: LoadedResult) -> None:
-    """Fills ``result.gaussians`` or ``result.points`` from a standard 3DGS PLY or a point PLY."""
+def _read_scene_file(path: str, result: LoadedResult, skip_invalid: bool) -> None:
+    """Fills ``result.gaussians`` or ``result.points`` from any splat or point file the engine reads."""
     try:
-        if is_gaussian_ply(path):
-            result.gaussians = read_gaussian_ply(path)
-        else:
-            result.points = read_point_ply(path)
+        scene = read_scene_file(path, non_finite="drop" if skip_invalid else "error")
+    except InvalidValuesError as exc:
+        raise ResultImportError(f"{exc}. Turn on '{SKIP_INVALID_LABEL}' to import the others") from exc
     except (FormatError, OSError) as exc:
         raise ResultImportError(str(exc)) from exc
+    if len(scene) == 0 and scene.dropped_non_finite:
+        noun = "splats" if isinstance(scene, GaussianArrays) else "points"
+        raise ResultImportError(
+            f"{path}: all {scene.dropped_non_finite} {noun} have invalid values (not a number, infinite or out of "
+            "range); there is nothing to import"
+        )
+    if isinstance(scene, GaussianArrays):
+        result.gaussians = scene
+    else:
+        result.points = scene
+    result.skipped_invalid = scene.dropped_non_finite
 
 
 def _read_cameras(path: str) -> CameraArrays:

@@ -20,14 +20,14 @@ SPLAT_MODE_ITEMS = (
 
 
 class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
-    """Import a VIST3A result folder (scene.ply + cameras.json), a 3DGS or point PLY, or a cameras JSON"""
+    """Import a VIST3A result folder (scene.ply + cameras.json), Gaussian splats (standard or compressed PLY, .splat, .spz), a point PLY, or a cameras JSON"""
 
     bl_idname = "vist3a.import_result"
     bl_label = "Import VIST3A Result"
     bl_options = {"REGISTER", "UNDO", "PRESET"}
 
     filename_ext = ".ply"
-    filter_glob: bpy.props.StringProperty(default="*.ply;*.json", options={"HIDDEN"})
+    filter_glob: bpy.props.StringProperty(default="*.ply;*.splat;*.spz;*.json", options={"HIDDEN"})
     directory: bpy.props.StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
 
     splat_mode: bpy.props.EnumProperty(name="Splats As", items=SPLAT_MODE_ITEMS, default="AUTO")
@@ -39,6 +39,14 @@ class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
     set_scene_camera: bpy.props.BoolProperty(
         name="Use First Camera",
         description="Make the first imported camera the scene camera, with its resolution",
+        default=True,
+    )
+    skip_invalid: bpy.props.BoolProperty(
+        name=importer.SKIP_INVALID_LABEL,
+        description=(
+            "Leave out splats or points whose values are not numbers or are out of range, and say how many; "
+            "when off, such a file is not imported"
+        ),
         default=True,
     )
     point_radius: bpy.props.FloatProperty(
@@ -61,7 +69,7 @@ class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
             self.report({"ERROR"}, "Choose a VIST3A result folder or a .ply / .json file")
             return {"CANCELLED"}
         try:
-            loaded = importer.load_result(path)
+            loaded = importer.load_result(path, skip_invalid=self.skip_invalid)
             result = importer.build_result(
                 context,
                 loaded,
@@ -78,7 +86,9 @@ class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
             kind = "splats" if loaded.gaussians is not None else "points"
             parts.append(f"{len(result.geometry.data.points)} {kind}")
         parts.append(f"{len(result.cameras)} camera(s)")
-        self.report({"INFO"}, f"Imported {', '.join(parts)} into '{result.collection.name}'")
+        message = f"Imported {', '.join(parts)} into '{result.collection.name}'"
+        notes = import_notes(loaded)
+        self.report({"WARNING"} if notes else {"INFO"}, "; ".join([message, *notes]))
         return {"FINISHED"}
 
 
@@ -118,8 +128,23 @@ class VIST3A_OT_render_camera(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def import_notes(loaded) -> list:
+    """What an artist should know about an import that succeeded: skipped splats, missing colours."""
+    notes = []
+    if loaded.skipped_invalid:
+        noun = "splats" if loaded.gaussians is not None else "points"
+        total = loaded.skipped_invalid + len(loaded.gaussians if loaded.gaussians is not None else loaded.points)
+        notes.append(
+            f"skipped {loaded.skipped_invalid} of {total} {noun} with invalid values (not a number, infinite or "
+            "out of range)"
+        )
+    if loaded.points is not None and not loaded.points.colors_from_file:
+        notes.append("the file stores no point colours: the points are shown in grey")
+    return notes
+
+
 def menu_import(self, context):
-    self.layout.operator(VIST3A_OT_import_result.bl_idname, text="VIST3A Result (.ply, folder)")
+    self.layout.operator(VIST3A_OT_import_result.bl_idname, text="VIST3A Result (.ply, .splat, .spz, folder)")
 
 
 classes = (VIST3A_OT_import_result, VIST3A_OT_render_camera)

@@ -10,6 +10,7 @@ from plyfile import PlyData, PlyElement
 
 from engine.io import (
     GaussianArrays,
+    InvalidValuesError,
     PlyFormatError,
     gaussian_property_names,
     read_gaussian_ply,
@@ -210,21 +211,71 @@ def test_error_truncated_data_says_expected_and_found_bytes(tmp_path):
         read_gaussian_ply(path)
 
 
-def test_error_count_mismatch_data_has_more(tmp_path):
-    row = 17 * 4
-    path = write_raw(tmp_path / "m.ply", minimal_header(3), bytes(row * 4))
-    with pytest.raises(PlyFormatError, match=rf"{row} bytes of data follow the last element .*3 vertex.*has more"):
-        read_gaussian_ply(path)
+@pytest.mark.parametrize("extra", [1, 7, 17 * 4 + 3])
+def test_trailing_bytes_after_the_last_element_are_accepted(tmp_path, extra):
+    g = random_gaussians(n=3, degree=0)
+    body = standard_rows(g).tobytes()
+    path = write_raw(tmp_path / "m.ply", minimal_header(3), body + bytes(range(extra % 256)) + b"\n" * (extra // 256))
+    assert_same_gaussians(g, read_gaussian_ply(path))
+    header, _ = read_ply(path)
+    assert header.trailing_bytes == extra % 256 + extra // 256
 
 
-def test_error_count_mismatch_ascii_fewer_and_more(tmp_path):
+def test_count_mismatch_ascii_fewer_refused_more_accepted(tmp_path):
     line = " ".join(["0.5"] * 17)
     fewer = write_raw(tmp_path / "f.ply", minimal_header(3, fmt="ascii"), f"{line}\n{line}\n".encode())
     with pytest.raises(PlyFormatError, match=r"truncated data.*header says 3 vertex rows, the data has fewer"):
         read_gaussian_ply(fewer)
     more = write_raw(tmp_path / "m.ply", minimal_header(1, fmt="ascii"), f"{line}\n{line}\n".encode())
-    with pytest.raises(PlyFormatError, match=r"17 values follow the last element.*has more"):
-        read_gaussian_ply(more)
+    back = read_gaussian_ply(more)
+    assert len(back) == 1 and np.all(back.means == 0.5)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda lines: ["ply   ", *lines[1:]],  # blanks after the magic word
+        lambda lines: [lines[0], "format binary_little_endian 1", *lines[2:]],  # version "1"
+        lambda lines: [lines[0], "comment written by some tool", "", *lines[1:]],  # comment and blank line
+        lambda lines: [line.replace(" ", "\t") for line in lines],  # tabs
+        lambda lines: [lines[0], lines[1], "obj_info generator x", *lines[2:]],
+    ],
+)
+def test_header_variants_that_common_readers_accept(tmp_path, edit):
+    g = random_gaussians(n=2, degree=0)
+    path = write_raw(tmp_path / "v.ply", edit(minimal_header(2)), standard_rows(g).tobytes())
+    assert_same_gaussians(g, read_gaussian_ply(path))
+
+
+def test_crlf_header_is_accepted(tmp_path):
+    g = random_gaussians(n=2, degree=0)
+    path = tmp_path / "crlf.ply"
+    path.write_bytes(("\r\n".join(minimal_header(2)) + "\r\n").encode() + standard_rows(g).tobytes())
+    assert_same_gaussians(g, read_gaussian_ply(path))
+
+
+@pytest.mark.parametrize("kind", ["uchar", "short", "int", "uint"])
+@pytest.mark.parametrize("prop", ["opacity", "scale_1", "f_dc_0", "x", "rot_3"])
+def test_integer_typed_gaussian_property_is_refused_by_name(tmp_path, kind, prop):
+    names = gaussian_property_names(0)
+    lines = ["ply", "format ascii 1.0", "element vertex 1"]
+    lines += [f"property {kind if name == prop else 'float'} {name}" for name in names] + ["end_header"]
+    path = write_raw(tmp_path / "i.ply", lines, (" ".join(["1"] * len(names)) + "\n").encode())
+    with pytest.raises(PlyFormatError, match=rf"stored as integers.*{prop} \({kind}\)"):
+        read_gaussian_ply(path)
+
+
+def test_integer_typed_normals_are_ignored(tmp_path):
+    g = random_gaussians(n=2, degree=0)
+    rows = standard_rows(g)
+    names = list(rows.dtype.names)
+    ints = np.empty(2, dtype=[(n, "i1" if n in ("nx", "ny", "nz") else "<f4") for n in names])
+    for n in names:
+        ints[n] = 0 if n in ("nx", "ny", "nz") else rows[n]
+    PlyData([PlyElement.describe(ints, "vertex")]).write(str(tmp_path / "n.ply"))
+    back = read_gaussian_ply(tmp_path / "n.ply")
+    assert back.normals is None
+    assert_same_gaussians(g, back)
 
 
 def test_error_missing_required_properties_are_named(tmp_path):
@@ -321,8 +372,11 @@ def write_unchecked(path, g):
 
 def test_non_finite_rejected_with_count_and_names(tmp_path):
     path = write_unchecked(tmp_path / "nan.ply", gaussians_with_non_finite())
-    with pytest.raises(PlyFormatError, match=r"3 vertices have non-finite values in: x, scale_0"):
+    with pytest.raises(InvalidValuesError, match=r"3 of 6 splats have invalid values .* in: x, scale_0") as info:
         read_gaussian_ply(path)
+    assert (info.value.count, info.value.total, info.value.properties) == (3, 6, ["x", "scale_0"])
+    message = str(info.value).split(": ", 1)[1]  # without the path
+    assert "non_finite" not in message and "=" not in message
 
 
 def test_non_finite_dropped_and_counted(tmp_path):
@@ -338,14 +392,28 @@ def test_double_beyond_float32_range_counts_as_non_finite(tmp_path):
     rows["opacity"][0] = 1e300
     path = tmp_path / "big.ply"
     PlyData([PlyElement.describe(rows, "vertex")]).write(str(path))
-    with pytest.raises(PlyFormatError, match=r"1 vertices have non-finite values in: opacity"):
+    with pytest.raises(InvalidValuesError, match=r"1 of 2 splats have invalid values .* in: opacity"):
         read_gaussian_ply(path)
+
+
+@pytest.mark.parametrize("value", [41.0, -41.0, 1e30, -3e38])
+def test_log_scale_beyond_the_float32_range_of_radii_is_invalid(tmp_path, value):
+    g = random_gaussians(n=4, degree=0)
+    rows = standard_rows(g)
+    rows["scale_2"][1] = value
+    path = tmp_path / "s.ply"
+    PlyData([PlyElement.describe(rows, "vertex")]).write(str(path))
+    with pytest.raises(InvalidValuesError, match=r"1 of 4 splats .* in: scale_2"):
+        read_gaussian_ply(path)
+    back = read_gaussian_ply(path, non_finite="drop")
+    assert back.dropped_non_finite == 1
+    assert_same_gaussians(g.select(np.array([0, 2, 3])), back)
 
 
 def test_writer_refuses_or_drops_non_finite(tmp_path):
     g = gaussians_with_non_finite()
     path = tmp_path / "w.ply"
-    with pytest.raises(PlyFormatError, match=r"3 Gaussians have non-finite values in: x, scale_0"):
+    with pytest.raises(InvalidValuesError, match=r"3 of 6 splats have invalid values .* in: x, scale_0"):
         write_gaussian_ply(path, g)
     assert not path.exists()
     assert write_gaussian_ply(path, g, non_finite="drop") == 3

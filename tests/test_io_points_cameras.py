@@ -12,6 +12,7 @@ from plyfile import PlyData, PlyElement
 from engine.io import (
     CameraArrays,
     CamerasFormatError,
+    InvalidValuesError,
     PlyFormatError,
     PointArrays,
     read_cameras_json,
@@ -82,14 +83,19 @@ def test_point_ply_reads_float_and_ushort_colours_from_other_tools(tmp_path):
 def test_point_ply_errors(tmp_path):
     rows = np.zeros(2, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1")])
     PlyData([PlyElement.describe(rows, "vertex")]).write(str(tmp_path / "m.ply"))
-    with pytest.raises(PlyFormatError, match=r"lacks required properties: green, blue"):
+    with pytest.raises(PlyFormatError, match=r"has colour property 'red' but lacks green, blue"):
         read_point_ply(tmp_path / "m.ply")
     signed = np.zeros(
         1, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "i1"), ("green", "u1"), ("blue", "u1")]
     )
+    signed["red"] = -3
     PlyData([PlyElement.describe(signed, "vertex")]).write(str(tmp_path / "s.ply"))
-    with pytest.raises(PlyFormatError, match=r"colour property 'red' has an unsupported type"):
+    with pytest.raises(PlyFormatError, match=r"colour property values must not be negative \(found -3"):
         read_point_ply(tmp_path / "s.ply")
+    no_y = np.zeros(1, dtype=[("x", "<f4"), ("z", "<f4")])
+    PlyData([PlyElement.describe(no_y, "vertex")]).write(str(tmp_path / "y.ply"))
+    with pytest.raises(PlyFormatError, match=r"lacks required properties: y"):
+        read_point_ply(tmp_path / "y.ply")
 
 
 def test_point_ply_non_finite_reject_and_drop(tmp_path):
@@ -97,7 +103,7 @@ def test_point_ply_non_finite_reject_and_drop(tmp_path):
     p.points[0, 1] = np.nan
     p.confidence[3] = np.inf
     path = tmp_path / "nan.ply"
-    with pytest.raises(PlyFormatError, match=r"2 points have non-finite values in: y, confidence"):
+    with pytest.raises(InvalidValuesError, match=r"2 of 5 points have invalid values .* in: y, confidence"):
         write_point_ply(path, p)
     assert not path.exists()
     rows = np.empty(
@@ -109,7 +115,7 @@ def test_point_ply_non_finite_reject_and_drop(tmp_path):
     for channel, name in enumerate(("red", "green", "blue")):
         rows[name] = np.rint(p.colors[:, channel] * 255)
     PlyData([PlyElement.describe(rows, "vertex")]).write(str(path))
-    with pytest.raises(PlyFormatError, match=r"2 vertices have non-finite values in: y, confidence"):
+    with pytest.raises(InvalidValuesError, match=r"2 of 5 points have invalid values .* in: y, confidence"):
         read_point_ply(path)
     back = read_point_ply(path, non_finite="drop")
     assert back.dropped_non_finite == 2

@@ -84,6 +84,39 @@ def test_vggt_writes_points(workspace):
     assert json.loads((out / "cameras.json").read_text())
 
 
+def test_vggt_on_a_mixed_phone_folder_uses_pad_mode(workspace, tmp_path, caplog):
+    """Portrait and landscape RGBA photos plus a macOS ._ file: read, composited, padded, reconstructed."""
+    from PIL import Image
+
+    frames = tmp_path / "photos"
+    frames.mkdir()
+    rng = np.random.default_rng(1)
+    for name, shape in (("IMG_1.png", (40, 60, 4)), ("IMG_2.png", (60, 40, 4)), ("IMG_3.png", (45, 60, 4))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), "RGBA").save(frames / name)
+    (frames / "._IMG_1.png").write_bytes(b"\x00\x05\x16\x07 Mac OS X")
+    out = tmp_path / "out"
+    caplog.set_level("INFO")
+    code = main(
+        [
+            "reconstruct",
+            str(frames),
+            "--model",
+            str(workspace / "vggt"),
+            "--out",
+            str(out),
+            "--size",
+            "28",
+            "--points-from",
+            "depth",
+        ]
+    )
+    assert code == 0
+    assert "preprocessing vggt-pad" in caplog.text
+    cameras = load_cameras_json(out / "cameras.json")
+    assert len(cameras) == 3 and (cameras.width, cameras.height) == (28, 28)
+    assert len(load_point_ply(out / "points.ply")) == 3 * 28 * 28
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -121,5 +154,8 @@ def test_official_preprocessing_sizes():
     assert vggt.shape == (1, 3, round(300 * 518 / 500 / 14) * 14, 518)
     tall = preprocess_frames([np.full((900, 400, 3), 255, dtype=np.uint8)], "vggt")
     assert tall.shape == (1, 3, 518, 518) and float(tall.max()) == 1.0
+    # Different shapes after the crop are padded with white to the largest, as the official loader does.
+    mixed = preprocess_frames([np.zeros((300, 500, 3), np.uint8), np.zeros((500, 300, 3), np.uint8)], "vggt")
+    assert mixed.shape == (2, 3, 518, 518) and float(mixed[0, :, 0, 0].min()) == 1.0
     with pytest.raises(FramesError, match="different sizes"):
-        preprocess_frames([np.zeros((300, 500, 3), np.uint8), np.zeros((500, 300, 3), np.uint8)], "vggt")
+        preprocess_frames([np.zeros((28, 56, 3), np.uint8), np.zeros((56, 28, 3), np.uint8)], "none")

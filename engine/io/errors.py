@@ -21,7 +21,27 @@ class FormatError(ValueError):
 
 
 class PlyFormatError(FormatError):
-    """A PLY file is malformed, truncated, lacks a required property, or holds non-finite values."""
+    """A PLY file is malformed, truncated or lacks a required property."""
+
+
+class InvalidValuesError(FormatError):
+    """Some splats or points of a file (any format) hold values that cannot be shown.
+
+    NaN or infinite values, or log-scales so large that the linear scale overflows float32 (an
+    infinite radius). Raised only when the reader was asked to refuse such files; asked to skip them,
+    the reader leaves those rows out and reports how many.
+
+    Attributes:
+        count: how many rows are invalid.
+        total: how many rows the file has.
+        properties: the file's names of the properties that hold invalid values.
+    """
+
+    def __init__(self, message: str, path: Optional[PathLike] = None, *, count: int, total: int, properties):
+        self.count = count
+        self.total = total
+        self.properties = list(properties)
+        super().__init__(message, path)
 
 
 class CamerasFormatError(FormatError):

@@ -11,8 +11,11 @@ all higher-order coefficients of red, then of green, then of blue. Normals are u
 written as zeros unless given.
 
 Reading is lenient about layout (ASCII or big-endian bodies, other property orders, extra properties
-and elements, other numeric types) and strict about content: missing properties, an f_rest count that
-is no SH degree, and non-finite values are errors naming what is wrong.
+and elements, float or double values, bytes after the last element) and strict about content: missing
+properties, an f_rest count that is no SH degree, and Gaussian properties stored as integers (which no
+standard writer produces; the SuperSplat compressed PLY, whose integers are packed values, has its own
+reader in :mod:`engine.io.compressed_ply`) are errors naming what is wrong. Invalid values (see
+:func:`invalid_value_mask`) are refused or skipped, as the caller chooses.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ from typing import Optional
 import numpy as np
 
 from .errors import PathLike, PlyFormatError
-from .ply import check_non_finite, check_non_finite_policy, read_ply, write_ply
+from .ply import _WRITE_NAMES, check_non_finite, check_non_finite_policy, read_ply, write_ply
 
 MAX_SH_DEGREE = 3
+SH_C0 = 0.28209479177387814  # degree-0 SH basis: colour = 0.5 + SH_C0 * f_dc
+# Log-scales beyond +-MAX_LOG_SCALE are invalid: the squared linear scale (what renderers and the
+# Blender material compute) would overflow or underflow float32 (exp(80) ~ 5.5e34 squared is inf).
+MAX_LOG_SCALE = 40.0
 _F_REST_PATTERN = re.compile(r"f_rest_(\d+)")
 _REQUIRED = (
     "x",
@@ -97,8 +104,8 @@ class GaussianArrays:
         scale: (N, 3) natural logs of the standard deviations.
         rot: (N, 4) quaternions (w, x, y, z), not necessarily unit length.
         normals: (N, 3) or None (written as zeros when None).
-        dropped_non_finite: how many rows the reader dropped for holding NaN/inf (only with
-            ``non_finite="drop"``; 0 otherwise). Not written to files.
+        dropped_non_finite: how many rows the reader dropped for holding invalid values (NaN, inf or a
+            log-scale beyond +-MAX_LOG_SCALE; only with ``non_finite="drop"``; 0 otherwise). Not written.
 
     Inputs are converted to float32 (the file's type) at construction. The reader returns views of
     one (N, P) block holding the file's values (no per-field copies of a large file), so fields may be
@@ -174,6 +181,36 @@ class GaussianArrays:
         return block
 
 
+def invalid_value_mask(names: Sequence[str], block: np.ndarray) -> np.ndarray:
+    """(N, P) mask of finite values that are invalid all the same: log-scales beyond +-MAX_LOG_SCALE.
+
+    ``names`` are the standard property names of ``block``'s columns (``scale_0..2`` are checked).
+    """
+    mask = np.zeros(block.shape, dtype=bool)
+    for column, name in enumerate(names):
+        if name in ("scale_0", "scale_1", "scale_2"):
+            with np.errstate(invalid="ignore"):
+                mask[:, column] = np.abs(block[:, column]) > MAX_LOG_SCALE
+    return mask
+
+
+def validate_gaussians(gaussians: GaussianArrays, non_finite: str, path: Optional[PathLike]) -> GaussianArrays:
+    """Applies the invalid-value policy to decoded Gaussians (any file format) before they are used.
+
+    Invalid: any NaN or infinite value, or a log-scale beyond +-MAX_LOG_SCALE (an infinite or zero
+    radius once exponentiated). "error" raises :class:`engine.io.errors.InvalidValuesError` naming how
+    many splats and which properties; "drop" returns the valid ones with ``dropped_non_finite`` set.
+    """
+    names = gaussian_property_names(gaussians.sh_degree)
+    block = gaussians.property_columns()
+    keep = check_non_finite(names, block, non_finite, "splats", path, out_of_range=invalid_value_mask(names, block))
+    if keep is None:
+        return gaussians
+    kept = gaussians.select(keep)
+    kept.dropped_non_finite = int((~keep).sum())
+    return kept
+
+
 def write_gaussian_ply(
     path: PathLike, gaussians: GaussianArrays, *, non_finite: str = "error", comments: Sequence[str] = ()
 ) -> int:
@@ -182,8 +219,8 @@ def write_gaussian_ply(
     Args:
         path: destination; an existing file is replaced only once the new one is complete.
         gaussians: what to write; its SH degree decides the number of ``f_rest`` properties.
-        non_finite: "error" (default) refuses Gaussians with NaN/inf values, naming how many and in
-            which properties; "drop" leaves them out.
+        non_finite: "error" (default) refuses Gaussians with invalid values (NaN, inf, log-scales
+            beyond +-MAX_LOG_SCALE), naming how many and in which properties; "drop" leaves them out.
         comments: extra ``comment`` header lines.
 
     Returns:
@@ -191,7 +228,7 @@ def write_gaussian_ply(
     """
     names = gaussian_property_names(gaussians.sh_degree)
     block = gaussians.property_columns()
-    keep = check_non_finite(names, block, non_finite, "Gaussians", path)
+    keep = check_non_finite(names, block, non_finite, "splats", path, out_of_range=invalid_value_mask(names, block))
     if keep is not None:
         block = block[keep]
     rows = np.ascontiguousarray(block).view(np.dtype([(name, "<f4") for name in names])).reshape(len(block))
@@ -223,18 +260,31 @@ def _standard_block(vertex: np.ndarray, names: list[str]) -> np.ndarray:
 def read_gaussian_ply(path: PathLike, *, non_finite: str = "error") -> GaussianArrays:
     """Reads Gaussians from a 3DGS PLY written by this module or by any other tool.
 
+    A SuperSplat / PlayCanvas compressed PLY is recognised and decoded by
+    :func:`engine.io.compressed_ply.read_compressed_ply`.
+
     Args:
         path: the file.
-        non_finite: "error" (default) raises :class:`PlyFormatError` if any Gaussian has a NaN/inf in a
-            property that is read, naming how many and which properties; "drop" leaves those Gaussians
-            out and reports the count in ``GaussianArrays.dropped_non_finite``.
+        non_finite: "error" (default) raises :class:`engine.io.errors.InvalidValuesError` if any
+            Gaussian has an invalid value (NaN, inf, a log-scale beyond +-MAX_LOG_SCALE) in a property
+            that is read, naming how many and which properties; "drop" leaves those Gaussians out and
+            reports the count in ``GaussianArrays.dropped_non_finite``.
 
     Returns:
         The Gaussians, float32, with SH degree inferred from the number of ``f_rest_*`` properties.
-        Normals are returned when the file has nx, ny and nz. Other properties are ignored.
+        Normals are returned when the file has nx, ny and nz as floats. Other properties are ignored.
+
+    Raises:
+        PlyFormatError: not a 3DGS PLY (missing properties, no vertex element, ...), or a Gaussian
+            property stored as an integer type (named in the message).
     """
     check_non_finite_policy(non_finite)
     header, elements = read_ply(path, elements=("vertex",))
+    if elements.get("vertex") is not None and "packed_position" in elements["vertex"].dtype.names:
+        from .compressed_ply import is_compressed_ply, read_compressed_ply  # imports this module
+
+        if is_compressed_ply(header):
+            return read_compressed_ply(path, non_finite=non_finite)
     if "vertex" not in elements:
         found = ", ".join(repr(e.name) for e in header.elements) or "none"
         raise PlyFormatError(f"no 'vertex' element (elements in the file: {found})", path)
@@ -256,15 +306,25 @@ def read_gaussian_ply(path: PathLike, *, non_finite: str = "error") -> GaussianA
     gaps = [name for name in expected_rest if name not in rest_names]
     if gaps:
         raise PlyFormatError(f"f_rest properties are not numbered 0..{len(rest_names) - 1}: {gaps[0]} is missing", path)
-    normal_names = [name for name in ("nx", "ny", "nz") if name in present]
-    if normal_names and len(normal_names) != 3:
-        raise PlyFormatError(f"the vertex element has {', '.join(normal_names)} but not all of nx, ny, nz", path)
+    # Normals are not used by 3DGS: read only when all three are there as floats, otherwise ignored.
+    normal_names = [name for name in ("nx", "ny", "nz") if name in present and vertex.dtype[name].kind == "f"]
+    if len(normal_names) != 3:
+        normal_names = []
 
     names = gaussian_property_names(degree)
     if not normal_names:
         names = [name for name in names if name not in ("nx", "ny", "nz")]
+    integers = [name for name in names if vertex.dtype[name].kind != "f"]
+    if integers:
+        kinds = ", ".join(f"{name} ({_WRITE_NAMES[vertex.dtype[name].str[1:]]})" for name in integers[:6])
+        more = f" and {len(integers) - 6} more" if len(integers) > 6 else ""
+        raise PlyFormatError(
+            f"splat properties stored as integers cannot be read as numbers: {kinds}{more}. The standard 3DGS "
+            "PLY stores them as float or double; re-export the file as a standard or SuperSplat compressed PLY",
+            path,
+        )
     block = _standard_block(vertex, names)
-    keep = check_non_finite(names, block, non_finite, "vertices", path)
+    keep = check_non_finite(names, block, non_finite, "splats", path, out_of_range=invalid_value_mask(names, block))
     dropped = 0
     if keep is not None:
         block = block[keep]

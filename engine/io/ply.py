@@ -11,8 +11,12 @@ ASCII list elements are walked row by row.
 Writing produces binary little-endian files from structured arrays of scalar fields.
 
 Every problem raises :class:`PlyFormatError` with the file path and what is wrong: not a PLY, a bad
-header line, an unsupported format, truncated data (bytes expected and found), or data left over after
-the last element (the header's counts are too small).
+header line, an unsupported format, or truncated data (bytes expected and found).
+
+Variants that common readers (plyfile, Blender's PLY importer, the splat viewers) accept are accepted
+too: bytes or values after the last element (padding some writers leave; counted in
+``PlyHeader.trailing_bytes`` and otherwise ignored), a version written ``1`` or ``1.00``, blank lines,
+tabs, CR LF line ends and trailing blanks on the magic line.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import BinaryIO, Optional
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import PathLike, PlyFormatError
+from .errors import InvalidValuesError, PathLike, PlyFormatError
 
 # PLY type names (both the classic and the sized spellings) -> numpy type codes without byte order.
 PLY_TYPES = {
@@ -110,6 +114,8 @@ class PlyHeader:
         comments: text of the ``comment`` lines, in order.
         obj_info: text of the ``obj_info`` lines, in order.
         data_offset: byte offset of the body (just after the ``end_header`` line).
+        trailing_bytes: set by :func:`read_ply`: bytes (binary) or values (ASCII) after the last
+            element, which are ignored.
     """
 
     format: str
@@ -117,6 +123,7 @@ class PlyHeader:
     comments: list[str]
     obj_info: list[str]
     data_offset: int
+    trailing_bytes: int = 0
 
 
 def _parse_type(word: str, line_number: int, path) -> str:
@@ -125,10 +132,17 @@ def _parse_type(word: str, line_number: int, path) -> str:
     return PLY_TYPES[word]
 
 
+def _is_version_one(word: str) -> bool:
+    try:
+        return float(word) == 1.0
+    except ValueError:
+        return False
+
+
 def read_header(file: BinaryIO, path: Optional[PathLike] = None) -> PlyHeader:
     """Parses the header of an open binary file positioned at its start; leaves it at the body."""
     magic = file.readline(16)
-    if magic.rstrip(b"\r\n") != b"ply":
+    if magic.strip() != b"ply":
         raise PlyFormatError(f"not a PLY file (it starts with {magic[:16]!r}, expected b'ply')", path)
     format_name: Optional[str] = None
     elements: list[PlyElementHeader] = []
@@ -159,7 +173,7 @@ def read_header(file: BinaryIO, path: Optional[PathLike] = None) -> PlyHeader:
                 raise PlyFormatError(f"header line {line_number}: malformed format line {line!r}", path)
             if words[1] not in FORMATS:
                 raise PlyFormatError(f"unsupported format {words[1]!r} (supported: {', '.join(FORMATS)})", path)
-            if words[2] != "1.0":
+            if not _is_version_one(words[2]):
                 raise PlyFormatError(f"unsupported PLY version {words[2]!r} (supported: 1.0)", path)
             format_name = words[1]
         elif keyword == "element":
@@ -245,13 +259,7 @@ def _read_binary_body(body: np.ndarray, header: PlyHeader, wanted, byte_order: s
             arrays[element.name] = (
                 scalars if scalars.dtype.isnative else scalars.astype(scalars.dtype.newbyteorder("="))
             )
-    if offset != len(body):
-        last = header.elements[-1].name if header.elements else "header"
-        raise PlyFormatError(
-            f"{len(body) - offset} bytes of data follow the last element ({last!r}): the header's counts "
-            f"({', '.join(f'{e.count} {e.name}' for e in header.elements)}) do not match the data, which has more",
-            path,
-        )
+    header.trailing_bytes = len(body) - offset
     return arrays
 
 
@@ -386,12 +394,7 @@ def _read_ascii_body(body: np.ndarray, header: PlyHeader, wanted, path) -> dict[
             for column, prop in enumerate(p for p in element.properties if not p.is_list):
                 scalars[prop.name] = _parse_ascii_column(element_tokens[:, column], prop, element, path)
             arrays[element.name] = scalars
-    if position != len(tokens):
-        raise PlyFormatError(
-            f"{len(tokens) - position} values follow the last element: the header's counts "
-            f"({', '.join(f'{e.count} {e.name}' for e in header.elements)}) do not match the data, which has more",
-            path,
-        )
+    header.trailing_bytes = len(tokens) - position
     return arrays
 
 
@@ -489,30 +492,44 @@ def check_non_finite_policy(policy: str) -> None:
 
 
 def check_non_finite(
-    names: Sequence[str], block: np.ndarray, policy: str, row_noun: str, path: Optional[PathLike]
+    names: Sequence[str],
+    block: np.ndarray,
+    policy: str,
+    row_noun: str,
+    path: Optional[PathLike],
+    *,
+    out_of_range: Optional[np.ndarray] = None,
 ) -> Optional[np.ndarray]:
-    """Applies a non-finite policy to property values read from (or about to be written to) a PLY.
+    """Applies an invalid-value policy to property values read from (or about to be written to) a file.
 
     Args:
         names: the P property names of the columns of ``block`` (file names, so messages name them).
         block: (N, P) float values, one column per property.
-        policy: "error" raises :class:`PlyFormatError` naming how many rows and which properties hold
-            NaN/inf; "drop" returns the mask of rows to keep.
-        row_noun: what a row is, for the message ("vertices", "Gaussians").
+        policy: "error" raises :class:`InvalidValuesError` naming how many rows and which properties
+            are invalid; "drop" returns the mask of rows to keep.
+        row_noun: what a row is, plural, for the message ("splats", "points").
+        out_of_range: optional (N, P) boolean mask of finite values that are invalid all the same
+            (e.g. log-scales whose exponential overflows).
 
     Returns:
-        None when every value is finite, else (policy "drop") the boolean mask (N,) of rows to keep.
+        None when every value is valid, else (policy "drop") the boolean mask (N,) of rows to keep.
     """
     check_non_finite_policy(policy)
     bad = ~np.isfinite(block)
+    if out_of_range is not None:
+        bad |= out_of_range
     if not bad.any():
         return None
     bad_rows = bad.any(axis=1)
     if policy == "error":
         bad_names = [names[column] for column in np.flatnonzero(bad.any(axis=0))]
-        raise PlyFormatError(
-            f"{int(bad_rows.sum())} {row_noun} have non-finite values in: {', '.join(bad_names)} "
-            f"(pass non_finite='drop' to skip them)",
+        count = int(bad_rows.sum())
+        raise InvalidValuesError(
+            f"{count} of {len(block)} {row_noun} have invalid values (NaN, infinite or out of range) "
+            f"in: {', '.join(bad_names)}",
             path,
+            count=count,
+            total=len(block),
+            properties=bad_names,
         )
     return ~bad_rows

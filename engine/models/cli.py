@@ -22,7 +22,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("frames", type=Path, help="folder of ordered images (png/jpg) or a video file")
+    parser.add_argument(
+        "frames",
+        type=Path,
+        help="folder of ordered images (png/jpg/webp/bmp/tif; hidden and system files are skipped) or a video file",
+    )
     parser.add_argument("--model", required=True, help="checkpoint file, checkpoint folder or hub id")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
@@ -30,9 +34,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--preprocess",
-        choices=("auto", "anysplat", "vggt", "none"),
+        choices=("auto", "anysplat", "vggt", "vggt-pad", "none"),
         default="auto",
-        help="frame preprocessing (auto: the official one of the model; none: use frames as they are)",
+        help=(
+            "frame preprocessing (auto: the official one of the model; for VGGT its pad mode when the frames "
+            "differ in aspect ratio; none: use frames as they are)"
+        ),
     )
     parser.add_argument("--size", type=int, help="preprocessing target size (default 448 AnySplat, 518 VGGT)")
     parser.add_argument("--stride", type=int, default=1, help="use every N-th frame")
@@ -63,17 +70,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from engine.io.scene_io import save_cameras_json, save_gaussian_ply, save_point_ply
-    from engine.models.frames import FramesError, preprocess_frames, read_frames
+    from engine.models.frames import FramesError, official_mode, preprocess_frames, read_frames
     from engine.models.loading import CheckpointError, load_model
     from engine.models.outputs import PredictionError
     from engine.models.reconstruction import InputError
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
+        # Frames first: a bad photo folder is reported before a large model is loaded.
+        frames = read_frames(args.frames, stride=args.stride, max_frames=args.max_views)
         model, _ = load_model(args.model, model_type=args.model_type, device=device)
         model_type = model.config.model_type
-        mode = model_type if args.preprocess == "auto" else args.preprocess
-        frames = read_frames(args.frames, stride=args.stride, max_frames=args.max_views)
+        mode = official_mode(model_type, frames) if args.preprocess == "auto" else args.preprocess
         images = preprocess_frames(frames, mode, args.size).to(device)
         log.info("%d views of %dx%d (HxW), preprocessing %s", images.shape[0], *images.shape[-2:], mode)
         prediction = model.predict(images)
