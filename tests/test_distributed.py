@@ -1,0 +1,88 @@
+"""Data-parallel training commands under torchrun: 2 CPU processes (gloo) against 1 process.
+
+Each test runs the real command line through ``torch.distributed.run`` (the module behind ``torchrun``) on
+tiny models, then compares with the same command run as a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_stitching_vae import tiny_wan
+
+from engine.distributed import DistributedContext, sample_generator
+from engine.models.anysplat import AnySplat
+from engine.models.config import tiny_anysplat_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SPEC = "conv3d_k5x3x3_o32_s1x2x2_p2x1x1"
+
+
+def run_engine(args: list[str], nproc: int, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m engine ARGS`` as one process, or under torchrun with ``nproc`` CPU processes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    if nproc == 1:
+        command = [sys.executable, "-m", "engine", *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        command += ["-m", "engine", *args]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tiny_wan().save_pretrained(root / "vae")
+    torch.manual_seed(0)
+    AnySplat(tiny_anysplat_config()).eval().save_pretrained(root / "anysplat")
+    return root / "vae", root / "anysplat"
+
+
+def test_context_splits_batches_and_shards():
+    contexts = [DistributedContext(rank=r, world_size=3) for r in range(3)]
+    assert [list(c.local_indices(6)) for c in contexts] == [[0, 1], [2, 3], [4, 5]]
+    assert [c.shard(list(range(7))) for c in contexts] == [[0, 3, 6], [1, 4], [2, 5]]
+    with pytest.raises(ValueError, match="batch size 4 cannot be split evenly over 3 processes"):
+        contexts[0].per_rank(4)
+    single = DistributedContext()
+    assert single.is_main and not single.is_distributed and single.mean({"a": 2.0}) == {"a": 2.0}
+    first, again, other = sample_generator(0, 5, 1), sample_generator(0, 5, 1), sample_generator(0, 5, 2)
+    draw = torch.rand(4, generator=first)
+    assert torch.equal(draw, torch.rand(4, generator=again)) and not torch.equal(draw, torch.rand(4, generator=other))
+
+
+@pytest.mark.slow
+def test_layer_search_on_two_processes_equals_one(tiny_models, tmp_path):
+    vae_dir, model_dir = tiny_models
+    # 5 clips over 2 processes: an uneven split (3 + 2), so the moments of rank 1 start from another shift
+    common = ["stitch", "search", "--vae", str(vae_dir), "--model", str(model_dir), "--synthetic", "5"]
+    common += ["--frames", "5", "--size", "16", "--spec", TINY_SPEC, "--device", "cpu"]
+    reports = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"search_{nproc}"
+        run_engine([*common, "--out", str(out)], nproc, tmp_path)
+        reports[nproc] = (
+            json.loads((out / "layer_search.json").read_text()),
+            load_file(out / "stitching_layer.safetensors"),
+        )
+    (single, single_weights), (double, double_weights) = reports[1], reports[2]
+    assert double["settings"]["processes"] == 2 and single["settings"]["processes"] == 1
+    assert double["settings"]["num_clips"] == single["settings"]["num_clips"] == 5
+    assert double["settings"]["num_rows"] == single["settings"]["num_rows"]
+    assert double["best_layer"] == single["best_layer"]
+    for one, two in zip(single["layers"], double["layers"]):
+        assert two["mse"] == pytest.approx(one["mse"], rel=1e-8)
+    for name, tensor in single_weights.items():
+        # the report's weights are float32; the float64 fits agree to 1e-8, float32 rounding dominates
+        torch.testing.assert_close(double_weights[name], tensor, rtol=1e-6, atol=1e-6 * tensor.abs().max().item())
