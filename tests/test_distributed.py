@@ -86,3 +86,46 @@ def test_layer_search_on_two_processes_equals_one(tiny_models, tmp_path):
     for name, tensor in single_weights.items():
         # the report's weights are float32; the float64 fits agree to 1e-8, float32 rounding dominates
         torch.testing.assert_close(double_weights[name], tensor, rtol=1e-6, atol=1e-6 * tensor.abs().max().item())
+
+
+def _log(run: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (run / name).read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_stitch_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
+    from engine.models.loading import save_model
+    from engine.stitching.train_tiny import TINY_SPEC as TRAIN_SPEC
+    from engine.stitching.train_tiny import tiny_wan_vae
+    from engine.tiny import build_visible_anysplat
+
+    model_dir, vae_dir = save_model(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
+    tiny_wan_vae().save_pretrained(str(vae_dir))
+    train = ["stitch", "train", "--base-model", str(model_dir), "--vae", str(vae_dir), "--synthetic", "1"]
+    train += ["--cut-stage", "patch_embed.blocks.0", "--spec", TRAIN_SPEC, "--views", "5", "5", "--vae-size", "32"]
+    train += ["--model-size", "56", "--lora-rank", "4", "--lora-alpha", "2", "--lr", "2e-3", "--warmup", "0"]
+    train += ["--batch-size", "2", "--save-every", "3", "--seed", "3", "--device", "cpu"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    run_engine([*train, "--out", str(single), "--steps", "3"], 1, tmp_path)
+    run_engine([*train, "--out", str(double), "--steps", "3"], 2, tmp_path)
+
+    one, two = _log(single, "loss_log.jsonl"), _log(double, "loss_log.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3]  # written once, by rank 0
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["grad_norm"] == pytest.approx(
+            a["grad_norm"], rel=1e-3
+        )
+    weights_one = load_file(single / "checkpoints" / "step_00000003" / "trainable.safetensors")
+    weights_two = load_file(double / "checkpoints" / "step_00000003" / "trainable.safetensors")
+    assert weights_one.keys() == weights_two.keys()
+    for name, tensor in weights_one.items():
+        torch.testing.assert_close(weights_two[name], tensor, rtol=1e-3, atol=1e-4 * (1 + tensor.abs().max().item()))
+    assert (double / "export").is_dir()
+
+    # the 2-process checkpoint continues on 1 process exactly as the 1-process run does
+    for run in (single, double):
+        run_engine([*train, "--out", str(run), "--steps", "5", "--resume"], 1, tmp_path)
+    one, two = _log(single, "loss_log.jsonl"), _log(double, "loss_log.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3, 4, 5]
+    for a, b in zip(one[3:], two[3:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
