@@ -101,6 +101,14 @@ class DistributedContext:
         dist.broadcast_object_list(box, src=0, device=self._collective_device())
         return box[0]
 
+    def gather(self, value: Any) -> list:
+        """Every process's ``value`` (picklable, built by the caller), in rank order, on every process."""
+        if not self.is_distributed:
+            return [value]
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def barrier(self) -> None:
         if self.is_distributed:
             dist.barrier()

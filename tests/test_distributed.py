@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_alignment_cli
 import torch
 from safetensors.torch import load_file
 from test_stitching_vae import tiny_wan
@@ -23,6 +24,7 @@ from engine.models.config import tiny_anysplat_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = "conv3d_k5x3x3_o32_s1x2x2_p2x1x1"
+reward_models = test_alignment_cli.reward_models  # the tiny reward models, as a fixture here too
 
 
 def run_engine(args: list[str], nproc: int, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -129,3 +131,37 @@ def test_stitch_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
     assert [r["step"] for r in two] == [1, 2, 3, 4, 5]
     for a, b in zip(one[3:], two[3:]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_align_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path, reward_models):
+    from engine.tiny import build_tiny_bundle
+
+    bundle = build_tiny_bundle(tmp_path / "bundle", visible=True)
+    train = ["align", "train", "--model", str(bundle), "--batch-size", "2", *test_alignment_cli.SMALL, "--seed", "5"]
+    train += ["--dfn-clip", str(reward_models["dfn"]), "--hps", str(reward_models["hps"])]
+    train += ["--clip-tokenizer", str(reward_models["tokenizer"]), "--lpips-backbone", str(reward_models["backbone"])]
+    train += ["--lpips-lin", str(reward_models["lin"]), "--gradient-checkpointing"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    run_engine([*train, "--out", str(single), "--steps", "2"], 1, tmp_path)
+    run_engine([*train, "--out", str(double), "--steps", "2"], 2, tmp_path)
+
+    one, two = _log(single, "reward_log.jsonl"), _log(double, "reward_log.jsonl")
+    assert [r["step"] for r in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert b["rollouts"] == a["rollouts"] and len(a["rollouts"]) == 2  # the same samples, in order
+        for key in ("loss", "fm_loss", "reward"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    lora_one = load_file(single / "checkpoints" / "step_00000002" / "lora.safetensors")
+    lora_two = load_file(double / "checkpoints" / "step_00000002" / "lora.safetensors")
+    for name, tensor in lora_one.items():
+        torch.testing.assert_close(lora_two[name], tensor, rtol=1e-3, atol=1e-5)
+    assert (double / "adapter_ema" / "adapter_model.safetensors").is_file()
+
+    for run in (single, double):
+        run_engine([*train, "--out", str(run), "--steps", "3", "--resume"], 1, tmp_path)
+    one, two = _log(single, "reward_log.jsonl"), _log(double, "reward_log.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3]
+    assert two[2]["rollouts"] == one[2]["rollouts"]
+    assert two[2]["loss"] == pytest.approx(one[2]["loss"], rel=1e-3, abs=1e-6)

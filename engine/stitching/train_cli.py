@@ -136,6 +136,10 @@ def _train(args: argparse.Namespace, context) -> int:
         log_every=args.log_every,
         save_every=args.save_every,
     )
+    try:
+        context.per_rank(args.batch_size)
+    except ValueError as error:
+        raise SystemExit(f"invalid setting: {error}") from None
     device = context.device(args.device)
     teacher, _ = load_model(args.base_model, device=device)
     vae = load_video_vae(args.vae, device=device)
