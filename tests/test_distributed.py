@@ -27,16 +27,22 @@ TINY_SPEC = "conv3d_k5x3x3_o32_s1x2x2_p2x1x1"
 reward_models = test_alignment_cli.reward_models  # the tiny reward models, as a fixture here too
 
 
-def run_engine(args: list[str], nproc: int, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m engine ARGS`` as one process, or under torchrun with ``nproc`` CPU processes."""
+def run_engine(
+    args: list[str], nproc: int, cwd: Path, launcher: str = "torchrun", timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python -m engine ARGS`` as one process, or under ``launcher`` (torchrun or accelerate launch) with
+    ``nproc`` CPU processes."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     if nproc == 1:
         command = [sys.executable, "-m", "engine", *args]
-    else:
+    elif launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
         command += ["-m", "engine", *args]
+    else:  # accelerate's multi-process mode; without CUDA its processes join with gloo on the CPU
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={nproc}"]
+        command += ["--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "engine", *args]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
     return result
@@ -65,7 +71,8 @@ def test_context_splits_batches_and_shards():
 
 
 @pytest.mark.slow
-def test_layer_search_on_two_processes_equals_one(tiny_models, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_layer_search_on_two_processes_equals_one(tiny_models, tmp_path, launcher):
     vae_dir, model_dir = tiny_models
     # 5 clips over 2 processes: an uneven split (3 + 2), so the moments of rank 1 start from another shift
     common = ["stitch", "search", "--vae", str(vae_dir), "--model", str(model_dir), "--synthetic", "5"]
@@ -73,7 +80,7 @@ def test_layer_search_on_two_processes_equals_one(tiny_models, tmp_path):
     reports = {}
     for nproc in (1, 2):
         out = tmp_path / f"search_{nproc}"
-        run_engine([*common, "--out", str(out)], nproc, tmp_path)
+        run_engine([*common, "--out", str(out)], nproc, tmp_path, launcher)
         reports[nproc] = (
             json.loads((out / "layer_search.json").read_text()),
             load_file(out / "stitching_layer.safetensors"),
