@@ -34,10 +34,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     trainer = tiny_trainer(steps=args.steps, views=tuple(args.views), warmup_steps=5, lr=args.lr)
-    held_out_generator = torch.Generator().manual_seed(12345)  # not the trainer's stream: a clip it never sees
-    trainer.generator, run_generator = held_out_generator, trainer.generator
-    held_out = trainer.targets(trainer.sample_batch())
-    trainer.generator = run_generator
+    held_out = trainer.targets(trainer.sample_batch(step=-1))  # the run starts at step 0: clips it never sees
 
     def measure() -> tuple[float, float]:
         l1, _ = trainer.evaluate(held_out)

@@ -46,18 +46,19 @@ def truncate_log(path: Optional[Path], step: int) -> int:
     return len(lines) - len(kept)
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    """The global torch (and CUDA) RNG states and ``generator``'s, for a checkpoint."""
+def rng_state(generator: Optional[torch.Generator] = None) -> dict:
+    """The global torch (and CUDA) RNG states, and ``generator``'s if given, for a checkpoint."""
     return {
         "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
+        "generator": None if generator is None else generator.get_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
-def restore_rng(state: dict, generator: torch.Generator) -> None:
-    """Restores what :func:`rng_state` saved."""
+def restore_rng(state: dict, generator: Optional[torch.Generator] = None) -> None:
+    """Restores what :func:`rng_state` saved (``generator``'s state only if it was saved)."""
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

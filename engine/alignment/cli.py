@@ -31,6 +31,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder (adapters, bundle manifest, logs)")
     p.add_argument("--preset", choices=("paper", "released"), default="paper", help="reward preset")
     p.add_argument("--steps", type=int, default=1000)
+    p.add_argument(
+        "--batch-size", type=int, default=1, help="samples (clip + rollout) per step, over all data-parallel processes"
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--frames", type=int, default=13, help="video frames (4k+1)")
     p.add_argument("--height", type=int, default=512)
@@ -83,6 +86,16 @@ def _read_prompts(path: Path | None) -> list[str] | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from engine.distributed import close_distributed, init_distributed
+
+    context = init_distributed()
+    try:
+        return _train(args, context)
+    finally:
+        close_distributed()
+
+
+def _train(args: argparse.Namespace, context) -> int:
     from engine.alignment.rewards import RewardModelSources, build_reward
     from engine.alignment.scorers import RewardWeightsMissing
     from engine.alignment.train import AlignConfig, AlignmentTrainer
@@ -95,6 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
         config = AlignConfig(
             preset=args.preset,
             steps=args.steps,
+            batch_size=args.batch_size,
             lr=args.lr,
             ema_decay=args.ema_decay,
             num_frames=args.frames,
@@ -125,7 +139,8 @@ def run_train(args: argparse.Namespace) -> int:
                 f"bundle {bundle.name!r} already applies a LoRA ({bundle.lora}); reward finetuning trains a new "
                 "LoRA on the plain Wan model: give a bundle without 'lora'"
             )
-        pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=RuntimeOptions(device=args.device, dtype=args.dtype))
+        device = str(context.device(None if args.device == "auto" else args.device))
+        pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=RuntimeOptions(device=device, dtype=args.dtype))
     except (ModelNotFoundError, ModelLoadError) as error:
         raise SystemExit(f"cannot load the model: {error}") from None
     sources = RewardModelSources(
@@ -141,8 +156,19 @@ def run_train(args: argparse.Namespace) -> int:
         reward = build_reward(args.preset, sources, device=pipeline.device)
     except RewardWeightsMissing as error:
         raise SystemExit(f"reward model missing: {error}") from None
+    try:
+        context.per_rank(config.batch_size)
+    except ValueError as error:
+        raise SystemExit(f"invalid setting: {error}") from None
     trainer = AlignmentTrainer(
-        config, pipeline, reward, prompts=prompts, heldout_prompts=heldout, base_bundle=bundle, out_dir=args.out
+        config,
+        pipeline,
+        reward,
+        prompts=prompts,
+        heldout_prompts=heldout,
+        base_bundle=bundle,
+        out_dir=args.out,
+        context=context,
     )
     if args.resume:
         latest = trainer.latest_checkpoint()
@@ -151,7 +177,9 @@ def run_train(args: argparse.Namespace) -> int:
         trainer.load_checkpoint(latest)
         dropped = trainer.truncate_log()
         log.info("resumed from %s at step %d (%d later log records dropped)", latest, trainer.step, dropped)
-    trainer.train(progress=not args.no_progress)
+    trainer.train(progress=not args.no_progress and context.is_main)
+    if not context.is_main:
+        return 0
     trainer.export()
     log.info("EMA adapter written to %s; finetuned bundle: %s", args.out / "adapter_ema", args.out / "vist3a.json")
     return 0

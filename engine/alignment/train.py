@@ -11,8 +11,13 @@ the text encoder, the VAE and the stitched 3D decoder are frozen. Each step:
    (Gaussians + cameras); the Gaussians are rendered at the predicted cameras of the views the reward
    asks for (``engine.render.rasterize``, differentiable); the reward module scores both
    (``engine.alignment.rewards``).
-3. loss = fm_weight · L_fm − reward_weight · r; AdamW (lr 1e-4), gradient-norm clipping; EMA update
-   of the LoRA factors.
+3. loss = fm_weight · L_fm − reward_weight · r, averaged over the step's ``batch_size`` samples (each a
+   clip, a prompt and a rollout); AdamW (lr 1e-4), gradient-norm clipping; EMA update of the LoRA factors.
+
+Data-parallel (``engine.distributed``, under torchrun or accelerate launch): ``batch_size`` is the global
+batch; every process takes its share of a step's samples, each drawn from its own seeded generator (clip,
+noise, sigma, prompt, rollout plan, views), so N processes compute what one process computes with the same
+``batch_size``. The LoRA model runs in DistributedDataParallel; rank 0 logs, evaluates and writes.
 
 Outputs in ``out_dir``: ``align_config.json``, ``reward_log.jsonl`` (one record per step: losses,
 reward terms, the rollout's steps / gradient steps / CFG, timings), ``eval_log.jsonl`` (held-out
@@ -28,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +47,7 @@ from torch import Tensor
 from engine.alignment.lora import LoraEMA, add_video_lora, lora_parameters, save_adapter
 from engine.alignment.rewards import RewardOutput, SceneReward
 from engine.alignment.rollout import RolloutConfig, RolloutPlan, rollout, sample_plan
+from engine.distributed import DistributedContext, sample_generator
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.pipeline import Vist3aPipeline, flow_scheduler
 from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE, ModelBundle
@@ -65,6 +72,7 @@ class AlignConfig:
 
     preset: str = "paper"
     steps: int = 1000
+    batch_size: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -101,7 +109,17 @@ class AlignConfig:
         self.steps_range = tuple(self.steps_range)
         self.cfg_range = tuple(self.cfg_range)
         self.background = tuple(self.background)
-        for name in ("steps", "lora_rank", "num_frames", "height", "width", "num_clips", "save_every", "eval_steps"):
+        for name in (
+            "steps",
+            "batch_size",
+            "lora_rank",
+            "num_frames",
+            "height",
+            "width",
+            "num_clips",
+            "save_every",
+            "eval_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.grad_clip <= 0 or self.fm_weight < 0 or self.reward_weight < 0:
@@ -166,6 +184,7 @@ class AlignmentTrainer:
         base_bundle: the bundle the pipeline was loaded from; with ``out_dir`` a bundle manifest for
             the finetuned model is written next to the adapters.
         out_dir: run folder; None keeps everything in memory.
+        context: this process's place in a data-parallel run (default: a single process).
     """
 
     def __init__(
@@ -177,6 +196,7 @@ class AlignmentTrainer:
         heldout_prompts: Optional[Sequence[str]] = None,
         base_bundle: Optional[ModelBundle] = None,
         out_dir: Optional[Union[str, Path]] = None,
+        context: Optional[DistributedContext] = None,
     ):
         from engine.decoders import StitchedSceneDecoder
 
@@ -190,6 +210,8 @@ class AlignmentTrainer:
         if pipeline.runtime.cpu_offload:
             raise ValueError("reward finetuning keeps every model on the device: turn cpu_offload off")
         self.config = config
+        self.context = context or DistributedContext()
+        self.local_samples = self.context.local_indices(config.batch_size)
         self.pipe = pipeline
         self.device = pipeline.device
         self.reward = reward.to(self.device)
@@ -201,7 +223,6 @@ class AlignmentTrainer:
             )
         self.base_bundle = base_bundle
         torch.manual_seed(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
 
         self.model = add_video_lora(pipeline.transformer, config.lora_rank, config.lora_alpha)
         self.model.train()
@@ -210,6 +231,7 @@ class AlignmentTrainer:
             self.model.base_model.model.enable_gradient_checkpointing()
             pipeline.decoder.decoder.set_gradient_checkpointing(True)
         self.trainable = lora_parameters(self.model)
+        self.ddp_model = self.context.wrap(self.model)  # every training forward goes through it
         self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
         self.ema = LoraEMA(self.trainable, decay=config.ema_decay)
         self.rollout_config = config.rollout_config()
@@ -219,10 +241,15 @@ class AlignmentTrainer:
         self.prompts = list(prompts) if prompts else None
         self.heldout_prompts = list(heldout_prompts) if heldout_prompts else None
         self.step = 0
-        if self.out_dir is not None:
+        if self.writes_files:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.out_dir / CONFIG_FILE, "w") as f:
                 f.write(json.dumps({"config": asdict(config), "reward": reward.name}, indent=1))
+
+    @property
+    def writes_files(self) -> bool:
+        """True on the process that writes the run folder (rank 0 of a data-parallel run)."""
+        return self.out_dir is not None and self.context.is_main
 
     # ------------------------------------------------------------------------------------------ pieces
     def wrap(self, prompt: str) -> str:
@@ -236,22 +263,22 @@ class AlignmentTrainer:
             raise ValueError(f"num_frames must be {t}k+1 and height/width multiples of {s} for this VAE")
         return (1, self.pipe.latent_channels, (c.num_frames - 1) // t + 1, c.height // s, c.width // s)
 
-    def training_prompt(self) -> str:
+    def training_prompt(self, generator: torch.Generator) -> str:
         if self.prompts:
-            return self.prompts[int(torch.randint(len(self.prompts), (1,), generator=self.generator))]
-        return self.clips.caption(int(torch.randint(len(self.clips), (1,), generator=self.generator)))
+            return self.prompts[int(torch.randint(len(self.prompts), (1,), generator=generator))]
+        return self.clips.caption(int(torch.randint(len(self.clips), (1,), generator=generator)))
 
-    def flow_matching_loss(self, index: Optional[int] = None) -> Tensor:
+    def flow_matching_loss(self, generator: torch.Generator, index: Optional[int] = None) -> Tensor:
         """MSE between the DiT's velocity and e − x0 on one captioned clip (see the module docstring)."""
         if index is None:
-            index = int(torch.randint(len(self.clips), (1,), generator=self.generator))
+            index = int(torch.randint(len(self.clips), (1,), generator=generator))
         x0, caption = self.clips.item(index)
-        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
-        sigma = shifted_sigma(torch.rand((), generator=self.generator), self.config.flow_shift).to(self.device)
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        sigma = shifted_sigma(torch.rand((), generator=generator), self.config.flow_shift).to(self.device)
         noisy = (1 - sigma) * x0 + sigma * noise
         text = self.pipe.encode_text(self.wrap(caption))
         timestep = (sigma * 1000.0).expand(x0.shape[0])
-        velocity = self.model(
+        velocity = self.ddp_model(
             hidden_states=noisy.to(self.pipe.dtype), timestep=timestep, encoder_hidden_states=text, return_dict=False
         )[0]
         return F.mse_loss(velocity.float(), noise - x0)
@@ -287,39 +314,53 @@ class AlignmentTrainer:
         output = self.reward(decoded, rendered, prompt)
         return output, {"decoded": decoded, "rendered": rendered, "render_views": render_views}
 
-    def reward_rollout(self, prompt: str) -> tuple[RewardOutput, RolloutPlan]:
+    def reward_rollout(self, prompt: str, generator: torch.Generator) -> tuple[RewardOutput, RolloutPlan]:
         """One truncated rollout for ``prompt`` and its reward (with the graph of the gradient steps)."""
-        plan = sample_plan(self.rollout_config, self.generator)
+        plan = sample_plan(self.rollout_config, generator)
         scheduler = flow_scheduler(self.pipe.scheduler_config, plan.num_steps, self.config.flow_shift, self.device)
-        noise = torch.randn(self.latent_shape(), generator=self.generator).to(self.device)
+        noise = torch.randn(self.latent_shape(), generator=generator).to(self.device)
         prompt_embeds = self.pipe.encode_text(self.wrap(prompt))
         negative = self.pipe.encode_text(self.config.negative_prompt)
-        latent = rollout(self.model, scheduler, noise, prompt_embeds, negative, plan, dtype=self.pipe.dtype)
-        output, _ = self.score_latent(latent, prompt, self.generator)
+        latent = rollout(self.ddp_model, scheduler, noise, prompt_embeds, negative, plan, dtype=self.pipe.dtype)
+        output, _ = self.score_latent(latent, prompt, generator)
         return output, plan
 
     # ------------------------------------------------------------------------------------------ training
     def train_step(self) -> dict:
-        """One optimisation step; returns its log record."""
+        """One optimisation step over this process's share of the global batch; returns its log record
+        (losses and rewards: means over the global batch; ``rollouts``: each sample's plan, in order)."""
         c = self.config
         start = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        record: dict = {"step": self.step + 1}
-        loss = torch.zeros((), device=self.device)
-        if c.fm_weight:
-            fm = self.flow_matching_loss()
-            (c.fm_weight * fm).backward()
-            loss = loss + c.fm_weight * fm.detach()
-            record["fm_loss"] = float(fm.detach())
-        if c.reward_weight:
-            prompt = self.training_prompt()
-            output, plan = self.reward_rollout(prompt)
-            (-c.reward_weight * output.reward).backward()
-            loss = loss - c.reward_weight * output.reward.detach()
-            record.update(reward=float(output.reward.detach()), terms=output.terms, rollout=plan.to_dict())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {record}")
+        weight = 1.0 / len(self.local_samples)  # DDP then averages the processes' (equal-sized) shares
+        totals = {"loss": 0.0, "fm_loss": 0.0, "reward": 0.0}
+        terms: dict[str, float] = {}
+        rollouts = []
+        parts = [part for part in ("fm", "reward") if getattr(c, f"{part}_weight")]
+        remaining = len(parts) * len(self.local_samples)
+        for index in self.local_samples:
+            generator = sample_generator(c.seed, self.step, index)  # all of this sample's draws
+            for part in parts:
+                remaining -= 1
+                # gradients are exchanged once per step, in the last backward
+                skip_sync = remaining > 0 and self.context.is_distributed
+                with self.ddp_model.no_sync() if skip_sync else contextlib.nullcontext():
+                    if part == "fm":
+                        fm = self.flow_matching_loss(generator)
+                        (weight * c.fm_weight * fm).backward()
+                        totals["fm_loss"] += weight * float(fm.detach())
+                        totals["loss"] += weight * c.fm_weight * float(fm.detach())
+                    else:
+                        output, plan = self.reward_rollout(self.training_prompt(generator), generator)
+                        (-weight * c.reward_weight * output.reward).backward()
+                        totals["reward"] += weight * float(output.reward.detach())
+                        totals["loss"] -= weight * c.reward_weight * float(output.reward.detach())
+                        for name, value in output.terms.items():
+                            terms[name] = terms.get(name, 0.0) + weight * float(value)
+                        rollouts.append(plan.to_dict())
+        if not math.isfinite(totals["loss"]):
+            raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {totals}, {terms}")
         grads = [p.grad for p in self.trainable.values() if p.grad is not None]
         if not grads:
             raise RuntimeError("no gradient reached the LoRA parameters")
@@ -327,8 +368,17 @@ class AlignmentTrainer:
         self.optimizer.step()
         ema_decay = self.ema.update(self.trainable)
         self.step += 1
+        averaged = self.context.mean({**totals, **{f"terms.{k}": v for k, v in terms.items()}})
+        record: dict = {"step": self.step, "loss": averaged["loss"]}
+        if c.fm_weight:
+            record["fm_loss"] = averaged["fm_loss"]
+        if c.reward_weight:
+            record.update(
+                reward=averaged["reward"],
+                terms={k.removeprefix("terms."): v for k, v in averaged.items() if k.startswith("terms.")},
+                rollouts=[plan for share in self.context.gather(rollouts) for plan in share],
+            )
         record.update(
-            loss=float(loss),
             lr=self.optimizer.param_groups[0]["lr"],
             grad_norm=float(grad_norm),
             ema_decay=ema_decay,
@@ -390,18 +440,18 @@ class AlignmentTrainer:
             bar.update(1)
             postfix = {"loss": f"{record['loss']:.4g}"}
             if "reward" in record:
-                postfix.update(reward=f"{record['reward']:.4g}", T=record["rollout"]["num_steps"])
+                postfix.update(reward=f"{record['reward']:.4g}", T=record["rollouts"][0]["num_steps"])
             bar.set_postfix(postfix)
-            if self.out_dir is not None:
+            if self.writes_files:
                 with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
-            if self.config.eval_every and self.step % self.config.eval_every == 0:
+            if self.config.eval_every and self.step % self.config.eval_every == 0 and self.context.is_main:
                 result = self.evaluate()
                 log.info("step %d: held-out reward %.5f", self.step, result["reward"])
                 if self.out_dir is not None:
                     with open(self.out_dir / EVAL_FILE, "a", encoding="utf-8") as f:
                         f.write(json.dumps(result) + "\n")
-            if self.out_dir is not None and (self.step % self.config.save_every == 0 or self.step == total):
+            if self.writes_files and (self.step % self.config.save_every == 0 or self.step == total):
                 self.save_checkpoint()
         bar.close()
         return records
@@ -419,7 +469,7 @@ class AlignmentTrainer:
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "ema_num_updates": self.ema.num_updates,
-            "rng": rng_state(self.generator),
+            "rng": rng_state(),
         }
         with atomic_directory(directory, replace=True) as temp:
             save_file({n: p.detach().contiguous().cpu() for n, p in self.trainable.items()}, str(temp / LORA_FILE))
@@ -466,7 +516,7 @@ class AlignmentTrainer:
         )
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
-        restore_rng(state["rng"], self.generator)
+        restore_rng(state["rng"])
 
     def truncate_log(self) -> int:
         """Drops log records of steps after ``self.step`` (a resumed run redoes them); returns how many."""

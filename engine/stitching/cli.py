@@ -44,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     search.add_argument("--frames", type=int, default=13, help="frames per clip (the VAE's rule, e.g. 4k+1)")
     search.add_argument("--size", type=int, default=512, help="VAE input resolution (square)")
     search.add_argument("--stride", type=int, default=1, help="use every N-th frame of a clip")
-    search.add_argument("--max-clips", type=int, help="use at most this many clips")
+    search.add_argument("--max-clips", type=int, help="use at most the first N clips (short ones are skipped)")
     search.add_argument("--ridge", type=float, default=1e-4, help="ridge on the diagonal of XᵀX (default 1e-4)")
     search.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     search.add_argument("--vae-dtype", choices=VAE_DTYPES, default="float32", help="VAE weights dtype")
@@ -56,8 +56,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    import itertools
+    from engine.distributed import close_distributed, init_distributed
 
+    context = init_distributed()
+    try:
+        return _search(args, context)
+    finally:
+        close_distributed()
+
+
+def _search(args: argparse.Namespace, context) -> int:
     import torch
 
     from engine.models.loading import load_model
@@ -66,7 +74,7 @@ def run_search(args: argparse.Namespace) -> int:
     from engine.stitching.sources import ModelActivations, folder_clips, synthetic_clips
     from engine.stitching.vae import load_video_vae
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = context.device(args.device)
     model, _ = load_model(args.model, device=device)
     if args.list_stages:
         print("\n".join(model.stage_names()))
@@ -91,11 +99,10 @@ def run_search(args: argparse.Namespace) -> int:
     activations = ModelActivations(model, stages, image_size)
 
     if args.data is not None:
-        clips = folder_clips(args.data, args.frames, args.size, args.stride)
+        clips = folder_clips(args.data, args.frames, args.size, args.stride, max_clips=args.max_clips, context=context)
     else:
-        clips = synthetic_clips(args.synthetic, args.frames, args.size, args.seed)
-    if args.max_clips is not None:
-        clips = itertools.islice(clips, args.max_clips)
+        count = args.synthetic if args.max_clips is None else min(args.synthetic, args.max_clips)
+        clips = synthetic_clips(count, args.frames, args.size, args.seed, context=context)
 
     def encoded():
         # runs inside find_stitch_layer's no_grad; one clip in memory at a time
@@ -121,7 +128,10 @@ def run_search(args: argparse.Namespace) -> int:
             "vae_size": args.size,
             "model_image_size": list(image_size),
         },
+        context=context,
     )
+    if not context.is_main:
+        return 0
     width = max(len(name) for name in stages)
     for name, mse, rel in zip(result.layer_names, result.mse, result.relative_mse):
         marker = "  <- k*" if name == result.best_layer else ""

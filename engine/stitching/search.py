@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
+from engine.distributed import DistributedContext
 from engine.io.atomic import atomic_write
 from engine.stitching.layer_spec import ConvSpec, StitchingLayer, format_spec, latent_patches, parse_spec
 
@@ -104,6 +105,34 @@ class NormalEquations:
             self.y_sum[k] += y.sum(0)
             self.yy[k] += y.square().sum()
         self.count += x.shape[0]
+
+    def all_reduce(self, context: DistributedContext) -> None:
+        """Makes every process hold the moments of all processes' rows (a data-parallel search).
+
+        Each process's moments are first moved to rank 0's shifts (a shift by d adds d·Σxᵀ + Σx·dᵀ + n·d·dᵀ
+        to XᵀX, and likewise for the other moments), then summed. Rank 0 reads its first batch first, so a
+        search over the same clips gives the single-process moments up to summation order. Every process
+        must hold rows.
+        """
+        if not context.is_distributed:
+            return
+        self._check_fitted()
+        x_shift = context.broadcast(self.x_shift.cpu()).to(self.device)
+        y_shifts = [shift.to(self.device) for shift in context.broadcast([s.cpu() for s in self.y_shifts])]
+        n = self.count
+        dx = self.x_shift - x_shift
+        self.xx += torch.outer(dx, self.x_sum) + torch.outer(self.x_sum, dx) + n * torch.outer(dx, dx)
+        for k, y_shift in enumerate(y_shifts):
+            dy = self.y_shifts[k] - y_shift
+            self.xy[k] += torch.outer(dx, self.y_sum[k]) + torch.outer(self.x_sum, dy) + n * torch.outer(dx, dy)
+            self.yy[k] += 2 * dy @ self.y_sum[k] + n * dy.square().sum()
+            self.y_sum[k] += n * dy
+        self.x_sum += n * dx
+        self.x_shift, self.y_shifts = x_shift, y_shifts
+        for tensor in (self.xx, self.x_sum, *self.xy, *self.y_sum, *self.yy):
+            context.all_reduce_sum_(tensor)
+        count = torch.tensor([n], dtype=torch.float64, device=self.device)
+        self.count = int(context.all_reduce_sum_(count).item())
 
     def _check_fitted(self) -> None:
         if self.count == 0:
@@ -279,6 +308,7 @@ def find_stitch_layer(
     accumulate_device: torch.device | str | None = None,
     out_dir: str | Path | None = None,
     extra_settings: Mapping[str, Any] | None = None,
+    context: DistributedContext | None = None,
 ) -> LayerSearchResult:
     """Fit a stitching conv for every candidate layer in one pass over the clips and pick the best.
 
@@ -296,6 +326,9 @@ def find_stitch_layer(
         accumulate_device: where the float64 moments live (default: the first latent's device).
         out_dir: if given, the report (JSON, PNG, safetensors) is written there.
         extra_settings: recorded as-is in the report's settings (e.g. model paths).
+        context: a data-parallel run (``engine.distributed``): each process passes its own share of the
+            clips, the moments are summed over processes before the fit, every process returns the same
+            result and only rank 0 writes the report.
     Returns:
         LayerSearchResult with per-layer MSE, k*, and the fitted conv of k*.
     """
@@ -347,6 +380,16 @@ def find_stitch_layer(
             num_clips += batch
             if num_clips % 50 < batch:
                 log.info("layer search: %d clips, %d rows", num_clips, moments.count)
+    context = context or DistributedContext()
+    if context.is_distributed:
+        totals = context.sum({"empty": moments is None, "clips": num_clips})
+        if totals["empty"]:
+            raise ValueError(
+                f"{int(totals['empty'])} of {context.world_size} processes got no clip: "
+                "give at least as many clips as processes"
+            )
+        moments.all_reduce(context)
+        num_clips = int(totals["clips"])
     if moments is None:
         raise ValueError("clips yielded nothing: the search needs at least one clip")
     in_channels = moments.in_features // math.prod(spec.kernel)
@@ -369,6 +412,7 @@ def find_stitch_layer(
         "num_prefix_tokens": prefixes,
         "num_clips": num_clips,
         "num_rows": moments.count,
+        "processes": context.world_size,
         "in_features": moments.in_features,
         "fit": "centred ridge least squares (float64 normal equations), bias = mean residual",
         "seconds": round(time.perf_counter() - start, 3),
@@ -377,6 +421,6 @@ def find_stitch_layer(
     }
     result = LayerSearchResult(layer_names, mse, relative_mse, best_index, spec, in_channels, state_dict, settings)
     log.info("layer search: k* = %s (MSE %.6g) over %d clips", result.best_layer, mse[best_index], num_clips)
-    if out_dir is not None:
+    if out_dir is not None and context.is_main:
         result.write_report(out_dir)
     return result

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engine.distributed import DistributedContext
 from engine.models.frames import IMAGE_SUFFIXES, FramesError, preprocess_frames, read_frames
 from engine.models.reconstruction import ReconstructionModel
 
@@ -42,15 +43,27 @@ def clip_sources(data_dir: str | Path) -> list[Path]:
     return entries
 
 
-def folder_clips(data_dir: str | Path, num_frames: int, size: int, stride: int = 1) -> Iterator[torch.Tensor]:
+def folder_clips(
+    data_dir: str | Path,
+    num_frames: int,
+    size: int,
+    stride: int = 1,
+    *,
+    max_clips: int | None = None,
+    context: DistributedContext | None = None,
+) -> Iterator[torch.Tensor]:
     """Yield (1, T, 3, size, size) clips from ``data_dir`` (see :func:`clip_sources`), read lazily.
 
     The first ``num_frames`` frames (every ``stride``-th) of each clip, resized on the shorter side and
     centre-cropped to size x size (AnySplat's official preprocessing). Clips with fewer frames are skipped
-    and reported in the log.
+    and reported in the log. ``max_clips`` keeps the first clips of the folder; in a data-parallel run
+    (``context``) each process reads only its round-robin share of them.
     """
+    sources = clip_sources(data_dir)[:max_clips]
+    if context is not None:
+        sources = context.shard(sources)
     skipped = 0
-    for source in clip_sources(data_dir):
+    for source in sources:
         frames = read_frames(source, stride=stride, max_frames=num_frames)
         if len(frames) < num_frames:
             skipped += 1
@@ -61,12 +74,16 @@ def folder_clips(data_dir: str | Path, num_frames: int, size: int, stride: int =
         log.warning("%d clips were skipped for having fewer than %d frames", skipped, num_frames)
 
 
-def synthetic_clips(count: int, num_frames: int, size: int, seed: int = 0) -> Iterator[torch.Tensor]:
+def synthetic_clips(
+    count: int, num_frames: int, size: int, seed: int = 0, *, context: DistributedContext | None = None
+) -> Iterator[torch.Tensor]:
     """Yield ``count`` clips of smooth random colour fields (1, T, 3, size, size): a wiring check with no
-    data, not a meaningful search (no 3D structure)."""
+    data, not a meaningful search (no 3D structure). With ``context``, this process's round-robin share."""
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(count):
+    for index in range(count):
         coarse = torch.rand(1, 3, num_frames, 4, 4, generator=generator)
+        if context is not None and index % context.world_size != context.rank:
+            continue
         clip = F.interpolate(coarse, size=(num_frames, size, size), mode="trilinear", align_corners=True)
         yield clip.permute(0, 2, 1, 3, 4).contiguous()
 

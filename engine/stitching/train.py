@@ -14,6 +14,11 @@ student's RGB input; loss = weighted L1 to the teacher (``engine.stitching.losse
 linear warm-up then cosine decay, gradient-norm clipping. On CUDA the aggregators run under bf16
 autocast with the heads in fp32 (``ReconstructionModel``); gradient checkpointing is a switch.
 
+Data-parallel (``engine.distributed``, under torchrun or accelerate launch): every process draws its share
+of each step's global batch (sample j of step s always comes from the same seeded generator, so N processes
+see what one process with the same ``batch_size`` sees), the student runs in DistributedDataParallel, the
+logged losses are averaged over processes, and only rank 0 writes logs, checkpoints and the export.
+
 Outputs in ``out_dir``: ``train_config.json``, ``loss_log.jsonl`` (one JSON object per logged step),
 ``checkpoints/step_<n>/`` (resumable: ``trainable.safetensors`` with the LoRA factors, stitching layer
 and tokens, ``state.pt`` with optimizer, scheduler, step and RNG states), and the merged export
@@ -34,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.distributed import DistributedContext, sample_generator
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.models.reconstruction import ReconstructionModel
 from engine.stitching.checkpoint import save_stitched_decoder
@@ -56,6 +62,7 @@ TOKEN_NAMES = ("cls_token", "register_tokens", "mask_token")
 class TrainConfig:
     """Hyper-parameters of one finetuning run (defaults: the paper's, method.md §4).
 
+    ``batch_size`` is the global batch (split over the processes of a data-parallel run).
     ``views``: (min, max) views per step; each step draws one of the counts in the range the VAE can
     encode. ``vae_size``/``model_size``: square frame sizes the VAE and the 3D network see (512/448
     for Wan + AnySplat). ``loss_weights``: None = the preset of the model type.
@@ -185,6 +192,7 @@ class DistillationTrainer:
         clips: where the training clips come from (``engine.stitching.clips``).
         stitching_layer: the initial stitching conv (e.g. the layer-search fit); None = fresh init.
         out_dir: run folder (checkpoints, log); None keeps everything in memory.
+        context: this process's place in a data-parallel run (default: a single process).
     """
 
     def __init__(
@@ -197,15 +205,17 @@ class DistillationTrainer:
         stitching_layer: Optional[StitchingLayer] = None,
         out_dir: Optional[Union[str, Path]] = None,
         device: Union[str, torch.device] = "cpu",
+        context: Optional[DistributedContext] = None,
     ) -> None:
         self.config = config
+        self.context = context or DistributedContext()
+        self.local_samples = self.context.local_indices(config.batch_size)
         self.device = torch.device(device)
         self.vae = vae
         self.clips = clips
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.view_counts = view_counts(config.views, vae_reference)
         torch.manual_seed(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
 
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.student = StitchedDecoder.from_network(
@@ -219,24 +229,37 @@ class DistillationTrainer:
         self.student.set_gradient_checkpointing(config.gradient_checkpointing)
         self.student.train()
 
+        # the mask token trains (for parity with the released checkpoint) but no path reads it
+        self.model = self.context.wrap(self.student, find_unused_parameters=True)
         self.trainable = {n: p for n, p in self.student.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps)
         )
         self.step = 0
-        if self.out_dir is not None:
+        if self.writes_files:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.out_dir / CONFIG_FILE, "w") as f:
                 f.write(json.dumps({"config": asdict(config), "vae": vae_reference.to_dict()}, indent=1))
 
     # ------------------------------------------------------------------------------------------------
-    def sample_batch(self) -> Tensor:
-        """(B, T, 3, vae_size, vae_size) jittered clip frames in [0, 1], T drawn from the view counts."""
-        views = self.view_counts[int(torch.randint(len(self.view_counts), (1,), generator=self.generator))]
-        clips = [self.clips.sample(views, self.config.vae_size, self.generator) for _ in range(self.config.batch_size)]
-        frames = torch.stack(clips).to(self.device)
-        return color_jitter(frames, self.config.color_jitter, self.generator)
+    @property
+    def writes_files(self) -> bool:
+        """True on the process that writes the run folder (rank 0 of a data-parallel run)."""
+        return self.out_dir is not None and self.context.is_main
+
+    def sample_batch(self, step: Optional[int] = None) -> Tensor:
+        """(B_local, T, 3, vae_size, vae_size) jittered clip frames in [0, 1] of this process's share of
+        step ``step``'s batch (default: the next step); T is drawn per step from the view counts."""
+        step = self.step if step is None else step
+        shared = sample_generator(self.config.seed, step, -1)
+        views = self.view_counts[int(torch.randint(len(self.view_counts), (1,), generator=shared))]
+        clips = []
+        for index in self.local_samples:
+            generator = sample_generator(self.config.seed, step, index)
+            clip = self.clips.sample(views, self.config.vae_size, generator)[None]
+            clips.append(color_jitter(clip, self.config.color_jitter, generator))
+        return torch.cat(clips).to(self.device)
 
     @torch.no_grad()
     def targets(self, frames: Tensor):
@@ -246,7 +269,7 @@ class DistillationTrainer:
         return latent, model_frames, self.teacher(model_frames)
 
     def loss(self, latent: Tensor, model_frames: Tensor, teacher_prediction) -> tuple[Tensor, dict[str, float]]:
-        return distillation_loss(self.student(latent, model_frames), teacher_prediction, self.weights)
+        return distillation_loss(self.model(latent, model_frames), teacher_prediction, self.weights)
 
     def train_step(self, batch: Optional[tuple] = None) -> dict:
         """One optimisation step (on ``batch`` = ``targets(...)`` if given); returns the log record."""
@@ -262,13 +285,15 @@ class DistillationTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        # the global batch's loss: the mean of the processes' (equal-sized) batch means
+        averaged = self.context.mean({"loss": float(loss.detach()), **{f"terms.{k}": v for k, v in terms.items()}})
         return {
             "step": self.step,
-            "loss": float(loss.detach()),
+            "loss": averaged.pop("loss"),
             "lr": lr,
             "grad_norm": float(grad_norm),
             "views": model_frames.shape[1],
-            "terms": terms,
+            "terms": {k.removeprefix("terms."): v for k, v in averaged.items()},
         }
 
     @torch.no_grad()
@@ -276,7 +301,8 @@ class DistillationTrainer:
         """Weighted L1 of the student (eval mode) to the teacher on a fixed batch."""
         latent, model_frames, teacher_prediction = batch
         self.student.eval()
-        loss, terms = self.loss(latent, model_frames, teacher_prediction)
+        # the bare student: evaluation may run on one process only, outside the data-parallel wrapper
+        loss, terms = distillation_loss(self.student(latent, model_frames), teacher_prediction, self.weights)
         self.student.train()
         return float(loss), terms
 
@@ -292,10 +318,10 @@ class DistillationTrainer:
             records.append(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4g}", views=record["views"])
-            if self.out_dir is not None and self.step % self.config.log_every == 0:
+            if self.writes_files and self.step % self.config.log_every == 0:
                 with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
-            if self.out_dir is not None and (self.step % self.config.save_every == 0 or self.step == total):
+            if self.writes_files and (self.step % self.config.save_every == 0 or self.step == total):
                 self.save_checkpoint()
         bar.close()
         return records
@@ -315,7 +341,7 @@ class DistillationTrainer:
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.generator),
+            "rng": rng_state(),
         }
         directory.parent.mkdir(parents=True, exist_ok=True)
         with atomic_directory(directory, replace=True) as tmp:
@@ -357,7 +383,7 @@ class DistillationTrainer:
         factor = warmup_cosine(self.step, self.config.warmup_steps, self.config.steps)
         for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base_lr * factor
-        restore_rng(state["rng"], self.generator)
+        restore_rng(state["rng"])
 
     def truncate_log(self) -> int:
         """Drops records of steps after ``self.step`` from ``out_dir``'s loss log (a resumed run redoes

@@ -9,8 +9,6 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-
 from engine.stitching.decoder import RELEASED_CUT_STAGE, RELEASED_SPEC
 
 log = logging.getLogger(__name__)
@@ -38,7 +36,7 @@ def add_train_parser(stitch_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before the cosine decay")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="global batch (split over data-parallel processes)")
     p.add_argument("--views", type=int, nargs=2, default=(9, 21), metavar=("MIN", "MAX"), help="views per clip")
     p.add_argument("--vae-size", type=int, default=512, help="frame size the VAE encodes")
     p.add_argument("--model-size", type=int, default=448, help="frame size the 3D network sees")
@@ -52,7 +50,7 @@ def add_train_parser(stitch_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=1)
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu; cuda:LOCAL_RANK per process)")
     p.set_defaults(func=run_train)
     return p
 
@@ -78,6 +76,16 @@ def _stitching_init(path: Path):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from engine.distributed import close_distributed, init_distributed
+
+    context = init_distributed()
+    try:
+        return _train(args, context)
+    finally:
+        close_distributed()
+
+
+def _train(args: argparse.Namespace, context) -> int:
     from engine.models.loading import load_model
     from engine.stitching.clips import FolderClips, MixedClips, SyntheticClips
     from engine.stitching.decoder import VAEReference
@@ -128,8 +136,13 @@ def run_train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         save_every=args.save_every,
     )
-    teacher, _ = load_model(args.base_model, device=args.device)
-    vae = load_video_vae(args.vae, device=args.device)
+    try:
+        context.per_rank(args.batch_size)
+    except ValueError as error:
+        raise SystemExit(f"invalid setting: {error}") from None
+    device = context.device(args.device)
+    teacher, _ = load_model(args.base_model, device=device)
+    vae = load_video_vae(args.vae, device=device)
     trainer = DistillationTrainer(
         config,
         teacher,
@@ -138,7 +151,8 @@ def run_train(args: argparse.Namespace) -> int:
         MixedClips(sources, weights),
         stitching_layer=layer,
         out_dir=args.out,
-        device=args.device,
+        device=device,
+        context=context,
     )
     if args.resume:
         latest = trainer.latest_checkpoint()
@@ -147,7 +161,8 @@ def run_train(args: argparse.Namespace) -> int:
         trainer.load_checkpoint(latest)
         dropped = trainer.truncate_log()
         log.info("resumed from %s at step %d (%d later log records dropped)", latest, trainer.step, dropped)
-    trainer.train()
-    export = trainer.export(args.out / "export")
-    log.info("merged stitched decoder written to %s", export)
+    trainer.train(progress=context.is_main)
+    if context.is_main:
+        export = trainer.export(args.out / "export")
+        log.info("merged stitched decoder written to %s", export)
     return 0
