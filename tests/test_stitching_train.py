@@ -83,6 +83,29 @@ def test_clip_sources(tmp_path):
     assert mixed.sample(3, 16, torch.Generator()).shape == (3, 3, 16, 16)
 
 
+def test_clip_folders_read_photos_as_reconstruct_does(tmp_path):
+    """Transparent pixels come out white and a Mac's hidden ``._`` files are neither frames nor scenes."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    for i in range(5):
+        rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+        rgba[..., 0] = 200
+        rgba[:, 8:, 3] = 255  # left half fully transparent, right half opaque red
+        iio.imwrite(scene / f"{i}.png", rgba)
+        (scene / f"._{i}.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    hidden_only = tmp_path / "._copied"
+    hidden_only.mkdir()
+    (hidden_only / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    source = FolderClips(tmp_path)
+    assert source.scenes == [scene]
+    clip = source.sample(5, 16, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(clip[:, :, :, :6], torch.ones(5, 3, 16, 6))  # transparent -> white
+    torch.testing.assert_close(clip[:, 1, :, 10:], torch.zeros(5, 16, 6))  # opaque red keeps no green
+
+
 def test_cli_help_and_parse(capsys):
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers(dest="cmd"))

@@ -23,7 +23,15 @@ import torch
 from torch import Tensor
 
 from engine.data.clips import PATHS, synthetic_clip
-from engine.models.frames import IMAGE_SUFFIXES, FramesError, list_frame_files, preprocess_frames, read_frames
+from engine.models.frames import (
+    IMAGE_SUFFIXES,
+    FramesError,
+    is_hidden_or_system_file,
+    list_frame_files,
+    load_image_rgb,
+    preprocess_frames,
+    read_frames,
+)
 
 
 class ClipSource(Protocol):
@@ -57,10 +65,16 @@ class FolderClips:
     def _scenes_in(root: Path) -> list[Path]:
         scenes = []
         for entry in sorted(root.rglob("*")):
-            if entry.is_file() and entry.suffix.lower() not in IMAGE_SUFFIXES and not entry.name.startswith("."):
+            if is_hidden_or_system_file(entry):
+                continue
+            if entry.is_file() and entry.suffix.lower() not in IMAGE_SUFFIXES:
                 if entry.suffix.lower() in (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"):
                     scenes.append(entry)
-            elif entry.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in entry.iterdir() if p.is_file()):
+            elif entry.is_dir() and any(
+                p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden_or_system_file(p)
+                for p in entry.iterdir()
+                if p.is_file()
+            ):
                 if entry.name == "images" and entry.parent in scenes:
                     continue
                 scenes.append(entry)
@@ -79,7 +93,7 @@ class FolderClips:
                     continue
                 start = _randint(len(files) - span + 1, generator)
                 chosen = files[start : start + span : self.stride]
-                frames = read_frames_files(chosen)
+                frames = [load_image_rgb(path) for path in chosen]  # as reconstruct reads photos
             else:
                 all_frames = read_frames(scene)
                 if len(all_frames) < span:
@@ -88,20 +102,6 @@ class FolderClips:
                 frames = all_frames[start : start + span : self.stride]
             return preprocess_frames(frames, "anysplat", size)
         raise FramesError(f"no scene has the {span} frames a {num_frames}-view clip (stride {self.stride}) needs")
-
-
-def read_frames_files(files: Sequence[Path]):
-    """uint8 RGB frames of the given image files, in order."""
-    import imageio.v3 as iio
-    import numpy as np
-
-    frames = []
-    for path in files:
-        image = np.asarray(iio.imread(path))
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        frames.append(image[..., :3])
-    return frames
 
 
 class SyntheticClips:
