@@ -30,6 +30,7 @@ Decoders are built from a bundle by a loader registered for the bundle's ``decod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import html
 import logging
@@ -174,6 +175,7 @@ class GenerationResult:
         model: identity of the model parts (paths, quick hashes, hub ids).
         timings: seconds per stage ("load" is the pipeline's load time).
         device, dtype: where the transformer ran, e.g. "cuda:0", "torch.bfloat16".
+        memory: the memory policy in force (``engine.memory.MemoryPolicy.to_dict()``), or None.
     """
 
     settings: GenerationSettings
@@ -188,6 +190,7 @@ class GenerationResult:
     timings: dict = field(default_factory=dict)
     device: str = ""
     dtype: str = ""
+    memory: Optional[dict] = None
 
 
 def software_versions() -> dict:
@@ -227,9 +230,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """ "auto" -> bfloat16 on CUDA (what Wan was trained in), float32 elsewhere."""
+    """ "auto" -> bfloat16 on CUDA (what Wan was trained in) and on meta (a dry run of CUDA), float32 elsewhere."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type in ("cuda", "meta") else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -245,6 +248,38 @@ def check_cancel(cancel: CancelCheck) -> None:
     """Raises GenerationCancelled if ``cancel`` (an Event or a callable) says so."""
     if _is_cancelled(cancel):
         raise GenerationCancelled("generation cancelled")
+
+
+def _memory_policy(runtime: RuntimeOptions, device: torch.device, loaded: dict, decoder, device_memory):
+    """The memory policy for the loaded parts (explicit runtime choices kept, None decided)."""
+    from engine.memory import choose_memory_policy, module_bytes
+    from engine.memory import device_memory as query
+
+    sizes = {name: module_bytes(loaded[name]) for name in ("text_encoder", "transformer", "vae")}
+    sizes["decoder"] = module_bytes(decoder)
+    if device.type not in ("cuda", "meta"):
+        free, total = None, None
+    elif device_memory is not None:
+        free, total = device_memory
+    elif device.type == "meta":
+        raise SettingsError("a dry run on the meta device needs device_memory=(free, total) for its memory policy")
+    else:
+        free, total = query(device)
+    return choose_memory_policy(sizes, free, total, runtime.cpu_offload, runtime.vae_tiling)
+
+
+def offload_device(device: torch.device) -> torch.device:
+    """Where offloaded models wait: CPU memory (a dry run on meta stays on meta)."""
+    return torch.device("meta") if torch.device(device).type == "meta" else torch.device("cpu")
+
+
+def _host(tensor: Tensor) -> torch.device:
+    return tensor.device if tensor.is_meta else torch.device("cpu")
+
+
+def _to_host(tensor: Tensor) -> Tensor:
+    """The tensor on the CPU (meta tensors of a dry run stay on meta)."""
+    return tensor.to(_host(tensor))
 
 
 def _clean_text(text: str) -> str:
@@ -286,6 +321,7 @@ class Vist3aPipeline:
         model_identity: dict,
         load_seconds: float = 0.0,
         default_conditioning: str = "ours",
+        memory_policy=None,
     ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -300,6 +336,8 @@ class Vist3aPipeline:
         self.load_seconds = load_seconds
         # the conditioning preset that settings with conditioning "auto" get (see GenerationSettings)
         self.default_conditioning = default_conditioning
+        # engine.memory.MemoryPolicy: the offload/tiling choice and its reasons (recorded in metadata)
+        self.memory_policy = memory_policy
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
         if runtime.vae_tiling:
             self.vae.enable_tiling()
@@ -315,6 +353,7 @@ class Vist3aPipeline:
         decoder: Optional[SceneDecoder] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: CancelCheck = None,
+        device_memory: Optional[tuple[int, Optional[int]]] = None,
     ) -> Vist3aPipeline:
         """Loads every part of a model bundle.
 
@@ -324,6 +363,12 @@ class Vist3aPipeline:
             decoder: a ready 3D decoder to use instead of the bundle's (its checkpoint is then not loaded).
             progress: called with ("load", k, n, None) after each of the n parts.
             cancel: checked between parts; raises GenerationCancelled.
+            device_memory: (free, total) bytes to plan the automatic memory policy for, instead of
+                asking the device (a dry run on the meta device simulates a card with it).
+
+        Memory: options of ``runtime`` left None are decided by ``engine.memory.choose_memory_policy``
+        from the free GPU memory and the models' sizes: the models are then loaded into CPU memory
+        first, measured, and moved to the GPU unless CPU offload is chosen.
 
         Raises:
             ModelNotFoundError: the bundle or one of its parts (folder or file) does not exist.
@@ -339,8 +384,11 @@ class Vist3aPipeline:
         runtime = runtime or RuntimeOptions()
         device = resolve_device(runtime.device)
         dtype = resolve_dtype(runtime.dtype, device)
-        # With CPU offload the models live in CPU memory and visit the GPU one at a time.
-        home = torch.device("cpu") if runtime.cpu_offload else device
+        # With CPU offload the models live in CPU memory and visit the GPU one at a time. An automatic
+        # choice loads them there first and decides once their sizes are known.
+        gpu = device.type in ("cuda", "meta")
+        automatic = gpu and (runtime.cpu_offload is None or runtime.vae_tiling is None)
+        home = offload_device(device) if (runtime.cpu_offload or automatic) else device
         source = resolve_wan_source(bundle)
         hub: dict = {}
 
@@ -389,6 +437,14 @@ class Vist3aPipeline:
             decoder = _load_part("decoder", str(bundle.decoder_path), lambda: _load_decoder(bundle, home, dtype))
         if isinstance(decoder, torch.nn.Module):
             decoder = decoder.to(home).eval().requires_grad_(False)
+        policy = _memory_policy(runtime, device, loaded, decoder, device_memory)
+        runtime = dataclasses.replace(runtime, cpu_offload=policy.cpu_offload, vae_tiling=policy.vae_tiling)
+        logger.info("memory policy: %s", policy.reason)
+        if home != device and not runtime.cpu_offload:
+            for name in ("text_encoder", "transformer", "vae"):
+                loaded[name] = loaded[name].to(device)
+            if isinstance(decoder, torch.nn.Module):
+                decoder = decoder.to(device)
         if progress:
             progress("load", total, total, None)
         identity = bundle_identity(bundle)
@@ -404,6 +460,7 @@ class Vist3aPipeline:
             model_identity=identity,
             load_seconds=time.perf_counter() - start,
             default_conditioning=default_conditioning_for(bundle),
+            memory_policy=policy,
         )
 
     # ------------------------------------------------------------------ geometry of the latent
@@ -456,7 +513,7 @@ class Vist3aPipeline:
         try:
             yield module
         finally:
-            module.to("cpu")
+            module.to(offload_device(self.device))
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -482,7 +539,10 @@ class Vist3aPipeline:
         with self._on_device(self.text_encoder) as encoder:
             ids = tokens.input_ids.to(self.device)
             mask = tokens.attention_mask.to(self.device)
-            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            # A meta dry run cannot hand the mask over: transformers inspects its values to choose an
+            # attention path. The shapes are the same either way.
+            encoder_mask = None if mask.is_meta else mask
+            hidden = encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
         # Wan's transformer expects padding positions to be exactly zero.
         embeddings = (hidden * mask[..., None]).to(device=self.device, dtype=self.dtype)
         if use_cache:
@@ -593,7 +653,7 @@ class Vist3aPipeline:
                 latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
                 if progress:
                     progress("denoise", index + 1, total, image)
-        if not torch.isfinite(latents).all():
+        if not latents.is_meta and not torch.isfinite(latents).all():
             raise FloatingPointError(
                 "the denoised latent contains NaN or infinity (try dtype float32 or bfloat16 instead of float16)"
             )
@@ -665,16 +725,27 @@ class Vist3aPipeline:
             settings=settings,
             runtime=self.runtime,
             full_prompt=_clean_text(settings.full_prompt),
-            latent=latent.cpu(),
-            frames=frames[0].clamp(0, 1).cpu(),
-            scene=scene.detach().to(device="cpu"),
-            cameras=decoded.cameras.detach().to(device="cpu"),
-            depth=None if decoded.depth is None else decoded.depth.detach().float().cpu(),
+            latent=_to_host(latent),
+            frames=_to_host(frames[0].clamp(0, 1)),
+            scene=scene.detach().to(device=_host(scene.means)),
+            cameras=decoded.cameras.detach().to(device=_host(decoded.cameras.camera_to_world)),
+            depth=None if decoded.depth is None else _to_host(decoded.depth.detach().float()),
             model=self.model_identity,
             timings={k: round(v, 3) for k, v in timings.items()},
             device=str(self.device),
             dtype=str(self.dtype),
+            memory=None if self.memory_policy is None else self.memory_policy.to_dict(),
         )
+
+    def free_gpu_memory(self) -> None:
+        """Returns the GPU memory the models do not hold to the driver (before the fly-through render).
+
+        With CPU offload every model is already back in CPU memory after ``generate``; without it the
+        models stay resident (the memory policy reserved room for the render next to them).
+        """
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def release(self) -> None:
         """Drops the models (and cached embeddings) and returns GPU memory to the driver.

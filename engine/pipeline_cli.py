@@ -48,8 +48,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--points", action="store_true", help="write a coloured point cloud instead of Gaussians")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
-    parser.add_argument("--cpu-offload", action="store_true", help="move models to the GPU one at a time")
-    parser.add_argument("--vae-tiling", action="store_true", help="decode the video in tiles (less memory)")
+    parser.add_argument(
+        "--cpu-offload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="move models to the GPU one at a time (default: decided from the free GPU memory)",
+    )
+    parser.add_argument(
+        "--vae-tiling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode the video in tiles, less memory (default: decided from the free GPU memory)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -99,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             pipeline = Vist3aPipeline.from_pretrained(args.model, runtime=runtime, progress=progress)
             pipeline.check_settings(settings)
             result = pipeline.generate(settings, progress=progress)
+            pipeline.free_gpu_memory()
             out = write_outputs(result, args.out, progress=progress)
     except (SettingsError, FileNotFoundError, FileExistsError) as exc:
         logger.error("%s", exc)

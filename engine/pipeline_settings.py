@@ -45,7 +45,7 @@ ORBIT_PROMPT_TEMPLATE = CONDITIONING_PRESETS[OWN_CONDITIONING]["prompt_template"
 DEFAULT_NEGATIVE_PROMPT = CONDITIONING_PRESETS[OWN_CONDITIONING]["negative_prompt"]
 
 OUTPUT_KINDS = ("gaussians", "points")
-DEVICES_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+DEVICES_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps|meta)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 BUNDLE_MANIFEST = "vist3a.json"
@@ -215,27 +215,30 @@ class RuntimeOptions:
     """Where and how the models run (they do not change what is generated, apart from float rounding).
 
     Attributes:
-        device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:N" or "mps".
+        device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:N" or "mps"; "meta" is a dry
+            run that emulates CUDA with shapes and dtypes only (no values; ``engine.dry_run``).
         dtype: "auto" (bfloat16 on CUDA, float32 elsewhere), "float32", "bfloat16" or "float16"; used
             for the text encoder and the transformer. The VAE always runs in float32.
-        cpu_offload: keep models in CPU memory and move each to the GPU only while it runs (CUDA only).
-        vae_tiling: decode the video in overlapping tiles to bound the VAE's memory.
+        cpu_offload: keep models in CPU memory and move each to the GPU only while it runs (CUDA only);
+            None: decided from the free GPU memory when the models load (``engine.memory``).
+        vae_tiling: decode the video in overlapping tiles to bound the VAE's memory; None: decided
+            from the free GPU memory.
     """
 
     device: str = "auto"
     dtype: str = "auto"
-    cpu_offload: bool = False
-    vae_tiling: bool = False
+    cpu_offload: Optional[bool] = None
+    vae_tiling: Optional[bool] = None
 
     def __post_init__(self):
         if not isinstance(self.device, str) or not DEVICES_PATTERN.match(self.device):
-            raise SettingsError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+            raise SettingsError(f"device must be auto, cpu, cuda, cuda:N, mps or meta, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name in ("cpu_offload", "vae_tiling"):
-            if not isinstance(getattr(self, name), bool):
-                raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.cpu_offload and not (self.device == "auto" or self.device.startswith("cuda")):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be true, false or null (automatic), got {getattr(self, name)!r}")
+        if self.cpu_offload and not (self.device in ("auto", "meta") or self.device.startswith("cuda")):
             raise SettingsError(f"cpu_offload needs a CUDA device, but device is {self.device!r}")
 
     def to_dict(self) -> dict:

@@ -26,6 +26,7 @@ training, where ``set_gradient_checkpointing`` trades compute for memory per blo
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable
 from typing import Optional
 
@@ -37,6 +38,28 @@ from engine.models.layers import Block
 
 # Frames slightly outside [0, 1] (resampling overshoot) are tolerated, clearly wrong ranges are not.
 _RANGE_TOLERANCE = 1e-3
+
+_META_AUTOCAST = threading.local()
+
+
+def meta_autocast_dtype() -> Optional[torch.dtype]:
+    """The autocast dtype a meta-device dry run is emulating right now (None outside such a region).
+
+    The meta device has no autocast; where the real run would enter autocast, a meta run records it
+    here so that a dry-run dtype checker (``engine.dry_run``) knows which mixed-dtype calls autocast
+    would have reconciled.
+    """
+    return getattr(_META_AUTOCAST, "dtype", None)
+
+
+@contextlib.contextmanager
+def _emulated_autocast(dtype: torch.dtype):
+    previous = meta_autocast_dtype()
+    _META_AUTOCAST.dtype = dtype
+    try:
+        yield
+    finally:
+        _META_AUTOCAST.dtype = previous
 
 
 class InputError(ValueError):
@@ -102,15 +125,17 @@ class ReconstructionModel(nn.Module):
         return self
 
     def compute_dtype(self, device: torch.device) -> Optional[torch.dtype]:
-        """The aggregator's autocast dtype on ``device`` (None: plain float32)."""
+        """The aggregator's autocast dtype on ``device`` (None: plain float32; meta counts as CUDA)."""
         if self.precision is not None:
             return None if self.precision == torch.float32 else self.precision
-        return self.autocast_dtype if torch.device(device).type == "cuda" else None
+        return self.autocast_dtype if torch.device(device).type in ("cuda", "meta") else None
 
     def _autocast(self, images: Tensor):
         dtype = self.compute_dtype(images.device)
-        if dtype is None or images.is_meta:
+        if dtype is None:
             return contextlib.nullcontext()
+        if images.is_meta:
+            return _emulated_autocast(dtype)
         return torch.autocast(images.device.type, dtype=dtype)
 
     def _aggregator_input(self, images: Tensor) -> Tensor:
@@ -119,7 +144,9 @@ class ReconstructionModel(nn.Module):
         return images if dtype is None else images.to(dtype)
 
     def _heads_in_float32(self, images: Tensor):
-        if images.is_meta or (images.device.type != "cuda" and self.compute_dtype(images.device) is None):
+        if images.is_meta:
+            return _emulated_autocast(None)
+        if images.device.type != "cuda" and self.compute_dtype(images.device) is None:
             return contextlib.nullcontext()
         return torch.autocast(images.device.type, enabled=False)
 

@@ -304,7 +304,7 @@ def load_released_stitched(
     if isinstance(base_model, AnySplat):
         network = base_model
     else:
-        network, _ = load_model(base_model, model_type="anysplat", device="cpu")
+        network, _ = load_model(base_model, model_type="anysplat", device=device)
     if aggregator_prefix(network) != "encoder.aggregator":
         raise ReleasedCheckpointError("the released stitched checkpoint is for AnySplat")
     if spec is None:
