@@ -161,6 +161,9 @@ def test_cli_generates_from_the_released_bundle_offline(layout, tmp_path):
     assert metadata["settings"]["conditioning"] == "released"
     assert metadata["settings"]["negative_prompt"] == OFFICIAL_NEGATIVE
     assert metadata["full_prompt"] == OFFICIAL_TEMPLATE.format(prompt="a red house")
+    policy = metadata["memory_policy"]  # recorded; on the CPU there is nothing to offload
+    assert policy["cpu_offload"] is False and policy["reason"].startswith("not a GPU")
+    assert set(policy["model_bytes"]) == {"text_encoder", "transformer", "vae", "decoder"}
     scene = read_gaussian_ply(out / "scene.ply")
     assert 0 < len(scene) < PIXELS
 

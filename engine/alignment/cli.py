@@ -125,7 +125,9 @@ def run_train(args: argparse.Namespace) -> int:
                 f"bundle {bundle.name!r} already applies a LoRA ({bundle.lora}); reward finetuning trains a new "
                 "LoRA on the plain Wan model: give a bundle without 'lora'"
             )
-        pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=RuntimeOptions(device=args.device, dtype=args.dtype))
+        # training keeps every model resident: no automatic offload or tiling
+        runtime = RuntimeOptions(device=args.device, dtype=args.dtype, cpu_offload=False, vae_tiling=False)
+        pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=runtime)
     except (ModelNotFoundError, ModelLoadError) as error:
         raise SystemExit(f"cannot load the model: {error}") from None
     sources = RewardModelSources(
