@@ -338,6 +338,8 @@ class Vist3aPipeline:
         self.default_conditioning = default_conditioning
         # engine.memory.MemoryPolicy: the offload/tiling choice and its reasons (recorded in metadata)
         self.memory_policy = memory_policy
+        # True while free_gpu_memory has moved the resident models off the GPU (they return on next use)
+        self._parked = False
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
         if runtime.vae_tiling:
             self.vae.enable_tiling()
@@ -506,6 +508,7 @@ class Vist3aPipeline:
     @contextlib.contextmanager
     def _on_device(self, module) -> Iterator:
         """With CPU offload: moves ``module`` to the GPU for the duration of the block, then back."""
+        self._unpark()
         if not self.runtime.cpu_offload or not isinstance(module, torch.nn.Module):
             yield module
             return
@@ -727,7 +730,7 @@ class Vist3aPipeline:
             full_prompt=_clean_text(settings.full_prompt),
             latent=_to_host(latent),
             frames=_to_host(frames[0].clamp(0, 1)),
-            scene=scene.detach().to(device=_host(scene.means)),
+            scene=scene.detach().to(device=_host(scene.means if isinstance(scene, GaussianScene) else scene.points)),
             cameras=decoded.cameras.detach().to(device=_host(decoded.cameras.camera_to_world)),
             depth=None if decoded.depth is None else _to_host(decoded.depth.detach().float()),
             model=self.model_identity,
@@ -737,12 +740,27 @@ class Vist3aPipeline:
             memory=None if self.memory_policy is None else self.memory_policy.to_dict(),
         )
 
-    def free_gpu_memory(self) -> None:
-        """Returns the GPU memory the models do not hold to the driver (before the fly-through render).
+    def _models(self) -> list[torch.nn.Module]:
+        parts = (self.text_encoder, self.transformer, self.vae, self.decoder)
+        return [m for m in parts if isinstance(m, torch.nn.Module)]
 
-        With CPU offload every model is already back in CPU memory after ``generate``; without it the
-        models stay resident (the memory policy reserved room for the render next to them).
+    def _unpark(self) -> None:
+        if self._parked:
+            for module in self._models():
+                module.to(self.device)
+            self._parked = False
+
+    def free_gpu_memory(self) -> None:
+        """Takes every model off the GPU and returns the memory to the driver (before the fly-through render).
+
+        With CPU offload the models are already in CPU memory after ``generate``. Resident models are
+        moved to CPU memory now and return to the GPU on their next use (``generate`` does it), so the
+        render and other programs get the whole card in between.
         """
+        if self.device.type in ("cuda", "meta") and not self.runtime.cpu_offload and not self._parked:
+            for module in self._models():
+                module.to(offload_device(self.device))
+            self._parked = True
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -79,6 +79,11 @@ def test_stitched_kind_at_full_size_on_a_24gb_card(tmp_path, dtype):
     assert memory["cpu_offload"] is (need > CARD_24GB[0] - SAFETY_MARGIN)
     if dtype != "float16":
         assert memory["cpu_offload"] is (dtype == "float32")
+    if not memory["cpu_offload"]:  # resident models leave the GPU before the fly-through, return on next use
+        pipeline.free_gpu_memory()
+        assert pipeline._parked
+        pipeline.encode_text("a second prompt", use_cache=False)
+        assert not pipeline._parked
 
 
 @pytest.mark.slow
