@@ -25,7 +25,6 @@ import bpy.utils.previews
 
 from . import client, history, importer, operators, preferences, setup_env
 from .engine.pipeline_settings import (
-    DEFAULT_NEGATIVE_PROMPT,
     MAX_SEED,
     GenerationSettings,
     ModelBundle,
@@ -124,7 +123,9 @@ class VIST3AGenerateSettings(bpy.types.PropertyGroup):
 
     prompt: bpy.props.StringProperty(name="Prompt", description="The scene to generate")
     negative_prompt: bpy.props.StringProperty(
-        name="Negative", description="What to steer away from", default=DEFAULT_NEGATIVE_PROMPT
+        name="Negative",
+        description="What to steer away from (empty: the model's own negative prompt)",
+        default="",
     )
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=MAX_SEED_UI)
     random_seed: bpy.props.BoolProperty(
@@ -154,7 +155,7 @@ class VIST3AGenerateSettings(bpy.types.PropertyGroup):
         """The engine's settings for these values. Raises SettingsError naming a bad value."""
         return GenerationSettings(
             prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
+            negative_prompt=self.negative_prompt or None,
             num_frames=self.frames,
             height=self.height,
             width=self.width,

@@ -111,11 +111,15 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
     )
     cpu_offload: bpy.props.BoolProperty(
         name="CPU Offload",
-        description="Keep models in system memory and move each to the GPU only while it runs (less GPU memory, slower)",
+        description="Always keep models in system memory and move each to the GPU only while it runs (less GPU "
+        "memory, slower). Off: the engine decides from the free GPU memory",
         default=False,
     )
     vae_tiling: bpy.props.BoolProperty(
-        name="VAE Tiling", description="Decode the video in tiles to bound the memory it takes", default=False
+        name="VAE Tiling",
+        description="Always decode the video in tiles to bound the memory it takes. Off: the engine decides "
+        "from the free GPU memory",
+        default=False,
     )
     preview_every: bpy.props.IntProperty(
         name="Preview Every",
@@ -159,8 +163,9 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
         return {
             "device": self.device,
             "dtype": self.dtype,
-            "cpu_offload": self.cpu_offload,
-            "vae_tiling": self.vae_tiling,
+            # unchecked = automatic (null): the engine's memory policy decides from the free GPU memory
+            "cpu_offload": True if self.cpu_offload else None,
+            "vae_tiling": True if self.vae_tiling else None,
         }
 
     def model_reference(self) -> str:

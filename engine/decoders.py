@@ -30,24 +30,42 @@ from engine.stitching.decoder import StitchedDecoder
 STITCHED_KIND = "stitched"
 RELEASED_ANYSPLAT_KIND = "anysplat-stitched"
 DEFAULT_ANYSPLAT_BASE = "lhjiang/anysplat"
+# AnySplat's released configuration merges Gaussians in voxels of this edge (network units).
+RELEASED_VOXEL_SIZE = 0.002
 
 
 class StitchedSceneDecoder(torch.nn.Module):
-    """``decoder(latent, frames) -> DecodedScene`` for the pipeline.
+    """``decoder(latent, frames, voxel_merge=None) -> DecodedScene`` for the pipeline.
 
     Args:
-        decoder: the stitched decoder (eval mode).
-        voxel_size: AnySplat voxel merging edge (network units) or None for one Gaussian per pixel.
+        decoder: the stitched decoder (eval mode), with its precision policy already set
+            (``StitchedDecoder.set_precision``).
+        voxel_size: AnySplat voxel merging edge (network units) used by default, or None for one Gaussian
+            per pixel by default.
         min_confidence: VGGT points below this confidence are dropped (None keeps all).
+        clamp_frames: clamp the resized frames to [0, 1]. The released VIST3A inference hands the VAE
+            output to its stitched decoder unclamped (``inference_t23d.py``: trilinear resize of the VAE
+            samples, then ``(x + 1) / 2`` in ``AnySplatStitched.forward``), so the released kind passes
+            False.
     """
 
     def __init__(
-        self, decoder: StitchedDecoder, voxel_size: Optional[float] = None, min_confidence: Optional[float] = None
+        self,
+        decoder: StitchedDecoder,
+        voxel_size: Optional[float] = None,
+        min_confidence: Optional[float] = None,
+        clamp_frames: bool = True,
     ):
         super().__init__()
         self.decoder = decoder.eval()
         self.voxel_size = voxel_size
         self.min_confidence = min_confidence
+        self.clamp_frames = clamp_frames
+
+    @property
+    def default_voxel_size(self) -> Optional[float]:
+        """The voxel edge used when ``voxel_merge`` is not given (None: no merging)."""
+        return self.voxel_size
 
     def input_size(self, num_frames: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the frames the network reads for a latent of spatial size ``latent_hw``."""
@@ -56,49 +74,83 @@ class StitchedSceneDecoder(torch.nn.Module):
         return grid_h * patch, grid_w * patch
 
     @torch.no_grad()
-    def forward(self, latent: Tensor, frames: Tensor) -> DecodedScene:
-        """latent (1, C, T_lat, h, w) un-normalised; frames (1, T, 3, H, W) in [0, 1]."""
+    def forward(self, latent: Tensor, frames: Tensor, voxel_merge: Optional[bool] = None) -> DecodedScene:
+        """latent (1, C, T_lat, h, w) un-normalised; frames (1, T, 3, H, W), (VAE output + 1) / 2.
+
+        ``voxel_merge``: None uses ``voxel_size`` (the model's default); False gives one Gaussian per
+        pixel; True merges at ``voxel_size`` (ValueError when the model has none).
+        """
         if frames.ndim != 5 or frames.shape[0] != 1:
             raise ValueError(f"frames must be (1, T, 3, H, W), got {tuple(frames.shape)}")
+        voxel_size = self.voxel_size
+        if voxel_merge is False:
+            voxel_size = None
+        elif voxel_merge is True and voxel_size is None:
+            raise ValueError("this model has no voxel size for merging Gaussians (set extra.voxel_size in its bundle)")
         num_frames = frames.shape[1]
         size = self.input_size(num_frames, tuple(latent.shape[-2:]))
-        param = next(self.decoder.parameters())
+        device = next(self.decoder.parameters()).device
+        # bilinear per frame = the official trilinear resize that keeps the frame count (align_corners=False)
         resized = F.interpolate(frames[0].float(), size=size, mode="bilinear", align_corners=False)
-        resized = resized.clamp(0, 1)[None].to(device=param.device, dtype=param.dtype)
-        prediction = self.decoder.predict(latent.to(device=param.device, dtype=param.dtype), resized)
+        if self.clamp_frames:
+            resized = resized.clamp(0, 1)
+        prediction = self.decoder.predict(latent.to(device=device, dtype=torch.float32), resized[None].to(device))
         cameras = prediction.cameras().to(dtype=torch.float32)
         depth = prediction.depth[0, ..., 0].float()
         if self.decoder.model_type == "anysplat":
-            gaussians = prediction.gaussian_scene(voxel_size=self.voxel_size).to(dtype=torch.float32)
+            gaussians = prediction.gaussian_scene(voxel_size=voxel_size).to(dtype=torch.float32)
             return DecodedScene(cameras=cameras, gaussians=gaussians, depth=depth)
         points = prediction.point_scene(min_confidence=self.min_confidence).to(dtype=torch.float32)
         return DecodedScene(cameras=cameras, points=points, depth=depth)
 
 
+def _voxel_size(bundle: ModelBundle, default: Optional[float]) -> Optional[float]:
+    """``extra.voxel_size`` of the bundle (a positive number, or null for no merging), else ``default``."""
+    if "voxel_size" not in bundle.extra:
+        return default
+    value = bundle.extra["voxel_size"]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ModelLoadError(
+            f"bundle {bundle.name!r}: extra.voxel_size must be a positive number or null, got {value!r}"
+        )
+    return None if value is None else float(value)
+
+
 def load_stitched(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> StitchedSceneDecoder:
-    """Bundle kind ``stitched``: our checkpoint folder."""
+    """Bundle kind ``stitched``: our checkpoint folder, with the official precision policy for ``dtype``."""
     from engine.stitching.checkpoint import StitchedCheckpointError, load_stitched_decoder
 
     try:
-        decoder = load_stitched_decoder(bundle.decoder_path, device=device, dtype=dtype)
+        decoder = load_stitched_decoder(bundle.decoder_path, device=device, dtype=torch.float32)
     except StitchedCheckpointError as error:
         raise ModelLoadError(f"bundle {bundle.name!r}: {error}") from error
-    return StitchedSceneDecoder(decoder, voxel_size=bundle.extra.get("voxel_size"))
+    decoder.set_precision(dtype)
+    return StitchedSceneDecoder(decoder, voxel_size=_voxel_size(bundle, None))
 
 
 def load_released_anysplat(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> StitchedSceneDecoder:
-    """Bundle kind ``anysplat-stitched``: the released ``anysplat_stitched.pth`` on a base AnySplat."""
+    """Bundle kind ``anysplat-stitched``: the released ``anysplat_stitched.pth`` on a base AnySplat.
+
+    The base is ``extra.anysplat``: a folder (relative to the bundle) or a hub id resolved through the
+    Hugging Face cache (default ``lhjiang/anysplat``). Gaussians are voxel-merged at the released
+    configuration's 0.002 by default (``extra.voxel_size``: another edge, or null for one per pixel),
+    and the frames reach the decoder unclamped, as in the official inference.
+    """
+    from engine.models.loading import CheckpointError
     from engine.stitching.released import ReleasedCheckpointError, load_released_stitched
 
     base = bundle.extra.get("anysplat", DEFAULT_ANYSPLAT_BASE)
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(f"bundle {bundle.name!r}: extra.anysplat must be a folder or a hub id, got {base!r}")
     local = bundle.root / base
     try:
         decoder, _ = load_released_stitched(
-            bundle.decoder_path, str(local) if local.exists() else base, device=device, dtype=dtype
+            bundle.decoder_path, str(local) if local.exists() else base, device=device, dtype=torch.float32, spec=None
         )
-    except ReleasedCheckpointError as error:
+    except (ReleasedCheckpointError, CheckpointError) as error:
         raise ModelLoadError(f"bundle {bundle.name!r}: {error}") from error
-    return StitchedSceneDecoder(decoder, voxel_size=bundle.extra.get("voxel_size"))
+    decoder.set_precision(dtype)
+    return StitchedSceneDecoder(decoder, voxel_size=_voxel_size(bundle, RELEASED_VOXEL_SIZE), clamp_frames=False)
 
 
 register_decoder_loader(STITCHED_KIND, load_stitched)

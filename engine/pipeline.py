@@ -30,6 +30,7 @@ Decoders are built from a bundle by a loader registered for the bundle's ``decod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import html
 import logging
@@ -49,6 +50,8 @@ from torch import Tensor
 
 from engine.pipeline_settings import (
     MAX_SEED,
+    OWN_CONDITIONING,
+    RELEASED_CONDITIONING,
     GenerationCancelled,
     GenerationSettings,
     ModelBundle,
@@ -172,6 +175,7 @@ class GenerationResult:
         model: identity of the model parts (paths, quick hashes, hub ids).
         timings: seconds per stage ("load" is the pipeline's load time).
         device, dtype: where the transformer ran, e.g. "cuda:0", "torch.bfloat16".
+        memory: the memory policy in force (``engine.memory.MemoryPolicy.to_dict()``), or None.
     """
 
     settings: GenerationSettings
@@ -186,6 +190,7 @@ class GenerationResult:
     timings: dict = field(default_factory=dict)
     device: str = ""
     dtype: str = ""
+    memory: Optional[dict] = None
 
 
 def software_versions() -> dict:
@@ -225,9 +230,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """ "auto" -> bfloat16 on CUDA (what Wan was trained in), float32 elsewhere."""
+    """ "auto" -> bfloat16 on CUDA (what Wan was trained in) and on meta (a dry run of CUDA), float32 elsewhere."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type in ("cuda", "meta") else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -245,9 +250,48 @@ def check_cancel(cancel: CancelCheck) -> None:
         raise GenerationCancelled("generation cancelled")
 
 
+def _memory_policy(runtime: RuntimeOptions, device: torch.device, loaded: dict, decoder, device_memory):
+    """The memory policy for the loaded parts (explicit runtime choices kept, None decided)."""
+    from engine.memory import choose_memory_policy, module_bytes
+    from engine.memory import device_memory as query
+
+    sizes = {name: module_bytes(loaded[name]) for name in ("text_encoder", "transformer", "vae")}
+    sizes["decoder"] = module_bytes(decoder)
+    if device.type not in ("cuda", "meta"):
+        free, total = None, None
+    elif device_memory is not None:
+        free, total = device_memory
+    elif device.type == "meta":
+        raise SettingsError("a dry run on the meta device needs device_memory=(free, total) for its memory policy")
+    else:
+        free, total = query(device)
+    return choose_memory_policy(sizes, free, total, runtime.cpu_offload, runtime.vae_tiling)
+
+
+def offload_device(device: torch.device) -> torch.device:
+    """Where offloaded models wait: CPU memory (a dry run on meta stays on meta)."""
+    return torch.device("meta") if torch.device(device).type == "meta" else torch.device("cpu")
+
+
+def _host(tensor: Tensor) -> torch.device:
+    return tensor.device if tensor.is_meta else torch.device("cpu")
+
+
+def _to_host(tensor: Tensor) -> Tensor:
+    """The tensor on the CPU (meta tensors of a dry run stay on meta)."""
+    return tensor.to(_host(tensor))
+
+
 def _clean_text(text: str) -> str:
-    """HTML entities decoded and whitespace collapsed, as Wan's prompts were prepared in training."""
-    return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
+    """The text as diffusers' ``WanPipeline`` cleans prompts (``prompt_clean``) with ftfy installed.
+
+    ``ftfy.fix_text`` (mojibake, odd quotes and spaces), HTML entities decoded twice, stripped, then
+    whitespace runs collapsed to one space. ftfy is a dependency of the engine.
+    """
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def _to_uint8_image(rgb: Tensor) -> np.ndarray:
@@ -276,6 +320,8 @@ class Vist3aPipeline:
         runtime: RuntimeOptions,
         model_identity: dict,
         load_seconds: float = 0.0,
+        default_conditioning: str = "ours",
+        memory_policy=None,
     ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -288,6 +334,12 @@ class Vist3aPipeline:
         self.dtype = resolve_dtype(runtime.dtype, self.device)
         self.model_identity = model_identity
         self.load_seconds = load_seconds
+        # the conditioning preset that settings with conditioning "auto" get (see GenerationSettings)
+        self.default_conditioning = default_conditioning
+        # engine.memory.MemoryPolicy: the offload/tiling choice and its reasons (recorded in metadata)
+        self.memory_policy = memory_policy
+        # True while free_gpu_memory has moved the resident models off the GPU (they return on next use)
+        self._parked = False
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
         if runtime.vae_tiling:
             self.vae.enable_tiling()
@@ -303,6 +355,7 @@ class Vist3aPipeline:
         decoder: Optional[SceneDecoder] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: CancelCheck = None,
+        device_memory: Optional[tuple[int, Optional[int]]] = None,
     ) -> Vist3aPipeline:
         """Loads every part of a model bundle.
 
@@ -312,6 +365,12 @@ class Vist3aPipeline:
             decoder: a ready 3D decoder to use instead of the bundle's (its checkpoint is then not loaded).
             progress: called with ("load", k, n, None) after each of the n parts.
             cancel: checked between parts; raises GenerationCancelled.
+            device_memory: (free, total) bytes to plan the automatic memory policy for, instead of
+                asking the device (a dry run on the meta device simulates a card with it).
+
+        Memory: options of ``runtime`` left None are decided by ``engine.memory.choose_memory_policy``
+        from the free GPU memory and the models' sizes: the models are then loaded into CPU memory
+        first, measured, and moved to the GPU unless CPU offload is chosen.
 
         Raises:
             ModelNotFoundError: the bundle or one of its parts (folder or file) does not exist.
@@ -327,10 +386,13 @@ class Vist3aPipeline:
         runtime = runtime or RuntimeOptions()
         device = resolve_device(runtime.device)
         dtype = resolve_dtype(runtime.dtype, device)
-        # With CPU offload the models live in CPU memory and visit the GPU one at a time.
-        home = torch.device("cpu") if runtime.cpu_offload else device
-        source = bundle.wan_source
-        hub = {"revision": bundle.wan_revision} if bundle.wan_is_hub_id and bundle.wan_revision else {}
+        # With CPU offload the models live in CPU memory and visit the GPU one at a time. An automatic
+        # choice loads them there first and decides once their sizes are known.
+        gpu = device.type in ("cuda", "meta")
+        automatic = gpu and (runtime.cpu_offload is None or runtime.vae_tiling is None)
+        home = offload_device(device) if (runtime.cpu_offload or automatic) else device
+        source = resolve_wan_source(bundle)
+        hub: dict = {}
 
         parts: list[tuple[str, Callable]] = [
             ("tokenizer", lambda: AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)),
@@ -377,6 +439,14 @@ class Vist3aPipeline:
             decoder = _load_part("decoder", str(bundle.decoder_path), lambda: _load_decoder(bundle, home, dtype))
         if isinstance(decoder, torch.nn.Module):
             decoder = decoder.to(home).eval().requires_grad_(False)
+        policy = _memory_policy(runtime, device, loaded, decoder, device_memory)
+        runtime = dataclasses.replace(runtime, cpu_offload=policy.cpu_offload, vae_tiling=policy.vae_tiling)
+        logger.info("memory policy: %s", policy.reason)
+        if home != device and not runtime.cpu_offload:
+            for name in ("text_encoder", "transformer", "vae"):
+                loaded[name] = loaded[name].to(device)
+            if isinstance(decoder, torch.nn.Module):
+                decoder = decoder.to(device)
         if progress:
             progress("load", total, total, None)
         identity = bundle_identity(bundle)
@@ -391,6 +461,8 @@ class Vist3aPipeline:
             runtime=runtime,
             model_identity=identity,
             load_seconds=time.perf_counter() - start,
+            default_conditioning=default_conditioning_for(bundle),
+            memory_policy=policy,
         )
 
     # ------------------------------------------------------------------ geometry of the latent
@@ -436,6 +508,7 @@ class Vist3aPipeline:
     @contextlib.contextmanager
     def _on_device(self, module) -> Iterator:
         """With CPU offload: moves ``module`` to the GPU for the duration of the block, then back."""
+        self._unpark()
         if not self.runtime.cpu_offload or not isinstance(module, torch.nn.Module):
             yield module
             return
@@ -443,7 +516,7 @@ class Vist3aPipeline:
         try:
             yield module
         finally:
-            module.to("cpu")
+            module.to(offload_device(self.device))
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -469,7 +542,10 @@ class Vist3aPipeline:
         with self._on_device(self.text_encoder) as encoder:
             ids = tokens.input_ids.to(self.device)
             mask = tokens.attention_mask.to(self.device)
-            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            # A meta dry run cannot hand the mask over: transformers inspects its values to choose an
+            # attention path. The shapes are the same either way.
+            encoder_mask = None if mask.is_meta else mask
+            hidden = encoder(input_ids=ids, attention_mask=encoder_mask).last_hidden_state
         # Wan's transformer expects padding positions to be exactly zero.
         embeddings = (hidden * mask[..., None]).to(device=self.device, dtype=self.dtype)
         if use_cache:
@@ -479,7 +555,14 @@ class Vist3aPipeline:
         return embeddings
 
     def make_scheduler(self, settings: GenerationSettings):
-        """A fresh UniPC scheduler in flow-matching mode with the settings' flow shift."""
+        """A fresh UniPC scheduler in flow-matching mode with the settings' flow shift and preset schedule.
+
+        The ``released`` preset builds the scheduler as the official inference does (diffusers defaults +
+        flow prediction, flow sigmas, the shift) with diffusers 0.33.1's sigmas; ``ours`` uses the Wan
+        pipeline's scheduler config and the installed diffusers' sigmas.
+        """
+        if settings.preset["sampler_schedule"] == "diffusers-0.33.1":
+            return flow_scheduler({}, settings.num_steps, settings.flow_shift, self.device, schedule="diffusers-0.33.1")
         return flow_scheduler(self.scheduler_config, settings.num_steps, settings.flow_shift, self.device)
 
     def initial_noise(self, settings: GenerationSettings, seed: int) -> Tensor:
@@ -504,10 +587,14 @@ class Vist3aPipeline:
 
     @torch.no_grad()
     def decode_frames(self, vae_latent: Tensor) -> Tensor:
-        """(1, C, T_lat, h, w) un-normalised latent -> (1, T, 3, H, W) float32 RGB in [0, 1]."""
+        """(1, C, T_lat, h, w) un-normalised latent -> (1, T, 3, H, W) float32 RGB, (VAE output + 1) / 2.
+
+        Not clamped here (the diffusers Wan VAE clamps its output to [-1, 1] itself); the released
+        stitched decoder reads these values as they are, as in the official inference.
+        """
         with self._on_device(self.vae) as vae:
             video = vae.decode(vae_latent.to(self.device, torch.float32), return_dict=False)[0]
-        return ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
+        return ((video.float() + 1) / 2).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
     def preview(self, x0_estimate: Tensor) -> np.ndarray:
@@ -540,7 +627,7 @@ class Vist3aPipeline:
         check_cancel(cancel)
         use_cache = settings.reuse_text_embeddings
         prompt_embeds = self.encode_text(settings.full_prompt, use_cache)
-        negative_embeds = self.encode_text(settings.negative_prompt, use_cache) if settings.uses_guidance else None
+        negative_embeds = self.encode_text(settings.negative_text, use_cache) if settings.uses_guidance else None
         if progress:
             progress("encode_prompt", 1, 1, None)
 
@@ -569,17 +656,28 @@ class Vist3aPipeline:
                 latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
                 if progress:
                     progress("denoise", index + 1, total, image)
-        if not torch.isfinite(latents).all():
+        if not latents.is_meta and not torch.isfinite(latents).all():
             raise FloatingPointError(
                 "the denoised latent contains NaN or infinity (try dtype float32 or bfloat16 instead of float16)"
             )
         return latents
 
     @torch.no_grad()
-    def decode_scene(self, vae_latent: Tensor, frames: Tensor) -> DecodedScene:
-        """Runs the 3D decoder (see the module docstring for the interface)."""
+    def decode_scene(self, vae_latent: Tensor, frames: Tensor, voxel_merge: Optional[bool] = None) -> DecodedScene:
+        """Runs the 3D decoder (see the module docstring for the interface).
+
+        ``voxel_merge`` (None: the decoder's default) is handed to decoders that take it.
+        """
+        options = {} if voxel_merge is None else {"voxel_merge": voxel_merge}
         with self._on_device(self.decoder) as decoder:
-            decoded = decoder(vae_latent.to(self.device, torch.float32), frames.to(self.device))
+            try:
+                decoded = decoder(vae_latent.to(self.device, torch.float32), frames.to(self.device), **options)
+            except TypeError as exc:
+                if options and "voxel_merge" in str(exc):
+                    raise SettingsError(
+                        "this model's 3D decoder has no voxel merging; leave voxel_merge unset"
+                    ) from exc
+                raise
         if not isinstance(decoded, DecodedScene):
             raise TypeError(f"the 3D decoder returned {type(decoded).__name__}, expected DecodedScene")
         if len(decoded.cameras) != frames.shape[1]:
@@ -603,7 +701,7 @@ class Vist3aPipeline:
         if not isinstance(settings, GenerationSettings):
             raise TypeError(f"settings must be GenerationSettings, got {type(settings).__name__}")
         seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        settings = settings.replace(seed=seed)
+        settings = settings.resolved(self.default_conditioning).replace(seed=seed)
         timings = {"load": round(self.load_seconds, 3)}
 
         start = time.perf_counter()
@@ -620,7 +718,7 @@ class Vist3aPipeline:
 
         check_cancel(cancel)
         start = time.perf_counter()
-        decoded = self.decode_scene(vae_latent, frames)
+        decoded = self.decode_scene(vae_latent, frames, settings.voxel_merge)
         scene = _scene_of_kind(decoded, settings.output_kind)
         timings["decode_scene"] = time.perf_counter() - start
         if progress:
@@ -630,16 +728,42 @@ class Vist3aPipeline:
             settings=settings,
             runtime=self.runtime,
             full_prompt=_clean_text(settings.full_prompt),
-            latent=latent.cpu(),
-            frames=frames[0].cpu(),
-            scene=scene.detach().to(device="cpu"),
-            cameras=decoded.cameras.detach().to(device="cpu"),
-            depth=None if decoded.depth is None else decoded.depth.detach().float().cpu(),
+            latent=_to_host(latent),
+            frames=_to_host(frames[0].clamp(0, 1)),
+            scene=scene.detach().to(device=_host(scene.means if isinstance(scene, GaussianScene) else scene.points)),
+            cameras=decoded.cameras.detach().to(device=_host(decoded.cameras.camera_to_world)),
+            depth=None if decoded.depth is None else _to_host(decoded.depth.detach().float()),
             model=self.model_identity,
             timings={k: round(v, 3) for k, v in timings.items()},
             device=str(self.device),
             dtype=str(self.dtype),
+            memory=None if self.memory_policy is None else self.memory_policy.to_dict(),
         )
+
+    def _models(self) -> list[torch.nn.Module]:
+        parts = (self.text_encoder, self.transformer, self.vae, self.decoder)
+        return [m for m in parts if isinstance(m, torch.nn.Module)]
+
+    def _unpark(self) -> None:
+        if self._parked:
+            for module in self._models():
+                module.to(self.device)
+            self._parked = False
+
+    def free_gpu_memory(self) -> None:
+        """Takes every model off the GPU and returns the memory to the driver (before the fly-through render).
+
+        With CPU offload the models are already in CPU memory after ``generate``. Resident models are
+        moved to CPU memory now and return to the GPU on their next use (``generate`` does it), so the
+        render and other programs get the whole card in between.
+        """
+        if self.device.type in ("cuda", "meta") and not self.runtime.cpu_offload and not self._parked:
+            for module in self._models():
+                module.to(offload_device(self.device))
+            self._parked = True
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def release(self) -> None:
         """Drops the models (and cached embeddings) and returns GPU memory to the driver.
@@ -668,18 +792,99 @@ def _scene_of_kind(decoded: DecodedScene, kind: str) -> Union[GaussianScene, Poi
     )
 
 
-def flow_scheduler(scheduler_config: dict, num_steps: int, flow_shift: float, device: torch.device):
+def default_conditioning_for(bundle: ModelBundle) -> str:
+    """The conditioning preset a bundle's model was trained with: ``released`` for the released kind."""
+    return RELEASED_CONDITIONING if bundle.decoder_kind == "anysplat-stitched" else OWN_CONDITIONING
+
+
+def official_flow_schedule(
+    num_steps: int, flow_shift: float, num_train_timesteps: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
+    """diffusers 0.33.1's UniPC flow schedule (``use_flow_sigmas=True``, no dynamic shifting).
+
+    Source: ``UniPCMultistepScheduler.set_timesteps`` of diffusers 0.33.1 (what the released VIST3A was
+    sampled with): ``alphas = linspace(1, 1/N, n + 1)``, ``sigmas = 1 - alphas``, shifted by
+    ``s·σ / (1 + (s - 1)·σ)``, reversed and the last (zero) dropped; timesteps ``int64(σ·N)`` from the
+    float64 sigmas; the final sigma 0 appended (``final_sigmas_type="zero"``) and the sigmas stored as
+    float32. Later releases take ``linspace(1, 1/N, n + 1)[:-1]`` instead, one step finer at the end: at
+    50 steps and shift 5 the last timesteps are 241/172/92 here and 244/175/96 there.
+
+    Returns (sigmas (n + 1,) float32, timesteps (n,) int64).
+    """
+    alphas = np.linspace(1, 1 / num_train_timesteps, num_steps + 1)
+    sigmas = 1.0 - alphas
+    sigmas = np.flip(flow_shift * sigmas / (1 + (flow_shift - 1) * sigmas))[:-1].copy()
+    timesteps = (sigmas * num_train_timesteps).astype(np.int64)
+    return np.concatenate([sigmas, [0.0]]).astype(np.float32), timesteps
+
+
+def flow_scheduler(
+    scheduler_config: dict, num_steps: int, flow_shift: float, device: torch.device, schedule: str = "installed"
+):
     """A fresh diffusers UniPC scheduler in flow-matching mode, its timesteps set for ``num_steps``.
 
-    ``scheduler_config`` is the Wan pipeline's scheduler config (keys starting with ``_`` are ignored).
+    ``scheduler_config`` is the Wan pipeline's scheduler config (keys starting with ``_`` are ignored;
+    ``{}``: diffusers' defaults, as the official inference builds it). ``schedule``: "installed" keeps the
+    installed diffusers' sigmas, "diffusers-0.33.1" replaces them by ``official_flow_sigmas``.
+
+    The step index starts at 0 explicitly (``set_begin_index``): diffusers otherwise finds it by looking
+    the first timestep up in the schedule and, when the first two timesteps coincide (a large shift with
+    many steps, e.g. 11 steps at shift 100, 201 at shift 5), starts at the second and runs out of sigmas.
     """
     from diffusers import UniPCMultistepScheduler
 
+    if schedule not in ("installed", "diffusers-0.33.1"):
+        raise ValueError(f"schedule must be 'installed' or 'diffusers-0.33.1', got {schedule!r}")
     config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     config.update(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(flow_shift))
     scheduler = UniPCMultistepScheduler.from_config(config)
     scheduler.set_timesteps(int(num_steps), device=device)
+    if schedule == "diffusers-0.33.1":
+        sigmas, timesteps = official_flow_schedule(
+            int(num_steps), float(flow_shift), scheduler.config.num_train_timesteps
+        )
+        scheduler.sigmas = torch.from_numpy(sigmas)
+        scheduler.timesteps = torch.from_numpy(timesteps).to(device=device)
+    scheduler.set_begin_index(0)
     return scheduler
+
+
+def _hub_offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no", "off")
+
+
+def resolve_wan_source(bundle: ModelBundle) -> str:
+    """The local folder of the bundle's Wan pipeline: its own folder, or the hub snapshot of its hub id.
+
+    A hub id (with ``wan_revision`` when given) is looked up in the Hugging Face cache first; it is
+    downloaded only when missing there and ``HF_HUB_OFFLINE`` is unset. Loading every component from the
+    snapshot folder (rather than handing the id to each library) is what makes an offline cache filled
+    by ``hf download`` work: transformers' ``AutoTokenizer`` otherwise asks the hub for a
+    ``tokenizer/config.json`` that the Wan repository does not have.
+
+    Raises ModelNotFoundError naming the id when it is neither cached nor downloadable.
+    """
+    if not bundle.wan_is_hub_id:
+        return bundle.wan_source
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(bundle.wan, revision=bundle.wan_revision, local_files_only=True)
+    except LocalEntryNotFoundError:
+        if _hub_offline():
+            raise ModelNotFoundError(
+                f"bundle {bundle.name!r}: the Wan pipeline {bundle.wan} is not in the Hugging Face cache and "
+                "HF_HUB_OFFLINE is set; download it first (hf download " + bundle.wan + ")"
+            ) from None
+    try:
+        return snapshot_download(bundle.wan, revision=bundle.wan_revision)
+    except Exception as exc:  # network, authentication or missing repository
+        raise ModelNotFoundError(
+            f"bundle {bundle.name!r}: cannot download the Wan pipeline {bundle.wan}: {exc}"
+        ) from exc
 
 
 def _load_part(name: str, source: str, load: Callable):

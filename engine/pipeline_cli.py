@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, GenerationSettings, RuntimeOptions, SettingsError
+from engine.pipeline_settings import CONDITIONINGS, GenerationSettings, RuntimeOptions, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model bundle folder (with vist3a.json)")
     parser.add_argument("--out", required=True, help="run folder to create (must not exist)")
     parser.add_argument("--from-metadata", help="re-run the generation recorded in this metadata.json")
-    parser.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT, help="default: a long quality prompt")
+    parser.add_argument("--negative-prompt", default=None, help="default: the conditioning preset's negative prompt")
     parser.add_argument("--no-orbit-template", action="store_true", help="use the prompt as is")
+    parser.add_argument(
+        "--conditioning",
+        choices=CONDITIONINGS,
+        default="auto",
+        help="prompt template, negative prompt and sampler schedule: 'released' (the official VIST3A inference), "
+        "'ours', or 'auto' (the model's own: released for the released VIST3A bundle)",
+    )
+    parser.add_argument(
+        "--no-voxel-merge", action="store_true", help="one Gaussian per pixel (the released model merges in voxels)"
+    )
     parser.add_argument("--frames", type=int, default=defaults.num_frames, help="4k+1 (default %(default)s)")
     parser.add_argument("--height", type=int, default=defaults.height, help="multiple of 16 (default %(default)s)")
     parser.add_argument("--width", type=int, default=defaults.width, help="multiple of 16 (default %(default)s)")
@@ -38,8 +48,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--points", action="store_true", help="write a coloured point cloud instead of Gaussians")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default auto)")
-    parser.add_argument("--cpu-offload", action="store_true", help="move models to the GPU one at a time")
-    parser.add_argument("--vae-tiling", action="store_true", help="decode the video in tiles (less memory)")
+    parser.add_argument(
+        "--cpu-offload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="move models to the GPU one at a time (default: decided from the free GPU memory)",
+    )
+    parser.add_argument(
+        "--vae-tiling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode the video in tiles, less memory (default: decided from the free GPU memory)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -75,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
                 prompt=args.prompt,
                 negative_prompt=args.negative_prompt,
                 orbit_template=not args.no_orbit_template,
+                conditioning=args.conditioning,
+                voxel_merge=False if args.no_voxel_merge else None,
                 num_frames=args.frames,
                 height=args.height,
                 width=args.width,
@@ -87,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             pipeline = Vist3aPipeline.from_pretrained(args.model, runtime=runtime, progress=progress)
             pipeline.check_settings(settings)
             result = pipeline.generate(settings, progress=progress)
+            pipeline.free_gpu_memory()
             out = write_outputs(result, args.out, progress=progress)
     except (SettingsError, FileNotFoundError, FileExistsError) as exc:
         logger.error("%s", exc)

@@ -291,6 +291,7 @@ def metadata_of(result: GenerationResult, files: dict) -> dict:
         "runtime": result.runtime.to_dict(),
         "device": result.device,
         "dtype": result.dtype,
+        "memory_policy": result.memory,
         "model": result.model,
         "versions": software_versions(),
         "timings": result.timings,
@@ -427,4 +428,5 @@ def regenerate(
                 "model part %r differs from the one recorded in %s; the scene may differ", part, metadata_path
             )
     result = pipeline.generate(settings, progress=progress, cancel=cancel)
+    pipeline.free_gpu_memory()
     return write_outputs(result, out_dir, progress=progress, cancel=cancel)

@@ -19,23 +19,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-# Our wording of the two prompts of the recipe: the scene is filmed by a camera orbiting it at a
-# constant distance (which is what the stitched 3D decoder reconstructs best), and the negative prompt
-# lists what breaks a reconstruction or looks bad.
-ORBIT_PROMPT_TEMPLATE = (
-    "A smooth orbit shot: the camera circles slowly around the scene at a steady distance, always "
-    "facing its centre, revealing its full 3D shape from every side. {prompt}"
-)
-DEFAULT_NEGATIVE_PROMPT = (
-    "blurry, out of focus, depth of field, motion blur, shaky camera, camera cuts, zoom, flicker, noise, "
-    "grain, compression artifacts, overexposed, underexposed, washed out, low resolution, low quality, "
-    "low detail, watermark, text, subtitles, logo, frame border, split screen, deformed, distorted, "
-    "warped geometry, melting, inconsistent shapes, duplicated objects, floating fragments, extra limbs, "
-    "disfigured, bad anatomy, cartoonish, flat lighting, static image"
-)
+# Conditioning presets (prompt template, negative prompt, sampler schedule), kept as data with their
+# provenance in conditioning_presets.json: "released" is the official VIST3A inference's text verbatim,
+# "ours" this project's wording.
+PRESETS_FILE = Path(__file__).with_name("conditioning_presets.json")
+
+
+def _read_presets() -> dict:
+    data = json.loads(PRESETS_FILE.read_text(encoding="utf-8"))
+    presets = data["presets"]
+    for name, preset in presets.items():
+        if "{prompt}" not in preset["prompt_template"] or preset["sampler_schedule"] not in (
+            "diffusers-0.33.1",
+            "installed",
+        ):
+            raise ValueError(f"{PRESETS_FILE}: preset {name!r} is malformed")
+    return presets
+
+
+CONDITIONING_PRESETS: dict = _read_presets()
+CONDITIONINGS = ("auto", *CONDITIONING_PRESETS)
+RELEASED_CONDITIONING = "released"
+OWN_CONDITIONING = "ours"
+ORBIT_PROMPT_TEMPLATE = CONDITIONING_PRESETS[OWN_CONDITIONING]["prompt_template"]
+DEFAULT_NEGATIVE_PROMPT = CONDITIONING_PRESETS[OWN_CONDITIONING]["negative_prompt"]
 
 OUTPUT_KINDS = ("gaussians", "points")
-DEVICES_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+DEVICES_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps|meta)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 BUNDLE_MANIFEST = "vist3a.json"
@@ -93,8 +103,9 @@ class GenerationSettings:
 
     Attributes:
         prompt: the scene description (non-empty).
-        negative_prompt: what to steer away from (used with guidance_scale > 1).
-        orbit_template: wrap the prompt in ORBIT_PROMPT_TEMPLATE.
+        negative_prompt: what to steer away from (used with guidance_scale > 1); None: the conditioning
+            preset's negative prompt.
+        orbit_template: wrap the prompt in the conditioning preset's orbit-camera template.
         num_frames: video frames, 4k + 1 (the Wan VAE compresses time by 4 after the first frame); 5..161.
         height, width: pixels, multiples of 16 (VAE factor 8 x transformer patch 2); 16..2048.
         num_steps: denoising steps, 1..1000.
@@ -104,10 +115,17 @@ class GenerationSettings:
         output_kind: "gaussians" (3DGS PLY) or "points" (coloured point PLY).
         reuse_text_embeddings: keep text embeddings of recent prompts, so runs with the same prompt skip
             the text encoder.
+        conditioning: "released" (the official VIST3A inference: its orbit template, its negative prompt
+            and diffusers 0.33.1's UniPC flow-sigma schedule), "ours" (this project's wording and the
+            installed diffusers' schedule), or "auto": the model's default (``released`` for the released
+            decoder kind ``anysplat-stitched``, ``ours`` otherwise); the pipeline resolves "auto" and
+            records the preset used.
+        voxel_merge: merge the Gaussians in voxels (AnySplat's released configuration, edge 0.002): None
+            uses the model's default (on for the released kind), False writes one Gaussian per pixel.
     """
 
     prompt: str
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    negative_prompt: Optional[str] = None
     orbit_template: bool = True
     num_frames: int = 13
     height: int = 512
@@ -118,12 +136,18 @@ class GenerationSettings:
     seed: Optional[int] = None
     output_kind: str = "gaussians"
     reuse_text_embeddings: bool = True
+    conditioning: str = "auto"
+    voxel_merge: Optional[bool] = None
 
     def __post_init__(self):
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise SettingsError("prompt must be a non-empty string")
-        if not isinstance(self.negative_prompt, str):
-            raise SettingsError(f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise SettingsError(f"negative_prompt must be a string or null, got {type(self.negative_prompt).__name__}")
+        if self.conditioning not in CONDITIONINGS:
+            raise SettingsError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
+        if self.voxel_merge is not None and not isinstance(self.voxel_merge, bool):
+            raise SettingsError(f"voxel_merge must be true, false or null, got {self.voxel_merge!r}")
         for name in ("orbit_template", "reuse_text_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -146,10 +170,30 @@ class GenerationSettings:
             raise SettingsError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
 
     @property
+    def preset(self) -> dict:
+        """The conditioning preset's data ("auto" not yet resolved by a pipeline reads as "ours")."""
+        return CONDITIONING_PRESETS[OWN_CONDITIONING if self.conditioning == "auto" else self.conditioning]
+
+    def resolved(self, default_conditioning: str) -> GenerationSettings:
+        """These settings with "auto" replaced by ``default_conditioning`` and the negative prompt filled in."""
+        conditioning = default_conditioning if self.conditioning == "auto" else self.conditioning
+        if conditioning not in CONDITIONING_PRESETS:
+            raise SettingsError(f"unknown conditioning preset {conditioning!r}")
+        negative = self.negative_prompt
+        if negative is None:
+            negative = CONDITIONING_PRESETS[conditioning]["negative_prompt"]
+        return self.replace(conditioning=conditioning, negative_prompt=negative)
+
+    @property
     def full_prompt(self) -> str:
-        """The text given to the text encoder (the prompt, wrapped in the orbit template if enabled)."""
+        """The text given to the text encoder (the prompt, wrapped in the preset's template if enabled)."""
         prompt = self.prompt.strip()
-        return ORBIT_PROMPT_TEMPLATE.format(prompt=prompt) if self.orbit_template else prompt
+        return self.preset["prompt_template"].format(prompt=prompt) if self.orbit_template else prompt
+
+    @property
+    def negative_text(self) -> str:
+        """The negative prompt used (the preset's when ``negative_prompt`` is None)."""
+        return self.preset["negative_prompt"] if self.negative_prompt is None else self.negative_prompt
 
     @property
     def uses_guidance(self) -> bool:
@@ -171,27 +215,30 @@ class RuntimeOptions:
     """Where and how the models run (they do not change what is generated, apart from float rounding).
 
     Attributes:
-        device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:N" or "mps".
+        device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:N" or "mps"; "meta" is a dry
+            run that emulates CUDA with shapes and dtypes only (no values; ``engine.dry_run``).
         dtype: "auto" (bfloat16 on CUDA, float32 elsewhere), "float32", "bfloat16" or "float16"; used
             for the text encoder and the transformer. The VAE always runs in float32.
-        cpu_offload: keep models in CPU memory and move each to the GPU only while it runs (CUDA only).
-        vae_tiling: decode the video in overlapping tiles to bound the VAE's memory.
+        cpu_offload: keep models in CPU memory and move each to the GPU only while it runs (CUDA only);
+            None: decided from the free GPU memory when the models load (``engine.memory``).
+        vae_tiling: decode the video in overlapping tiles to bound the VAE's memory; None: decided
+            from the free GPU memory.
     """
 
     device: str = "auto"
     dtype: str = "auto"
-    cpu_offload: bool = False
-    vae_tiling: bool = False
+    cpu_offload: Optional[bool] = None
+    vae_tiling: Optional[bool] = None
 
     def __post_init__(self):
         if not isinstance(self.device, str) or not DEVICES_PATTERN.match(self.device):
-            raise SettingsError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+            raise SettingsError(f"device must be auto, cpu, cuda, cuda:N, mps or meta, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name in ("cpu_offload", "vae_tiling"):
-            if not isinstance(getattr(self, name), bool):
-                raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.cpu_offload and not (self.device == "auto" or self.device.startswith("cuda")):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be true, false or null (automatic), got {getattr(self, name)!r}")
+        if self.cpu_offload and not (self.device in ("auto", "meta") or self.device.startswith("cuda")):
             raise SettingsError(f"cpu_offload needs a CUDA device, but device is {self.device!r}")
 
     def to_dict(self) -> dict:

@@ -204,3 +204,104 @@ def build_visible_anysplat(seed: int = 0, embed_dim: int = 32, colour_gain: floa
         for channel in range(3):  # SH coefficients are RGB-major: DC of channel c at 8 + c·coeffs
             last.weight[8 + channel * coeffs] *= colour_gain
     return network
+
+
+# ----------------------------------------------------------------------------- the released layout, tiny
+
+RELEASED_WAN_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+RELEASED_ANYSPLAT_ID = "lhjiang/anysplat"
+RELEASED_VIST3A_ID = "HJGO/VIST3A"
+RELEASED_CHECKPOINT = "anysplat_stitched.pth"
+RELEASED_LORA_DIR = "vist3a_1.3b_lora_ema"
+
+
+def released_checkpoint_for(decoder, seed: int = 3, scale: float = 0.02) -> dict:
+    """A checkpoint in the released ``anysplat_stitched.pth`` layout (NOTES.md §8) for a stitched AnySplat.
+
+    LoRA (rank 64, alpha 32, loralib names, kept DINOv2 blocks re-indexed from 0) with small random
+    factors on every Linear/Conv2d, the layers' current biases, the tokens (bf16, as released) and the
+    stitching conv. Merged onto the decoder's original network it gives a slightly changed decoder.
+    """
+    from torch import nn
+
+    from engine.stitching.released import RELEASED_RANK, lora_target_names, ours_to_released
+
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name in lora_target_names(decoder):
+        module = decoder.get_submodule(name)
+        released = ours_to_released(name, decoder.removed_dino_blocks)
+        if isinstance(module, nn.Linear):
+            a_shape, b_shape = (RELEASED_RANK, module.in_features), (module.out_features, RELEASED_RANK)
+        else:
+            k = module.kernel_size[0]
+            a_shape = (RELEASED_RANK * k, module.in_channels * k)
+            b_shape = (module.out_channels * k, RELEASED_RANK * k)
+        lora[f"{released}.lora_A"] = torch.randn(a_shape, generator=generator) * scale
+        if module.bias is not None:
+            bias = module.bias.detach().clone()
+            lora[f"{released}.bias"] = bias.to(torch.bfloat16) if ".aggregator." in name else bias
+        lora[f"{released}.lora_B"] = torch.randn(b_shape, generator=generator) * scale
+    dino = decoder.network.aggregator.patch_embed
+    layer = decoder.stitching_layer
+    return {
+        "lora": lora,
+        "stitching_layer": {"weight": layer.weight.detach().clone(), "bias": layer.bias.detach().clone()},
+        "mask_token": dino.mask_token.detach().to(torch.bfloat16),
+        "cls_token": dino.cls_token.detach().to(torch.bfloat16),
+        "register_tokens": dino.register_tokens.detach().to(torch.bfloat16),
+    }
+
+
+def _hub_snapshot(cache: Path, repo_id: str, revision: str) -> Path:
+    """``<cache>/models--owner--name/snapshots/<revision>/`` with ``refs/main`` pointing at it."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+def build_tiny_released_layout(cache: str | Path, bundle: str | Path, seed: int = 0) -> Path:
+    """Tiny stand-ins of the released downloads, laid out as the Hugging Face hub client writes them.
+
+    * ``cache`` becomes a hub cache (``HF_HUB_CACHE``) holding ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` (a
+      diffusers WanPipeline folder) and ``lhjiang/anysplat`` (``config.json`` + ``model.safetensors``),
+      so that their hub ids resolve offline (``HF_HUB_OFFLINE=1``);
+    * ``bundle`` becomes what ``hf download HJGO/VIST3A --local-dir bundle`` gives (``anysplat_stitched.pth``,
+      ``vist3a_1.3b_lora_ema/``) plus the ``vist3a.json`` manifest of the README, naming the two base
+      models by hub id and the decoder kind ``anysplat-stitched``.
+
+    Returns the bundle folder.
+    """
+    from engine.models.anysplat import AnySplat
+    from engine.models.config import tiny_anysplat_config
+    from engine.models.loading import save_model
+    from engine.stitching.decoder import RELEASED_CUT_STAGE, WAN_VAE, StitchedDecoder
+
+    cache, bundle = Path(cache), Path(bundle)
+    pipe = build_wan_pipeline(seed)
+    pipe.save_pretrained(str(_hub_snapshot(cache, RELEASED_WAN_ID, "0" * 39 + "1")))
+
+    torch.manual_seed(seed)
+    network = AnySplat(tiny_anysplat_config(embed_dim=32)).eval()
+    _make_cameras_valid(network.encoder.camera_head, seed)
+    save_model(network, _hub_snapshot(cache, RELEASED_ANYSPLAT_ID, "0" * 39 + "2"))
+
+    decoder = StitchedDecoder.from_network(
+        copy.deepcopy(network), RELEASED_CUT_STAGE, TINY_SPEC_TEMPLATE.format(dim=32), WAN_VAE
+    )
+    bundle.mkdir(parents=True, exist_ok=True)
+    torch.save(released_checkpoint_for(decoder, seed + 3), bundle / RELEASED_CHECKPOINT)
+    build_lora_adapter(pipe.transformer, bundle / RELEASED_LORA_DIR, seed=seed + 1)
+    ModelBundle(
+        root=bundle,
+        name="vist3a-wan2.1-1.3b-anysplat",
+        wan=RELEASED_WAN_ID,
+        decoder_kind="anysplat-stitched",
+        decoder_checkpoint=RELEASED_CHECKPOINT,
+        lora=RELEASED_LORA_DIR,
+        extra={"anysplat": RELEASED_ANYSPLAT_ID},
+    ).save()
+    return bundle

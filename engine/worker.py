@@ -131,8 +131,16 @@ class Worker:
             "error_type": error_type,
             "message": str(exc) or type(exc).__name__,
             "traceback": trace,
-            "hint": HINTS.get(error_type),
+            "hint": self._hint(error_type),
         }
+
+    def _hint(self, error_type: str) -> Optional[str]:
+        """The hint for an error; out of memory names the option that would help with this model here."""
+        if error_type == "out_of_memory" and self._pipeline is not None:
+            from engine.memory import out_of_memory_hint
+
+            return out_of_memory_hint(self._pipeline.memory_policy)
+        return HINTS.get(error_type)
 
     # ------------------------------------------------------------------ reading requests
 
@@ -297,6 +305,7 @@ class Worker:
         result = pipeline.generate(
             settings, progress=progress, cancel=cancel, preview_every=request.get("preview_every", 0)
         )
+        pipeline.free_gpu_memory()
         write_outputs(result, out_dir, progress=progress, cancel=cancel)
         logger.info("request %s: wrote %s", request.id, out_dir)
         return protocol.RESULT, {"output_dir": str(out_dir), "seed": settings.seed, "timings": result.timings}

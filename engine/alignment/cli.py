@@ -140,7 +140,9 @@ def _train(args: argparse.Namespace, context) -> int:
                 "LoRA on the plain Wan model: give a bundle without 'lora'"
             )
         device = str(context.device(None if args.device == "auto" else args.device))
-        pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=RuntimeOptions(device=device, dtype=args.dtype))
+        # training keeps every model resident: no automatic offload or tiling
+        runtime = RuntimeOptions(device=device, dtype=args.dtype, cpu_offload=False, vae_tiling=False)
+        pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=runtime)
     except (ModelNotFoundError, ModelLoadError) as error:
         raise SystemExit(f"cannot load the model: {error}") from None
     sources = RewardModelSources(

@@ -57,6 +57,9 @@ class Aggregator(nn.Module):
     """Alternating-attention backbone. Keys: camera_token, register_token, patch_embed.*,
     frame_blocks.{i}.*, global_blocks.{i}.* (in this order, as the official module)."""
 
+    # dtype the ImageNet constants are rounded to before use (None: exact float32), see normalization_constants
+    constants_dtype: Optional[torch.dtype] = None
+
     def __init__(self, config: AggregatorConfig) -> None:
         super().__init__()
         if config.patch_embed.depth < 1:
@@ -128,14 +131,31 @@ class Aggregator(nn.Module):
         taps, _ = self._execute(x, 0, b, s, h, w, self._tap_set(intermediate_layer_idx), set(), len(self._plan))
         return taps, self.patch_start_idx
 
-    def normalize(self, images: Tensor) -> Tensor:
-        """[0, 1] RGB (B, S, 3, H, W) -> ImageNet-normalised.
+    def normalization_constants(self, dtype: torch.dtype, device=None) -> tuple[Tensor, Tensor]:
+        """ImageNet (mean, std), each (1, 1, 3, 1, 1), as this model's official build holds them.
 
-        The constants are made per call rather than kept as buffers, so that a model built on the meta
-        device and filled with ``load_state_dict(assign=True)`` has no uninitialised state.
+        With ``constants_dtype`` set (AnySplat: bfloat16) the float32 constants are first rounded to that
+        dtype, as the official AnySplat's ``aggregator.to(torch.bfloat16)`` rounds its mean/std buffers
+        (so its released weights were trained and run with mean ≈ [0.4844, 0.4551, 0.4062] and std ≈
+        [0.2285, 0.2236, 0.2246]); VGGT keeps the exact values.
         """
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+        if self.constants_dtype is not None:
+            mean, std = mean.to(self.constants_dtype), std.to(self.constants_dtype)
+        return (
+            mean.to(device=device, dtype=dtype).view(1, 1, 3, 1, 1),
+            std.to(device=device, dtype=dtype).view(1, 1, 3, 1, 1),
+        )
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """[0, 1] RGB (B, S, 3, H, W) -> ImageNet-normalised, in the images' dtype.
+
+        The constants (``normalization_constants``) are made per call rather than kept as buffers, so
+        that a model built on the meta device and filled with ``load_state_dict(assign=True)`` has no
+        uninitialised state.
+        """
+        mean, std = self.normalization_constants(images.dtype, images.device)
         return (images - mean) / std
 
     def trace(self, images: Tensor, stages: Optional[Iterable[str]] = None) -> dict[str, Tensor]:

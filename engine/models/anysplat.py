@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from engine.models.aggregator import Aggregator
@@ -34,6 +35,9 @@ class AnySplatEncoder(nn.Module):
     def __init__(self, config: AnySplatConfig) -> None:
         super().__init__()
         self.aggregator = Aggregator(config.aggregator)
+        # The official EncoderAnySplat casts its aggregator to bf16 when built, which rounds the ImageNet
+        # mean/std buffers; the released weights run with the rounded values (anysplat.py, VGGT kept exact).
+        self.aggregator.constants_dtype = torch.bfloat16
         self.camera_head = CameraHead(config.camera_head)
         self.depth_head = build_dpt_head(config.depth_head)
         gaussian = config.gaussian_head

@@ -353,7 +353,9 @@ def gaussians_from_raw(
     conf = raw[:, :, -1].reshape(batch, views * height * width)
     flat_points = points.reshape(batch, views * height * width, 3)
     adapter = GaussianAdapter(sh_degree, opacity_exponent).to(raw.device)
-    if voxel_size is None:
+    # On the meta device (a dry run) the voxel count is data-dependent and unknown: merging is skipped,
+    # which gives the upper bound N = V*H*W for every tensor that follows.
+    if voxel_size is None or raw.is_meta:
         return adapter(flat_points, features)
 
     merged = [voxel_merge(flat_points[b], features[b], conf[b], voxel_size) for b in range(batch)]

@@ -82,7 +82,9 @@ class RotaryPositionEmbedding2D(nn.Module):
         if positions.dim() != 3 or positions.shape[-1] != 2:
             raise ValueError(f"RoPE positions must be (B, N, 2), got {tuple(positions.shape)}")
         half = tokens.shape[-1] // 2
-        cos, sin = self._tables(half, int(positions.max()) + 1, tokens.device, tokens.dtype)
+        # positions of a grid of N tokens are < N + 1: the bound stands in for the maximum on meta (dry run)
+        length = positions.shape[-2] + 1 if positions.is_meta else int(positions.max()) + 1
+        cos, sin = self._tables(half, length, tokens.device, tokens.dtype)
         rows, cols = tokens.chunk(2, dim=-1)
         rows = self._rotate(rows, positions[..., 0], cos, sin)
         cols = self._rotate(cols, positions[..., 1], cos, sin)

@@ -30,9 +30,21 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from engine.models.gaussian_adapter import AnySplatGaussians, gaussians_from_raw, unproject_depth_official
+from engine.models.gaussian_adapter import (
+    MAX_SCALE,
+    QUATERNION_EPS,
+    SCALE_MULTIPLIER,
+    SOFTMAX_DENOMINATOR_EPS,
+    AnySplatGaussians,
+    gaussian_head_output_dim,
+    gaussians_from_raw,
+    num_sh_coeffs,
+    sh_mask,
+    unproject_depth_official,
+)
 from engine.models.pose_encoding import (
     ANYSPLAT_FOV_EPS,
     VGGT_FOV_EPS,
@@ -41,7 +53,7 @@ from engine.models.pose_encoding import (
     pose_encoding_to_extri_intri,
 )
 from engine.render.sh import sh_basis
-from engine.scene import Cameras, GaussianScene, PointScene
+from engine.scene import MAX_SH_DEGREE, Cameras, GaussianScene, PointScene
 
 
 class PredictionError(ValueError):
@@ -67,11 +79,13 @@ def sh_rotation_matrix(rotation: Tensor, degree: int) -> Tensor:
     Each band l is closed under rotation, so M is block diagonal and exact: it is solved per band from
     the basis evaluated at fixed sample directions (least squares on 64 directions, float64).
     """
+    size = (degree + 1) ** 2
+    if rotation.is_meta:  # dry run: the shape only
+        return torch.empty(size, size, dtype=torch.float64, device="meta")
     rot = rotation.detach().to(torch.float64).cpu()
     dirs = _sample_directions()
     full = sh_basis(dirs, degree)
     rotated = sh_basis(dirs @ rot, degree)  # rows: R^T d
-    size = (degree + 1) ** 2
     out = torch.zeros(size, size, dtype=torch.float64)
     out[0, 0] = 1.0  # the constant band is rotation invariant
     for band in range(1, degree + 1):
@@ -119,6 +133,125 @@ def transform_gaussian_scene(scene: GaussianScene, transform: Tensor) -> Gaussia
 
 
 # ------------------------------------------------------------------------------------------------------
+# Chunked post-processing: raw head output -> the fields a GaussianScene holds
+# ------------------------------------------------------------------------------------------------------
+
+# Gaussians per post-processing chunk: ~0.1 GB of float32 temporaries for AnySplat's 84 raw channels.
+POSTPROCESS_CHUNK = 1 << 18
+
+
+def _row_chunks(views: int, height: int, width: int, chunk_size: int):
+    """(view, first row, last row + 1, first flat index) covering (view, row, column) order in chunks."""
+    rows = max(1, chunk_size // width)
+    for view in range(views):
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            yield view, top, bottom, (view * height + top) * width
+
+
+def gaussian_scene_from_raw(
+    raw: Tensor,
+    points: Tensor,
+    sh_degree: int,
+    voxel_size: Optional[float] = None,
+    transform: Optional[Tensor] = None,
+    out_sh_degree: Optional[int] = None,
+    chunk_size: int = POSTPROCESS_CHUNK,
+) -> GaussianScene:
+    """AnySplat's official post-processing for one batch element, restricted to what a scene holds.
+
+    Same computation as ``gaussians_from_raw`` + ``AnySplatGaussians.to_scene`` (+ the rigid change of
+    frame of ``transform_gaussian_scene`` when ``transform`` is given), written chunk by chunk into the
+    output tensors: means, unit quaternions (w, x, y, z), log scales, opacity logits (the raw density)
+    and the SH coefficients up to ``out_sh_degree`` (default min(``sh_degree``, 3)). Voxel merging
+    (``voxel_size``) merges the raw features chunk by chunk with the official per-voxel softmax of the
+    confidence channel; the merged values equal ``voxel_merge``'s up to summation order. On the meta
+    device (a dry run) merging is skipped: N = V·H·W is the upper bound.
+
+    Args:
+        raw: (V, C, H, W) Gaussian-head output, C = ``gaussian_head_output_dim(sh_degree)``.
+        points: (V, H, W, 3) world points of the pixels.
+        transform: optional (4, 4) rigid world transform applied to the result.
+        chunk_size: Gaussians per chunk (memory only).
+    """
+    views, channels, height, width = raw.shape
+    if channels != gaussian_head_output_dim(sh_degree) or points.shape != (views, height, width, 3):
+        raise ValueError(f"raw {tuple(raw.shape)} and points {tuple(points.shape)} do not fit SH degree {sh_degree}")
+    degree = min(sh_degree, MAX_SH_DEGREE) if out_sh_degree is None else out_sh_degree
+    if not 0 <= degree <= min(sh_degree, MAX_SH_DEGREE):
+        raise ValueError(f"sh_degree must be in 0..{min(sh_degree, MAX_SH_DEGREE)}, got {degree}")
+    d_sh, k = num_sh_coeffs(sh_degree), num_sh_coeffs(degree)
+    device = raw.device
+    mask = sh_mask(sh_degree, device=device)[:k]
+
+    def features(view, top, bottom):  # (rows·W, C) float32 raw channels of one chunk
+        return raw[view, :, top:bottom].permute(1, 2, 0).reshape(-1, channels).float()
+
+    count = views * height * width
+    merge = voxel_size is not None and not raw.is_meta
+    if merge:
+        if voxel_size <= 0:
+            raise ValueError(f"voxel_size must be positive, got {voxel_size}")
+        flat_points = points.reshape(count, 3).float()
+        conf = raw[:, -1].reshape(count).float()
+        _, inverse = torch.unique((flat_points / voxel_size).round().int(), dim=0, return_inverse=True)
+        count = int(inverse.max()) + 1 if inverse.numel() else 0
+        voxel_max = torch.full((count,), float("-inf"), device=device).scatter_reduce(
+            0, inverse, conf, reduce="amax", include_self=True
+        )
+        conf_exp = torch.exp(conf - voxel_max[inverse])
+        voxel_sum = torch.zeros(count, device=device).index_add(0, inverse, conf_exp)
+        weights = (conf_exp / (voxel_sum[inverse] + SOFTMAX_DENOMINATOR_EPS)).unsqueeze(-1)
+        del conf, conf_exp, voxel_sum, voxel_max
+        merged_points = torch.zeros(count, 3, device=device).index_add(0, inverse, flat_points * weights)
+        merged = torch.zeros(count, channels - 1, device=device)
+        for view, top, bottom, start in _row_chunks(views, height, width, chunk_size):
+            stop = start + (bottom - top) * width
+            merged.index_add_(0, inverse[start:stop], features(view, top, bottom)[:, :-1] * weights[start:stop])
+        del weights, inverse, flat_points
+
+        def chunks():
+            for start in range(0, count, chunk_size):
+                stop = min(count, start + chunk_size)
+                yield start, stop, merged_points[start:stop], merged[start:stop]
+
+    else:
+
+        def chunks():
+            for view, top, bottom, start in _row_chunks(views, height, width, chunk_size):
+                stop = start + (bottom - top) * width
+                yield start, stop, points[view, top:bottom].reshape(-1, 3).float(), features(view, top, bottom)
+
+    rotation = translation = quat = sh_matrix = None
+    if transform is not None:
+        rotation, translation = transform[:3, :3].float(), transform[:3, 3].float()
+        quat = mat_to_quat(rotation.to(torch.float64)).float().roll(1, dims=-1)
+        sh_matrix = sh_rotation_matrix(rotation, degree).to(device=device, dtype=torch.float32) if k > 1 else None
+
+    means = torch.empty(count, 3, device=device)
+    rotations = torch.empty(count, 4, device=device)
+    log_scales = torch.empty(count, 3, device=device)
+    opacity_logits = torch.empty(count, device=device)
+    sh = torch.empty(count, k, 3, device=device)
+    for start, stop, chunk_means, f in chunks():
+        scales = (SCALE_MULTIPLIER * F.softplus(f[:, 1:4])).clamp_max(MAX_SCALE)
+        quats = f[:, 4:8]
+        quats = (quats / (quats.norm(dim=-1, keepdim=True) + QUATERNION_EPS)).roll(1, dims=-1)
+        coeffs = (f[:, 8 : 8 + 3 * d_sh].unflatten(-1, (3, d_sh))[..., :k] * mask).transpose(-1, -2)
+        if transform is not None:
+            chunk_means = chunk_means @ rotation.T + translation
+            quats = _quat_multiply_wxyz(quat.expand_as(quats), quats)
+            if sh_matrix is not None:
+                coeffs = torch.einsum("ij,njc->nic", sh_matrix, coeffs)
+        means[start:stop] = chunk_means
+        rotations[start:stop] = quats
+        log_scales[start:stop] = torch.log(scales.clamp_min(1e-30))
+        opacity_logits[start:stop] = f[:, 0]
+        sh[start:stop] = coeffs
+    return GaussianScene(means=means, rotations=rotations, log_scales=log_scales, opacity_logits=opacity_logits, sh=sh)
+
+
+# ------------------------------------------------------------------------------------------------------
 # Predictions
 # ------------------------------------------------------------------------------------------------------
 
@@ -130,7 +263,7 @@ def _cameras_from_pose(
     extrinsics, intrinsics = pose_encoding_to_extri_intri(
         pose_enc[batch_index : batch_index + 1].float(), image_size_hw, fov_eps
     )
-    if not torch.isfinite(intrinsics).all() or not torch.isfinite(extrinsics).all():
+    if not intrinsics.is_meta and (not torch.isfinite(intrinsics).all() or not torch.isfinite(extrinsics).all()):
         fov = pose_enc[batch_index, :, 7:].detach().float()
         raise PredictionError(
             f"the network predicted degenerate cameras (fields of view in [{fov.min():.3g}, {fov.max():.3g}] rad, "
@@ -267,10 +400,24 @@ class AnySplatPrediction:
         voxel_size: Optional[float] = None,
         relative_to_first: bool = True,
         sh_degree: Optional[int] = None,
+        chunk_size: int = POSTPROCESS_CHUNK,
     ) -> GaussianScene:
-        """One batch element as a ``GaussianScene`` (SH truncated to degree <= 3, see the module doc)."""
-        scene = self.gaussians(voxel_size).to_scene(batch_index, sh_degree)
-        if not relative_to_first:
-            return scene
-        _, transform = _cameras_from_pose(self.pose_enc, self.image_size, self.fov_eps, batch_index, True)
-        return transform_gaussian_scene(scene, transform)
+        """One batch element as a ``GaussianScene`` (SH truncated to degree <= 3, see the module doc).
+
+        The same values as ``gaussians(voxel_size).to_scene(...)`` followed by the change of frame, but
+        computed only for what a scene holds (no covariances, no degree-4 harmonics, no opacity
+        mapping) and in chunks of ``chunk_size`` Gaussians, so the transient memory stays bounded
+        (:func:`gaussian_scene_from_raw`).
+        """
+        transform = None
+        if relative_to_first:
+            _, transform = _cameras_from_pose(self.pose_enc, self.image_size, self.fov_eps, batch_index, True)
+        return gaussian_scene_from_raw(
+            self.gaussian_raw[batch_index],
+            self.points[batch_index],
+            self.sh_degree,
+            voxel_size=voxel_size,
+            transform=transform,
+            out_sh_degree=sh_degree,
+            chunk_size=chunk_size,
+        )

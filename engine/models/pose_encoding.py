@@ -45,10 +45,9 @@ def quat_to_mat(quaternions: Tensor) -> Tensor:
 
 def _sqrt_positive_part(x: Tensor) -> Tensor:
     """sqrt(max(0, x)) with a zero (not NaN) gradient at 0."""
-    out = torch.zeros_like(x)
     positive = x > 0
-    out[positive] = torch.sqrt(x[positive])
-    return out
+    # data-independent (no boolean indexing), so that it also runs on the meta device
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
 def mat_to_quat(matrix: Tensor) -> Tensor:
@@ -78,8 +77,8 @@ def mat_to_quat(matrix: Tensor) -> Tensor:
     )
     floor = torch.tensor(0.1, dtype=q_abs.dtype, device=q_abs.device)
     candidates = candidates / (2.0 * q_abs[..., None].max(floor))
-    best = F.one_hot(q_abs.argmax(dim=-1), num_classes=4) > 0.5
-    rijk = candidates[best, :].reshape(batch + (4,))
+    best = q_abs.argmax(dim=-1)[..., None, None].expand(batch + (1, 4))
+    rijk = candidates.gather(-2, best).squeeze(-2)
     xyzw = rijk[..., [1, 2, 3, 0]]
     return torch.where(xyzw[..., 3:4] < 0, -xyzw, xyzw)
 

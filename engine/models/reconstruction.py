@@ -8,15 +8,25 @@ like a video with the reference view first (view 0 defines the world frame).
 
 Precision
 ---------
-On CUDA the aggregator runs under bf16 autocast (``autocast_dtype``; None disables it) and the heads in
-float32 with autocast off, as the official inference. On the CPU everything runs in float32. Inference
-should use ``predict`` (eval mode, ``torch.no_grad``); ``forward`` keeps gradients for training, where
-``set_gradient_checkpointing`` trades compute for memory per block.
+The official policy (AnySplat ``EncoderAnySplat``, VIST3A ``AnySplatStitched``): the aggregator's weights
+are bf16 and it runs under bf16 autocast on images cast to bf16; the camera, depth and Gaussian heads and
+every post-processing step run in float32 with autocast off. Two ways to get it:
+
+* default (``precision`` None): on CUDA the aggregator runs under ``autocast_dtype`` autocast (bf16;
+  None disables it) with float32 weights, the heads in float32; on the CPU everything is float32;
+* ``set_precision(dtype)``: the explicit policy on any device. bf16/fp16: the aggregator's parameters
+  are cast to ``dtype`` (half the memory) and it runs under ``dtype`` autocast on the images cast to
+  ``dtype``; the heads keep float32 parameters and run with autocast off. float32: everything float32,
+  no autocast (the exact reference).
+
+Inference should use ``predict`` (eval mode, ``torch.no_grad``); ``forward`` keeps gradients for
+training, where ``set_gradient_checkpointing`` trades compute for memory per block.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable
 from typing import Optional
 
@@ -28,6 +38,28 @@ from engine.models.layers import Block
 
 # Frames slightly outside [0, 1] (resampling overshoot) are tolerated, clearly wrong ranges are not.
 _RANGE_TOLERANCE = 1e-3
+
+_META_AUTOCAST = threading.local()
+
+
+def meta_autocast_dtype() -> Optional[torch.dtype]:
+    """The autocast dtype a meta-device dry run is emulating right now (None outside such a region).
+
+    The meta device has no autocast; where the real run would enter autocast, a meta run records it
+    here so that a dry-run dtype checker (``engine.dry_run``) knows which mixed-dtype calls autocast
+    would have reconciled.
+    """
+    return getattr(_META_AUTOCAST, "dtype", None)
+
+
+@contextlib.contextmanager
+def _emulated_autocast(dtype: torch.dtype):
+    previous = meta_autocast_dtype()
+    _META_AUTOCAST.dtype = dtype
+    try:
+        yield
+    finally:
+        _META_AUTOCAST.dtype = previous
 
 
 class InputError(ValueError):
@@ -43,6 +75,8 @@ class ReconstructionModel(nn.Module):
 
     config_class: type
     autocast_dtype: Optional[torch.dtype] = torch.bfloat16
+    # None: the default policy (see the module doc); a dtype: set by ``set_precision``.
+    precision: Optional[torch.dtype] = None
     aggregator: Aggregator
 
     def _run_heads(self, taps: list[Optional[Tensor]], images: Tensor, frames_chunk_size: Optional[int]):
@@ -70,20 +104,51 @@ class ReconstructionModel(nn.Module):
             )
         if views < self.config.min_views:
             raise InputError(f"{type(self).__name__} needs at least {self.config.min_views} views, got {views}")
+        if images.is_meta:  # a dry run on the meta device: no values to check
+            return images
         low, high = float(images.detach().min()), float(images.detach().max())
         if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
             raise InputError(f"images must be in [0, 1], got values in [{low:.3g}, {high:.3g}]")
         return images
 
+    def set_precision(self, dtype: torch.dtype) -> ReconstructionModel:
+        """Applies the official precision policy for ``dtype`` (see the module doc); returns self.
+
+        Raises ValueError for a dtype other than float32, bfloat16 and float16.
+        """
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"precision must be float32, bfloat16 or float16, got {dtype}")
+        self.float()
+        if dtype != torch.float32:
+            self.aggregator.to(dtype)
+        self.precision = dtype
+        return self
+
+    def compute_dtype(self, device: torch.device) -> Optional[torch.dtype]:
+        """The aggregator's autocast dtype on ``device`` (None: plain float32; meta counts as CUDA)."""
+        if self.precision is not None:
+            return None if self.precision == torch.float32 else self.precision
+        return self.autocast_dtype if torch.device(device).type in ("cuda", "meta") else None
+
     def _autocast(self, images: Tensor):
-        if images.is_cuda and self.autocast_dtype is not None:
-            return torch.autocast("cuda", dtype=self.autocast_dtype)
-        return contextlib.nullcontext()
+        dtype = self.compute_dtype(images.device)
+        if dtype is None:
+            return contextlib.nullcontext()
+        if images.is_meta:
+            return _emulated_autocast(dtype)
+        return torch.autocast(images.device.type, dtype=dtype)
+
+    def _aggregator_input(self, images: Tensor) -> Tensor:
+        """The images as the aggregator reads them: cast to the compute dtype (official: ``image.to(bf16)``)."""
+        dtype = self.compute_dtype(images.device)
+        return images if dtype is None else images.to(dtype)
 
     def _heads_in_float32(self, images: Tensor):
-        if images.is_cuda:
-            return torch.autocast("cuda", enabled=False)
-        return contextlib.nullcontext()
+        if images.is_meta:
+            return _emulated_autocast(None)
+        if images.device.type != "cuda" and self.compute_dtype(images.device) is None:
+            return contextlib.nullcontext()
+        return torch.autocast(images.device.type, enabled=False)
 
     def _finish(self, taps: list[Optional[Tensor]], images: Tensor, frames_chunk_size: Optional[int]):
         with self._heads_in_float32(images):
@@ -97,7 +162,7 @@ class ReconstructionModel(nn.Module):
         """
         images = self.check_images(images)
         with self._autocast(images):
-            taps, _ = self.aggregator(images, intermediate_layer_idx=self._head_layers())
+            taps, _ = self.aggregator(self._aggregator_input(images), intermediate_layer_idx=self._head_layers())
         return self._finish(taps, images, frames_chunk_size)
 
     @torch.no_grad()
@@ -123,7 +188,7 @@ class ReconstructionModel(nn.Module):
         """
         images = self.check_images(images)
         with self._autocast(images):
-            return self.aggregator.trace(images, stages)
+            return self.aggregator.trace(self._aggregator_input(images), stages)
 
     def forward_from(self, stage: str, tokens: Tensor, images: Tensor, frames_chunk_size: Optional[int] = 8):
         """Runs the network after ``stage`` given that stage's output ``tokens``, heads included.

@@ -245,6 +245,16 @@ class StitchedDecoder(nn.Module):
     def removed_dino_blocks(self) -> int:
         return removed_dino_blocks(self.cut_stage, len(self.network.aggregator.patch_embed.blocks))
 
+    def set_precision(self, dtype: torch.dtype) -> StitchedDecoder:
+        """The official precision policy (``ReconstructionModel.set_precision``) for the kept network.
+
+        The stitching layer keeps float32 parameters and runs under the aggregator's autocast; the heads
+        stay float32. Returns self.
+        """
+        self.network.set_precision(dtype)
+        self.stitching_layer.float()
+        return self
+
     def set_gradient_checkpointing(self, enabled: bool = True) -> list[str]:
         """Activation recomputation for every kept transformer block (see ``ReconstructionModel``)."""
         return self.network.set_gradient_checkpointing(enabled)
@@ -297,7 +307,9 @@ class StitchedDecoder(nn.Module):
             raise ValueError(f"frames must be (B, T, 3, H, W) in [0, 1], got {getattr(frames, 'shape', frames)}")
         if latent.shape[0] != frames.shape[0]:
             raise ValueError(f"latent batch {latent.shape[0]} != frames batch {frames.shape[0]}")
-        tokens = self.stitched_tokens(latent, frames.shape[1], tuple(frames.shape[-2:]))
+        # The stitching conv runs under the aggregator's autocast, as the official stitched decoder.
+        with self.network._autocast(frames):
+            tokens = self.stitched_tokens(latent, frames.shape[1], tuple(frames.shape[-2:]))
         return self.network.forward_from(self.cut_stage, tokens, frames, frames_chunk_size)
 
     @torch.no_grad()

@@ -36,7 +36,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -252,12 +252,21 @@ def apply_released_state(
     return report
 
 
+def released_spec_for(checkpoint: dict, source: str = "<released checkpoint>") -> str:
+    """The released stitching conv (k 5x3x3, stride 1x2x2, padding 2x1x1) with the checkpoint's width."""
+    layer = checkpoint.get("stitching_layer") if isinstance(checkpoint, dict) else None
+    weight = layer.get("weight") if isinstance(layer, dict) else None
+    if not isinstance(weight, Tensor) or weight.ndim != 5:
+        raise ReleasedCheckpointError(f"{source}: stitching_layer.weight must be a (out, C, 5, 3, 3) tensor")
+    return RELEASED_SPEC.replace("_o1024_", f"_o{int(weight.shape[0])}_")
+
+
 def load_released_stitched(
     checkpoint: Union[str, Path, dict],
     base_model: Union[str, Path, AnySplat],
     *,
     cut_stage: str = RELEASED_CUT_STAGE,
-    spec: str = RELEASED_SPEC,
+    spec: Optional[str] = RELEASED_SPEC,
     vae: VAEReference = WAN_VAE,
     rank: int = RELEASED_RANK,
     alpha: float = RELEASED_ALPHA,
@@ -272,6 +281,14 @@ def load_released_stitched(
         base_model: the base AnySplat (``lhjiang/anysplat`` folder/hub id, or a built ``AnySplat``, which
             is consumed: it is cut and modified in place).
         cut_stage, spec, vae: the released stitch (DINOv2 blocks 0-1 removed, Wan 2.1 latent, 5x3x3 conv).
+            ``spec=None`` takes the released conv with the output width of the checkpoint's stitching
+            layer (``released_spec_for``), so that smaller AnySplat configurations load the same way.
+        device, dtype: where the returned decoder lives and its parameters' dtype (use
+            ``StitchedDecoder.set_precision`` for the official mixed policy).
+
+    Raises:
+        ReleasedCheckpointError: the file is missing, unreadable or does not fit the base model.
+        engine.models.loading.CheckpointError: the base model cannot be found or loaded.
         rank, alpha: the LoRA settings (scaling alpha/rank).
     """
     source = "<dict>"
@@ -287,9 +304,11 @@ def load_released_stitched(
     if isinstance(base_model, AnySplat):
         network = base_model
     else:
-        network, _ = load_model(base_model, model_type="anysplat", device="cpu", dtype=torch.float32)
+        network, _ = load_model(base_model, model_type="anysplat", device=device)
     if aggregator_prefix(network) != "encoder.aggregator":
         raise ReleasedCheckpointError("the released stitched checkpoint is for AnySplat")
+    if spec is None:
+        spec = released_spec_for(checkpoint, source)
     param = next(network.parameters())
     layer = StitchingLayer(spec, vae.latent_channels, dtype=param.dtype, device=param.device)
     decoder = StitchedDecoder(network, cut_stage, layer, vae)
