@@ -54,6 +54,15 @@ def dc_to_linear_rgb(f_dc: np.ndarray) -> np.ndarray:
     return srgb_to_linear(np.clip(0.5 + SH_C0 * np.asarray(f_dc, dtype=np.float64), 0.0, 1.0))
 
 
+def dc_to_display_rgb(f_dc: np.ndarray) -> np.ndarray:
+    """(N, 3) degree-0 SH coefficients -> (N, 3) display-referred RGB in [0, 1] (0.5 + SH_C0 * f_dc, clamped).
+
+    3DGS renderers blend these values as they are (in display space, not linear light); the importer
+    keeps them so and renders with the Raw view transform, so Cycles blends them the same way.
+    """
+    return np.clip(0.5 + SH_C0 * np.asarray(f_dc, dtype=np.float64), 0.0, 1.0)
+
+
 def normalized_quaternions(rot: np.ndarray) -> np.ndarray:
     """(N, 4) wxyz quaternions scaled to unit length; a zero quaternion becomes the identity."""
     rot = np.asarray(rot, dtype=np.float64)
@@ -105,7 +114,7 @@ def ray_footprint_alpha(
 class PointAttributes:
     """Per-Gaussian values as the point-cloud importer stores them (float32, row per Gaussian).
 
-    color: (N, 3) linear RGB; opacity: (N,) in (0, 1); scale: (N, 3) linear sigmas;
+    color: (N, 3) display-referred RGB; opacity: (N,) in (0, 1); scale: (N, 3) linear sigmas;
     rotation: (N, 4) unit wxyz quaternions; radius: (N,) bounding-sphere radius K * largest sigma;
     axes: (N, 3, 3) rotation matrices (column i: the Gaussian's i-th axis) for the anisotropic footprint.
     """
@@ -124,7 +133,7 @@ def gaussian_point_attributes(
     """The documented conversions from stored 3DGS values (logit opacity, log scale) to attributes."""
     scale = np.exp(np.asarray(log_scale, dtype=np.float64))
     return PointAttributes(
-        color=dc_to_linear_rgb(f_dc).astype(np.float32),
+        color=dc_to_display_rgb(f_dc).astype(np.float32),
         opacity=sigmoid(opacity_logit).astype(np.float32),
         scale=scale.astype(np.float32),
         rotation=normalized_quaternions(rot).astype(np.float32),

@@ -35,6 +35,7 @@ from .engine.pipeline_settings import (
     ModelNotFoundError,
     SettingsError,
 )
+from .ui_text import label_width, wrap_text
 
 SESSION = client.EngineSession()
 TIMER_INTERVAL = 0.2
@@ -672,34 +673,11 @@ class VIST3A_PT_generate(bpy.types.Panel):
             wrapped_label(box, context, problem, icon="ERROR")
 
 
-def wrap_text(text: str, width: int) -> list:
-    """Lines of at most ``width`` characters, broken at spaces (and inside words longer than a line,
-    such as paths: after a separator where possible), so that nothing is cut off."""
-    width = max(width, 8)
-    lines, current = [], ""
-    for word in text.split():
-        while len(word) > width:
-            cut = max(word.rfind(sep, 0, width) for sep in "/\\._-")
-            cut = cut + 1 if cut > 0 else width
-            if current:
-                lines.append(current)
-                current = ""
-            lines.append(word[:cut])
-            word = word[cut:]
-        if current and len(current) + 1 + len(word) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = f"{current} {word}".strip()
-    return lines + ([current] if current else [])
-
-
 def label_width_chars(context, icon: bool = True) -> int:
-    """How many characters fit on one label line in the current region (sidebar) at the UI scale."""
+    """How many characters fit on one label line in the current region (the sidebar) at the UI scale."""
     region = getattr(context, "region", None)
-    width = region.width if region is not None else 300  # the default sidebar is about 300 px wide
     scale = context.preferences.system.ui_scale if context.preferences else 1.0
-    return max(int((width - (60 if icon else 30) * scale) / (6.5 * scale)), 12)
+    return label_width(region.width if region is not None else None, scale, icon)
 
 
 def wrapped_label(layout, context, text: str, icon: str = "NONE") -> None:

@@ -359,7 +359,7 @@ def _build_splats(context, loaded, collection, created, splat_mode):
             raise NativeSplatsUnavailable(
                 "this Blender has no native Gaussian splats; choose Point cloud or Ellipsoids instead"
             )
-        return _build_native_splats(name, g, collection, created)
+        return _build_native_splats(context, name, g, collection, created)
 
     attrs = conversions.gaussian_point_attributes(g.f_dc, g.opacity, g.scale, g.rot)
     obj = new_point_cloud(context, name, g.means, collection, created)
@@ -408,19 +408,18 @@ def splat_layers(centres: np.ndarray, radii: np.ndarray, cameras: Optional[Camer
     )
 
 
-def _build_native_splats(name, g, collection, created):
-    """Blender's own Gaussian-splat point cloud (5.3+). UNTESTED here: bpy 5.0.1 has no such type.
+def _build_native_splats(context, name, g, collection, created):
+    """Blender's own Gaussian-splat point cloud (5.3+). UNTESTED here: no bpy wheel up to 5.2 has the type.
 
     Attributes follow Blender's PLY importer: position, scale (linear), rotation (wxyz),
-    radiance:base (f_dc_0..2, sigmoid opacity) and radiance:sh_k (the k-th higher SH coefficient, RGB).
-    Blender renders this type itself (emissive), so no material or render settings are added.
+    radiance:base (f_dc_0..2, sigmoid opacity) and radiance:sh_k (the k-th higher SH coefficient, RGB),
+    so view-dependent colour (SH degree 1-3) is kept. Blender renders this type itself (emissive), so
+    no material is added.
     """
     prop_name, item = native_splat_type()
-    count = len(g.means)
-    cloud = created.add(bpy.data.pointclouds, bpy.data.pointclouds.new(name))
+    obj = new_point_cloud(context, name, g.means, collection, created)
+    cloud = obj.data
     setattr(cloud, prop_name, item)
-    cloud.resize(count)
-    cloud.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(g.means, np.float32).reshape(-1))
     set_point_attribute(cloud, "scale", "FLOAT_VECTOR", np.exp(g.scale))
     set_point_attribute(cloud, "rotation", "QUATERNION", conversions.normalized_quaternions(g.rot))
     base = np.concatenate([g.f_dc, conversions.sigmoid(g.opacity)[:, None]], axis=1)
@@ -428,8 +427,6 @@ def _build_native_splats(name, g, collection, created):
     # f_rest is (N, K, 3), coefficient first: attribute radiance:sh_k holds coefficient k's RGB.
     for k in range(g.f_rest.shape[1]):
         set_point_attribute(cloud, f"radiance:sh_{k}", "FLOAT_VECTOR", g.f_rest[:, k, :])
-    obj = created.add(bpy.data.objects, bpy.data.objects.new(name, cloud))
-    collection.objects.link(obj)
     return obj
 
 
@@ -437,7 +434,7 @@ def _build_points(context, loaded, collection, created, point_radius):
     p = loaded.points
     positions = p.points
     obj = new_point_cloud(context, f"{loaded.name} points", positions, collection, created)
-    colors = conversions.srgb_to_linear(np.clip(p.colors, 0.0, 1.0)).astype(np.float32)
+    colors = np.clip(p.colors, 0.0, 1.0).astype(np.float32)  # display-referred, like splat colours
     set_point_attribute(obj.data, COLOR_ATTRIBUTE, "FLOAT_COLOR", _rgba(colors))
     radius = point_radius if point_radius > 0 else automatic_point_radius(positions)
     set_point_attribute(obj.data, "radius", "FLOAT", np.full(len(positions), radius, dtype=np.float32))
@@ -746,8 +743,11 @@ def configure_render_settings(scene) -> Optional[str]:
 
     Cycles (only it evaluates the footprint), a transparent-bounce limit that follows the splats in the
     scene (a ray that crosses more splats than the limit ends black; the limit is only ever raised),
-    Russian roulette only behind the front-most splats, and the Standard view transform: splat colours
-    are display-referred already, and AgX (the default) would wash them out. The warning says when the
+    Russian roulette only behind the front-most splats, and the Raw view transform: splat colours are
+    display-referred (3DGS trains them against sRGB images and blends them in display space), so
+    they are emitted as they are and shown untouched, and semi-transparent splats blend exactly as
+    in 3DGS renderers (Standard would blend in linear light: a splat of opacity 0.5 would look more
+    than half transparent over a bright background; AgX, the default, would also wash colours out). The warning says when the
     splats need more transparent bounces than Cycles allows.
     """
     scene.render.engine = "CYCLES"
@@ -755,7 +755,7 @@ def configure_render_settings(scene) -> Optional[str]:
     needed = required_transparent_bounces(scene)
     cycles.transparent_max_bounces = max(cycles.transparent_max_bounces, min(needed, MAX_TRANSPARENT_BOUNCES))
     cycles.min_transparent_bounces = max(cycles.min_transparent_bounces, ROULETTE_FREE_BOUNCES)
-    scene.view_settings.view_transform = "Standard"
+    scene.view_settings.view_transform = "Raw"
     scene.view_settings.look = "None"
     if needed > MAX_TRANSPARENT_BOUNCES:
         return (

@@ -139,6 +139,9 @@ class VIST3A_OT_render_camera(bpy.types.Operator):
         name="Output", description="PNG to write (empty: renders/<camera>.png)", subtype="FILE_PATH"
     )
     show: bpy.props.BoolProperty(name="Show Result", description="Open the render in a window", default=True)
+    denoise: bpy.props.BoolProperty(
+        name="Denoise", description="Use Cycles' denoiser (it smooths splat detail away)", default=False
+    )
 
     def execute(self, context):
         scene = context.scene
@@ -150,7 +153,7 @@ class VIST3A_OT_render_camera(bpy.types.Operator):
             self.report({"ERROR"}, f"No camera to render from ({self.camera_name or 'none chosen'})")
             return {"CANCELLED"}
         try:
-            path = rendering.render_from_camera(scene, camera, self.filepath, self.samples)
+            path = rendering.render_from_camera(scene, camera, self.filepath, self.samples, self.denoise)
         except (ValueError, RuntimeError, OSError) as exc:
             self.report({"ERROR"}, f"VIST3A render failed: {exc}")
             return {"CANCELLED"}

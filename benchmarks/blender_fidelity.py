@@ -47,11 +47,11 @@ background_srgb = [float(v) for v in sys.argv[6:9]]
 bpy.ops.wm.read_factory_settings(use_empty=True)
 bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
 scene = bpy.context.scene
-# The reference composites over the sky colour (display values); the world emits the same colour.
+# The reference composites over the sky colour (display values); the world emits the same values (the
+# import sets the Raw view transform: display-referred values pass through untouched).
 world = bpy.data.worlds.new("sky")
 world.use_nodes = True
-linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in background_srgb]
-world.node_tree.nodes["Background"].inputs["Color"].default_value = (*linear, 1.0)
+world.node_tree.nodes["Background"].inputs["Color"].default_value = (*background_srgb, 1.0)
 world.node_tree.nodes["Background"].inputs["Strength"].default_value = 1.0
 scene.world = world
 start = time.perf_counter()

@@ -21,6 +21,7 @@ def test_srgb_decoding_hits_the_standard_curve():
 def test_dc_colour_is_clamped_before_decoding():
     f_dc = np.array([[10.0, -10.0, 0.0]])  # 0.5 + C0 * f_dc = (3.3, -2.3, 0.5)
     np.testing.assert_allclose(conversions.dc_to_linear_rgb(f_dc), [[1.0, 0.0, 0.21404114]], rtol=1e-6)
+    np.testing.assert_allclose(conversions.dc_to_display_rgb(f_dc), [[1.0, 0.0, 0.5]], rtol=1e-6)
 
 
 def test_zero_quaternion_becomes_identity_and_others_unit():
