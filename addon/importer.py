@@ -59,10 +59,12 @@ RESULT_CAMERAS_FILE = "cameras.json"
 # Cycles stops a ray after this many transparent hits; a splat scene stacks dozens along one ray.
 TRANSPARENT_BOUNCES = 64
 # Below this many transparent hits Cycles does no Russian roulette. Roulette ends transparent paths at
-# random and boosts the survivors: unbiased, but it shows as bright and dark speckles in dense splats
-# (about +-6 % at 4 samples). Sparing the front-most hits, which carry most of the colour, removes most
-# of that; sparing all 64 would be exact but rendered a 17k-splat test scene 9x slower than none.
-ROULETTE_FREE_BOUNCES = 8
+# random and boosts the survivors: unbiased, but in splat scenes it is the main error of a render (on
+# benchmarks/blender_fidelity.py's seed-0 scene at 16 samples: 30.4 dB against the reference with
+# roulette after 8 hits, 35.0 dB after 32, 36.1 dB after 64 and 36.1 dB with none, for 14 % more time).
+ROULETTE_FREE_BOUNCES = 64
+# Headroom above the deepest splat stack the import found, for what else the scene has that is transparent.
+LAYER_HEADROOM = 8
 
 
 class SplatMode(enum.Enum):
@@ -735,7 +737,7 @@ def required_transparent_bounces(scene) -> int:
         for obj in scene.objects
         if obj.get(KIND_PROPERTY) == "splats" and not obj.hide_render
     )
-    return max(TRANSPARENT_BOUNCES, layers + ROULETTE_FREE_BOUNCES) if layers else TRANSPARENT_BOUNCES
+    return max(TRANSPARENT_BOUNCES, layers + LAYER_HEADROOM) if layers else TRANSPARENT_BOUNCES
 
 
 def configure_render_settings(scene) -> Optional[str]:

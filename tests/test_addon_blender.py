@@ -216,12 +216,12 @@ emit_result(out)
     }
     got = np.load(dump)
     scales = np.exp(gaussians.scale.astype(np.float64))
-    w, x, y, z = (gaussians.rot / np.linalg.norm(gaussians.rot, axis=1, keepdims=True)).T.astype(np.float64)
+    qw, qx, qy, qz = (gaussians.rot / np.linalg.norm(gaussians.rot, axis=1, keepdims=True)).T.astype(np.float64)
     # Columns of the rotation matrix: the splat's axes.
     axes = [
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)], axis=1),
-        np.stack([2 * (x * y - w * z), 1 - 2 * (x * x + z * z), 2 * (y * z + w * x)], axis=1),
-        np.stack([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)], axis=1),
+        np.stack([1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy + qw * qz), 2 * (qx * qz - qw * qy)], axis=1),
+        np.stack([2 * (qx * qy - qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz + qw * qx)], axis=1),
+        np.stack([2 * (qx * qz + qw * qy), 2 * (qy * qz - qw * qx), 1 - 2 * (qx * qx + qy * qy)], axis=1),
     ]
     expected = {
         "position": gaussians.means,
