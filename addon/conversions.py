@@ -148,12 +148,10 @@ def _max_square_overlap(u0, u1, v0, v1, grid: int) -> int:
     u1, v1 = np.clip(u1 + 1, 0, grid), np.clip(v1 + 1, 0, grid)
     keep = (u1 > u0) & (v1 > v0)
     u0, u1, v0, v1 = u0[keep], u1[keep], v0[keep], v1[keep]
-    counts = np.zeros((grid + 1, grid + 1), dtype=np.int64)
-    np.add.at(counts, (v0, u0), 1)
-    np.add.at(counts, (v0, u1), -1)
-    np.add.at(counts, (v1, u0), -1)
-    np.add.at(counts, (v1, u1), 1)
-    return int(counts.cumsum(axis=0).cumsum(axis=1).max(initial=0))
+    size = (grid + 1) * (grid + 1)
+    corners = lambda v, u: np.bincount(v * (grid + 1) + u, minlength=size)  # noqa: E731
+    counts = corners(v0, u0) - corners(v0, u1) - corners(v1, u0) + corners(v1, u1)
+    return int(counts.reshape(grid + 1, grid + 1).cumsum(axis=0).cumsum(axis=1).max(initial=0))
 
 
 def max_spheres_along_ray(
@@ -173,35 +171,34 @@ def max_spheres_along_ray(
     Cycles ends a ray after ``transparent_max_bounces`` transparent hits and the pixel turns black, so
     the import sizes that limit with this. The image is split into ``grid`` x ``grid`` cells; each sphere
     in front of the OpenCV camera (c2w 4x4, pixel intrinsics) counts in every cell its projected bounding
-    square touches, and a sphere around the camera counts everywhere. The fullest cell is the answer.
+    box touches, and a sphere reaching the camera plane counts everywhere. The fullest cell is the answer.
     """
     centres = np.asarray(centres, dtype=np.float64)
     radii = np.asarray(radii, dtype=np.float64)
     c2w = np.asarray(c2w, dtype=np.float64)
     local = (centres - c2w[:3, 3]) @ c2w[:3, :3]  # world -> camera (rotation is orthonormal)
-    z = local[:, 2]
-    distance2 = np.einsum("ni,ni->n", local, local)
-    around = int(np.count_nonzero(distance2 <= radii**2))
-    front = (z > 0) & (distance2 > radii**2)
-    local, z, r = local[front], z[front], radii[front]
+    x, y, z = local[:, 0], local[:, 1], local[:, 2]
+    # Spheres reaching the camera plane (z - r <= 0) but not behind it count everywhere: few in practice.
+    everywhere = int(np.count_nonzero((z - radii <= 0) & (z + radii > 0)))
+    front = z - radii > 0
+    x, y, z, r = x[front], y[front], z[front], radii[front]
+    # The sphere lies in the box [x +- r] x [y +- r] x [z +- r]; x / z over that box is extreme at its
+    # corners, which bounds the sphere's image (conservatively, without trigonometry).
+    near, far = z - r, z + r
 
-    # The sphere's image spans, along u, the angles atan2(x, z) +- asin(r / |(x, z)|) in the xz-plane
-    # (its shadow there is a disc of radius r), and likewise along v in the yz-plane: exact bounds.
     def pixel_range(a, focal, centre):
-        angle = np.arctan2(a, z)
-        half = np.arcsin(np.minimum(r / np.sqrt(a * a + z * z), 1.0))
-        low = np.clip(angle - half, -1.5, 1.5)  # within +-86 degrees: tan stays finite
-        high = np.clip(angle + half, -1.5, 1.5)
-        return focal * np.tan(low) + centre, focal * np.tan(high) + centre
+        low = np.minimum((a - r) / near, (a - r) / far)
+        high = np.maximum((a + r) / near, (a + r) / far)
+        return focal * np.clip(low, -1e6, 1e6) + centre, focal * np.clip(high, -1e6, 1e6) + centre
 
-    u_low, u_high = pixel_range(local[:, 0], fx, cx)
-    v_low, v_high = pixel_range(local[:, 1], fy, cy)
+    u_low, u_high = pixel_range(x, fx, cx)
+    v_low, v_high = pixel_range(y, fy, cy)
     cell_u, cell_v = width / grid, height / grid
     u0 = np.floor(u_low / cell_u).astype(np.int64)
     u1 = np.floor(u_high / cell_u).astype(np.int64)
     v0 = np.floor(v_low / cell_v).astype(np.int64)
     v1 = np.floor(v_high / cell_v).astype(np.int64)
-    return around + _max_square_overlap(u0, u1, v0, v1, grid)
+    return everywhere + _max_square_overlap(u0, u1, v0, v1, grid)
 
 
 def max_spheres_along_axes(centres: np.ndarray, radii: np.ndarray, grid: int = 96) -> int:

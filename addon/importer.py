@@ -389,11 +389,11 @@ def _build_splats(context, loaded, collection, created, splat_mode):
 
 
 def splat_layers(centres: np.ndarray, radii: np.ndarray, cameras: Optional[CameraArrays]) -> int:
-    """How many splat bounds one ray may cross at most: from the imported cameras (up to 8 of them,
+    """How many splat bounds one ray may cross at most: from the imported cameras (up to 4 of them,
     evenly spread), or along the axes when there are none (``conversions.max_spheres_along_ray``)."""
     if cameras is None or len(cameras) == 0:
         return conversions.max_spheres_along_axes(centres, radii)
-    chosen = np.unique(np.linspace(0, len(cameras) - 1, min(8, len(cameras))).round().astype(int))
+    chosen = np.unique(np.linspace(0, len(cameras) - 1, min(4, len(cameras))).round().astype(int))
     return max(
         conversions.max_spheres_along_ray(
             centres,
