@@ -13,7 +13,7 @@ rendered with Cycles (CPU) from the imported camera 000 over a world of the same
 Printed per mode and splat count: PSNR against the reference (dB, 8-bit PNGs), Cycles render time
 (s), peak resident memory of the Blender process (MB) and the transparent-bounce limit the import set.
 
-``tests/test_blender_fidelity.py`` uses ``prepare_case`` / ``render_in_blender`` from here with a bound.
+``tests/test_addon_render_fidelity.py`` uses ``prepare_case`` / ``render_in_blender`` from here with the bounds.
 """
 
 from __future__ import annotations
