@@ -58,10 +58,12 @@ RESULT_CAMERAS_FILE = "cameras.json"
 
 # Cycles stops a ray after this many transparent hits; a splat scene stacks dozens along one ray.
 TRANSPARENT_BOUNCES = 64
-# Below this many transparent hits Cycles does no Russian roulette. Roulette ends transparent paths at
-# random and boosts the survivors: unbiased, but in splat scenes it is the main error of a render (on
+# Russian roulette on transparent hits (after ``min_transparent_bounces`` of them) ends paths at random
+# and boosts the survivors: unbiased, but in splat scenes it is the main error of a render (on
 # benchmarks/blender_fidelity.py's seed-0 scene at 16 samples: 30.4 dB against the reference with
-# roulette after 8 hits, 35.0 dB after 32, 36.1 dB after 64 and 36.1 dB with none, for 14 % more time).
+# roulette after 8 hits, 35.0 dB after 32, 36.1 dB after 64 and with none, for 14 % more render time),
+# and a deep stack of faint splats comes out visibly wrong at a few samples. The import turns it off for
+# as many hits as the splats need (at least this many).
 ROULETTE_FREE_BOUNCES = 64
 # Headroom above the deepest splat stack the import found, for what else the scene has that is transparent.
 LAYER_HEADROOM = 8
@@ -745,18 +747,20 @@ def configure_render_settings(scene) -> Optional[str]:
 
     Cycles (only it evaluates the footprint), a transparent-bounce limit that follows the splats in the
     scene (a ray that crosses more splats than the limit ends black; the limit is only ever raised),
-    Russian roulette only behind the front-most splats, and the Raw view transform: splat colours are
-    display-referred (3DGS trains them against sRGB images and blends them in display space), so
-    they are emitted as they are and shown untouched, and semi-transparent splats blend exactly as
-    in 3DGS renderers (Standard would blend in linear light: a splat of opacity 0.5 would look more
-    than half transparent over a bright background; AgX, the default, would also wash colours out). The warning says when the
-    splats need more transparent bounces than Cycles allows.
+    no Russian roulette for as many transparent hits as the splats need, and the Raw view transform:
+    splat colours are display-referred (3DGS trains them against sRGB images and blends them in
+    display space), so they are emitted as they are and shown untouched, and semi-transparent splats
+    blend exactly as in 3DGS renderers (Standard would blend in linear light: a splat of opacity 0.5
+    would look more than half transparent over a bright background; AgX, the default, would also wash
+    colours out). The warning says when the splats need more transparent bounces than Cycles allows.
     """
     scene.render.engine = "CYCLES"
     cycles = scene.cycles
     needed = required_transparent_bounces(scene)
     cycles.transparent_max_bounces = max(cycles.transparent_max_bounces, min(needed, MAX_TRANSPARENT_BOUNCES))
-    cycles.min_transparent_bounces = max(cycles.min_transparent_bounces, ROULETTE_FREE_BOUNCES)
+    cycles.min_transparent_bounces = max(
+        cycles.min_transparent_bounces, min(max(needed, ROULETTE_FREE_BOUNCES), MAX_TRANSPARENT_BOUNCES)
+    )
     scene.view_settings.view_transform = "Raw"
     scene.view_settings.look = "None"
     if needed > MAX_TRANSPARENT_BOUNCES:
