@@ -37,6 +37,18 @@ TORCH_VERSION = "2.13.0"
 # Blender as a Python module, for the tests (Python 3.11 only; it pins numpy < 2).
 BPY_REQUIREMENT = "bpy==5.0.1"
 
+# The other Blender versions the add-on is tested on (install, import, Cycles render): version ->
+# (Python it needs, pip requirements). Each gets a virtual environment of its own, created on first use and
+# cached in BLENDER_ENVS (reused while its requirements stay the same). 5.0 is BPY_REQUIREMENT in .venv.
+BLENDER_MATRIX = {
+    "4.2": ("3.11", ["bpy==4.2.*", "numpy<2"]),  # LTS; the manifest's blender_version_min
+    "4.5": ("3.11", ["bpy==4.5.*", "numpy<2"]),  # LTS
+    "5.2": ("3.13", ["bpy==5.2.*"]),
+}
+BLENDER_ENVS = Path(os.environ.get("VIST3A_CACHE", Path.home() / ".cache" / "vist3a")) / "blender"
+# Tells the tests where each Blender's Python is: "4.2=/path/python;5.2=SKIP:reason;..."
+MATRIX_ENV_VAR = "VIST3A_BLENDER_MATRIX"
+
 
 def log(message: str) -> None:
     print(f"[build] {message}", flush=True)
@@ -143,11 +155,71 @@ def ensure_setup() -> None:
         sys.exit(rc)
 
 
+def find_python(version: str) -> str | None:
+    """An interpreter for Python ``version`` ("3.13"): on PATH, or one pyenv has installed."""
+    if sys.version_info[:2] == tuple(int(p) for p in version.split(".")):
+        return sys.executable
+    found = shutil.which(f"python{version}")
+    if found and subprocess.run([found, "-c", "pass"], capture_output=True).returncode == 0:
+        return found
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for candidate in sorted(pyenv_root.glob(f"versions/{version}*/bin/python{version}"), reverse=True):
+        if subprocess.run([str(candidate), "-c", "pass"], capture_output=True).returncode == 0:
+            return str(candidate)
+    return None
+
+
+def blender_env(version: str) -> tuple[str, str]:
+    """(python, "") of the cached environment for Blender ``version``, set up when missing or stale, or
+    ("", reason) when it cannot be set up here ("SKIP:" + reason when this machine lacks the Python)."""
+    python_version, reqs = BLENDER_MATRIX[version]
+    interpreter = find_python(python_version)
+    if interpreter is None:
+        return "", f"SKIP:Python {python_version} (for Blender {version}) is not installed"
+    env = BLENDER_ENVS / f"bpy-{version}"
+    python = env / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    stamp = env / ".vist3a-setup.json"
+    fingerprint = hashlib.sha256(json.dumps({"reqs": reqs, "python": python_version}).encode()).hexdigest()
+    if stamp.exists() and python.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
+        return str(python), ""
+    log(f"setting up Blender {version} (Python {python_version}) in {env}")
+    if env.exists():
+        shutil.rmtree(env)
+    env.parent.mkdir(parents=True, exist_ok=True)
+    steps = [[interpreter, "-m", "venv", str(env)], [str(python), "-m", "pip", "install", "--quiet"]]
+    steps[1] += ["--disable-pip-version-check", *reqs]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            return "", f"setting up Blender {version} failed: {' '.join(step)}: {(done.stdout + done.stderr)[-600:]}"
+    stamp.write_text(json.dumps({"fingerprint": fingerprint, "requirements": reqs}))
+    return str(python), ""
+
+
+def setup_blender_matrix() -> str:
+    """Sets up every version of BLENDER_MATRIX (in parallel) and returns the MATRIX_ENV_VAR value."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(BLENDER_MATRIX)) as pool:
+        results = dict(zip(BLENDER_MATRIX, pool.map(blender_env, BLENDER_MATRIX)))
+    entries = []
+    for version, (python, problem) in results.items():
+        if problem:
+            log(problem.removeprefix("SKIP:"))
+        entries.append(f"{version}={python or (problem if problem.startswith('SKIP:') else 'ERROR:' + problem)}")
+    return ";".join(entries)
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     ensure_setup()
+    env = dict(os.environ)
+    if MATRIX_ENV_VAR not in env:
+        start = time.monotonic()
+        env[MATRIX_ENV_VAR] = setup_blender_matrix()
+        log(f"Blender matrix ready in {time.monotonic() - start:.0f} s: {env[MATRIX_ENV_VAR]}")
     command = [str(venv_python()), "-m", "pytest", *args.pytest_args]
     log("running " + " ".join(command[1:]))
-    code = subprocess.run(command, cwd=ROOT).returncode
+    code = subprocess.run(command, cwd=ROOT, env=env).returncode
     if code == 5:
         log("pytest collected no tests: that is a failure")
         return 1

@@ -18,7 +18,9 @@ import random
 import re
 import shutil
 import tempfile
-from typing import Optional
+import time
+import traceback
+from typing import Callable, Optional
 
 import bpy
 import bpy.utils.previews
@@ -32,11 +34,13 @@ from .engine.pipeline_settings import (
     ModelNotFoundError,
     SettingsError,
 )
+from .ui_text import label_width, wrap_text
 
 SESSION = client.EngineSession()
 TIMER_INTERVAL = 0.2
 HISTORY_ROWS = 8
-MAX_SEED_UI = 2**31 - 1  # Blender int properties are 32-bit
+MAX_SEED_UI = MAX_SEED  # the engine keeps seeds within Blender's 32-bit int properties
+RECHECK_SECONDS = 1.0
 
 
 class _Status:
@@ -50,9 +54,30 @@ class _Status:
         self.history_problems = []
         self.history_root = None
         self.last_collection = ""
+        self.still_true: Optional[Callable] = None
+        self.checked_at = 0.0
 
-    def report(self, level: str, message: str, hint: str = "") -> None:
+    def report(self, level: str, message: str, hint: str = "", still_true: Optional[Callable] = None) -> None:
+        """Shows a message; ``still_true(context)`` (optional, cheap) says whether its cause persists."""
         self.level, self.message, self.hint = level, message, hint
+        self.still_true, self.checked_at = still_true, time.monotonic()
+
+    def clear(self) -> None:
+        self.report("INFO", "")
+
+    def refresh(self, context, force: bool = False) -> None:
+        """Clears the message once its cause is gone (checked at most once a second unless ``force``)."""
+        if not self.message or self.still_true is None:
+            return
+        if not force and time.monotonic() - self.checked_at < RECHECK_SECONDS:
+            return
+        self.checked_at = time.monotonic()
+        try:
+            persists = self.still_true(context)
+        except Exception:  # a check that fails says nothing about the cause: keep the message
+            persists = True
+        if not persists:
+            self.clear()
 
 
 STATUS = _Status()
@@ -148,7 +173,7 @@ class VIST3AGenerateSettings(bpy.types.PropertyGroup):
         ),
         default="gaussians",
     )
-    splat_mode: bpy.props.EnumProperty(name="Splats As", items=operators.SPLAT_MODE_ITEMS, default="AUTO")
+    splat_mode: bpy.props.EnumProperty(name="Splats As", items=operators.splat_mode_items)
     show_history: bpy.props.BoolProperty(name="History", default=False)
 
     def generation_settings(self) -> GenerationSettings:
@@ -183,6 +208,18 @@ def _why_not_generate(context) -> str:
     return ""
 
 
+class ModelMissing(ValueError):
+    """No usable model is configured (the message says exactly what to do)."""
+
+
+def _model_still_missing(context) -> bool:
+    try:
+        preferences.get(context).model_reference()
+    except preferences.ModelConfigError:
+        return True
+    return False
+
+
 def start_generation(context) -> str:
     """Sends the scene's settings to the engine; returns the request id. Raises ValueError or
     client.EngineUnavailable with a message for the user."""
@@ -195,7 +232,7 @@ def start_generation(context) -> str:
     try:
         model = prefs.model_reference()
     except preferences.ModelConfigError as exc:
-        raise ValueError(str(exc)) from exc
+        raise ModelMissing(str(exc)) from exc
     request_id = SESSION.start_generation(
         prefs.engine_config(),
         settings=generation.to_dict(),
@@ -204,7 +241,7 @@ def start_generation(context) -> str:
         output_root=prefs.outputs_dir(),
         preview_every=prefs.preview_every,
     )
-    STATUS.report("INFO", "")
+    STATUS.clear()
     PREVIEWS.clear()
     return request_id
 
@@ -220,15 +257,23 @@ def update(context) -> Optional[client.Outcome]:
 
 
 def finish(context, outcome: client.Outcome) -> None:
-    """Reports an ended generation; a result is imported into the scene (one undo step)."""
+    """Reports an ended generation; a result is imported into the scene (one undo step).
+
+    A failing import becomes a message in the panel (the scene is left as it was), never an exception.
+    """
     PREVIEWS.clear()
     if outcome.kind == "result":
         settings = context.scene.vist3a_generate
-        if outcome.seed is not None and outcome.seed <= MAX_SEED_UI:
+        if outcome.seed is not None and 0 <= outcome.seed <= MAX_SEED_UI:
             settings.seed = outcome.seed  # so the same scene can be generated again by unticking Random
         refresh_history(context, force=True)
         # Through the operator, with undo, so the import is one undo step of its own.
-        result = bpy.ops.vist3a.import_run("EXEC_DEFAULT", True, directory=outcome.output_dir)
+        try:
+            result = bpy.ops.vist3a.import_run("EXEC_DEFAULT", True, directory=outcome.output_dir)
+        except Exception as exc:  # an operator that reports an error raises when called from Python
+            if not (STATUS.level == "ERROR" and STATUS.message):
+                STATUS.report("ERROR", f"Import failed: {_first_line(exc)}")
+            return
         if result != {"FINISHED"}:
             return  # the operator reported why
         STATUS.report("INFO", f"Generated '{STATUS.last_collection}' ({os.path.basename(outcome.output_dir)})")
@@ -237,6 +282,11 @@ def finish(context, outcome: client.Outcome) -> None:
     else:
         STATUS.report("ERROR", outcome.message, outcome.hint)
         print(f"VIST3A: generation failed: {outcome.message}\n{outcome.hint}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
 
 
 def wait_for_generation(context, timeout: Optional[float] = None) -> Optional[client.Outcome]:
@@ -248,11 +298,17 @@ def wait_for_generation(context, timeout: Optional[float] = None) -> Optional[cl
 
 
 def _timer() -> Optional[float]:
-    """Polls the engine and redraws the sidebar; stops itself when nothing runs."""
+    """Polls the engine and redraws the sidebar; stops itself when nothing runs. Never raises: a
+    failure becomes a message in the panel (details in the system console)."""
     try:
         update(bpy.context)
-    finally:
+    except Exception as exc:
+        traceback.print_exc()
+        STATUS.report("ERROR", f"VIST3A stopped following the generation: {_first_line(exc)}")
+    try:
         _redraw_sidebars()
+    except Exception:
+        traceback.print_exc()
     return TIMER_INTERVAL if SESSION.busy else None
 
 
@@ -284,7 +340,9 @@ def import_run(context, run_dir: str, splat_mode: str = "AUTO") -> importer.Impo
     record = history.read_run(run_dir)
     loaded = importer.load_result(run_dir)
     loaded.name = prompt_name(record.prompt)
-    return importer.build_result(context, loaded, splat_mode=importer.SplatMode(splat_mode))
+    result = importer.build_result(context, loaded, splat_mode=importer.SplatMode(splat_mode))
+    operators.preselect_render_camera(context, result)
+    return result
 
 
 def refresh_history(context, force: bool = False) -> None:
@@ -315,10 +373,17 @@ class VIST3A_OT_generate(bpy.types.Operator):
     def execute(self, context):
         try:
             start_generation(context)
-        except (ValueError, client.EngineUnavailable, RuntimeError) as exc:
+        except ModelMissing as exc:
+            STATUS.report("ERROR", str(exc), still_true=_model_still_missing)
+            self.report({"ERROR"}, f"VIST3A: {exc}")
+            return {"CANCELLED"}
+        except (ValueError, client.EngineUnavailable, RuntimeError, OSError) as exc:
             STATUS.report("ERROR", str(exc))
             self.report({"ERROR"}, f"VIST3A: {exc}")
             return {"CANCELLED"}
+        except Exception as exc:  # never a traceback for the user
+            STATUS.report("ERROR", _first_line(exc))
+            return operators.unexpected_error(self, "Generate", exc)
         if not bpy.app.background:
             bpy.app.timers.register(_timer, first_interval=TIMER_INTERVAL)
         return {"FINISHED"}
@@ -392,7 +457,14 @@ class VIST3A_OT_import_run(bpy.types.Operator):
             STATUS.report("ERROR", f"Import failed: {exc}")
             self.report({"ERROR"}, f"VIST3A import failed: {exc}")
             return {"CANCELLED"}
+        except Exception as exc:  # never a traceback for the user
+            STATUS.report("ERROR", f"Import failed: {_first_line(exc)}")
+            return operators.unexpected_error(self, "import", exc)
         STATUS.last_collection = result.collection.name
+        if result.warning:
+            self.report({"WARNING"}, result.warning)
+        if STATUS.level == "ERROR" and STATUS.message.startswith("Import failed"):
+            STATUS.clear()  # the earlier failure is no longer the latest word
         self.report({"INFO"}, f"Imported '{result.collection.name}'")
         return {"FINISHED"}
 
@@ -565,7 +637,7 @@ class VIST3A_PT_generate(bpy.types.Panel):
         row.enabled = not reason
         row.operator(VIST3A_OT_generate.bl_idname, icon="PLAY")
         if reason and not SESSION.busy:
-            layout.label(text=reason, icon="INFO")
+            wrapped_label(layout, context, reason, icon="INFO")
 
         job = SESSION.job
         if job is not None:
@@ -573,12 +645,12 @@ class VIST3A_PT_generate(bpy.types.Panel):
             if PREVIEWS.icon_id:
                 layout.template_icon(icon_value=PREVIEWS.icon_id, scale=8.0)
             layout.operator(VIST3A_OT_cancel_generation.bl_idname, icon="CANCEL")
+        STATUS.refresh(context)
         if STATUS.message:
             box = layout.box()
-            box.label(text=STATUS.message[:200], icon="ERROR" if STATUS.level == "ERROR" else "INFO")
+            wrapped_label(box, context, STATUS.message, icon="ERROR" if STATUS.level == "ERROR" else "INFO")
             if STATUS.hint:
-                for line in _wrap(STATUS.hint, 60):
-                    box.label(text=line)
+                wrapped_label(box, context, STATUS.hint)
         if SESSION.worker_running and not SESSION.busy:
             layout.operator(VIST3A_OT_release_engine.bl_idname, icon="UNLINKED")
 
@@ -599,18 +671,22 @@ class VIST3A_PT_generate(bpy.types.Panel):
             op = row.operator(VIST3A_OT_import_run.bl_idname, text="", icon="IMPORT")
             op.directory = run.path
         for problem in STATUS.history_problems[:3]:
-            box.label(text=problem[:120], icon="ERROR")
+            wrapped_label(box, context, problem, icon="ERROR")
 
 
-def _wrap(text: str, width: int) -> list:
-    lines, current = [], ""
-    for word in text.split():
-        if current and len(current) + 1 + len(word) > width:
-            lines.append(current)
-            current = word
-        else:
-            current = f"{current} {word}".strip()
-    return lines + ([current] if current else [])
+def label_width_chars(context, icon: bool = True) -> int:
+    """How many characters fit on one label line in the current region (the sidebar) at the UI scale."""
+    region = getattr(context, "region", None)
+    scale = context.preferences.system.ui_scale if context.preferences else 1.0
+    return label_width(region.width if region is not None else None, scale, icon)
+
+
+def wrapped_label(layout, context, text: str, icon: str = "NONE") -> None:
+    """A message as several labels, wrapped to the region's width (the icon on the first line)."""
+    column = layout.column(align=True)
+    column.scale_y = 0.8
+    for index, line in enumerate(wrap_text(text, label_width_chars(context, icon != "NONE"))):
+        column.label(text=line, icon=icon if index == 0 else "BLANK1" if icon != "NONE" else "NONE")
 
 
 classes = (

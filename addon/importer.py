@@ -45,6 +45,7 @@ SOURCE_PROPERTY = "vist3a_source"  # the folder or file an object was imported f
 KIND_PROPERTY = "vist3a_kind"  # "result", "splats", "points" or "camera"
 RESOLUTION_PROPERTY = "vist3a_resolution"  # on cameras: (width, height) in pixels
 PIXEL_ASPECT_PROPERTY = "vist3a_pixel_aspect"  # on cameras: Blender's (pixel_aspect_x, pixel_aspect_y)
+LAYERS_PROPERTY = "vist3a_layers"  # on splats: how many splat surfaces one ray may cross at most
 
 # Point attribute names. The colour is not called "color": Cycles reads a point-cloud attribute of that
 # name as black (checked with bpy 5.0.1).
@@ -56,11 +57,15 @@ RESULT_CAMERAS_FILE = "cameras.json"
 
 # Cycles stops a ray after this many transparent hits; a splat scene stacks dozens along one ray.
 TRANSPARENT_BOUNCES = 64
-# Below this many transparent hits Cycles does no Russian roulette. Roulette ends transparent paths at
-# random and boosts the survivors: unbiased, but it shows as bright and dark speckles in dense splats
-# (about +-6 % at 4 samples). Sparing the front-most hits, which carry most of the colour, removes most
-# of that; sparing all 64 would be exact but rendered a 17k-splat test scene 9x slower than none.
-ROULETTE_FREE_BOUNCES = 8
+# Russian roulette on transparent hits (after ``min_transparent_bounces`` of them) ends paths at random
+# and boosts the survivors: unbiased, but in splat scenes it is the main error of a render (on
+# benchmarks/blender_fidelity.py's seed-0 scene at 16 samples: 30.4 dB against the reference with
+# roulette after 8 hits, 35.0 dB after 32, 36.1 dB after 64 and with none, for 14 % more render time),
+# and a deep stack of faint splats comes out visibly wrong at a few samples. The import turns it off for
+# as many hits as the splats need (at least this many).
+ROULETTE_FREE_BOUNCES = 64
+# Headroom above the deepest splat stack the import found, for what else the scene has that is transparent.
+LAYER_HEADROOM = 8
 
 
 class SplatMode(enum.Enum):
@@ -175,6 +180,7 @@ class ImportedResult:
     root: bpy.types.Object
     geometry: Optional[bpy.types.Object]
     cameras: list
+    warning: Optional[str] = None  # something the user should know (shown as a warning)
 
 
 def build_result(
@@ -237,6 +243,7 @@ def _build_result(context, loaded, created, splat_mode, z_up, set_scene_camera, 
     _tag(root, loaded.source, "result")
 
     geometry = None
+    warning = None
     if loaded.gaussians is not None:
         geometry = _build_splats(context, loaded, collection, created, splat_mode)
     elif loaded.points is not None:
@@ -244,11 +251,12 @@ def _build_result(context, loaded, created, splat_mode, z_up, set_scene_camera, 
     if geometry is not None:
         geometry.parent = root
         _tag(geometry, loaded.source, "splats" if loaded.gaussians is not None else "points")
-        configure_render_settings(scene)
 
     cameras = []
     if loaded.cameras is not None:
         cameras = [_build_camera(loaded, index, collection, root, created) for index in range(len(loaded.cameras))]
+    if geometry is not None:
+        warning = configure_render_settings(scene)
     if cameras and set_scene_camera:
         use_camera(scene, cameras[0])
 
@@ -258,7 +266,7 @@ def _build_result(context, loaded, created, splat_mode, z_up, set_scene_camera, 
         obj.select_set(True)
     context.view_layer.objects.active = root
     context.view_layer.update()  # so that matrix_world of the new objects is valid for scripts
-    return ImportedResult(collection=collection, root=root, geometry=geometry, cameras=cameras)
+    return ImportedResult(collection=collection, root=root, geometry=geometry, cameras=cameras, warning=warning)
 
 
 def _tag(obj, source, kind):
@@ -284,38 +292,55 @@ def native_splat_type():
 def new_point_cloud(context, name: str, positions: np.ndarray, collection, created) -> bpy.types.Object:
     """A point-cloud object with the given (N, 3) positions, linked into ``collection``.
 
-    Uses ``PointCloud.resize`` where it exists (Blender 5.1+). Blender 5.0 has no way to size a point
-    cloud from Python, so a mesh with the vertices is built and converted (attributes come later).
+    Uses ``PointCloud.resize`` where Blender has it. Elsewhere (4.2 - 5.2 as checked; 4.2 / 4.3 also
+    lack ``object.convert(target="POINTCLOUD")``) the points go into a temporary mesh, and a temporary
+    Geometry Nodes modifier (Object Info -> Mesh to Points) on the new, empty point cloud is applied,
+    which fills the point cloud itself. The temporary mesh, object and node group are removed again,
+    whatever happens. Raises RuntimeError when Blender does not produce the points.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float32).reshape(-1)
     count = positions.size // 3
-    if hasattr(bpy.types.PointCloud, "resize"):
-        cloud = created.add(bpy.data.pointclouds, bpy.data.pointclouds.new(name))
+    cloud = created.add(bpy.data.pointclouds, bpy.data.pointclouds.new(name))
+    obj = created.add(bpy.data.objects, bpy.data.objects.new(name, cloud))
+    collection.objects.link(obj)
+    if hasattr(cloud, "resize"):
         cloud.resize(count)
         cloud.attributes["position"].data.foreach_set("vector", positions)
-        obj = created.add(bpy.data.objects, bpy.data.objects.new(name, cloud))
-        collection.objects.link(obj)
+        return obj
+    if count == 0:
         return obj
 
-    mesh = bpy.data.meshes.new(name)
-    mesh.vertices.add(count)
-    mesh.vertices.foreach_set("co", positions)
-    obj = created.add(bpy.data.objects, bpy.data.objects.new(name, mesh))
-    collection.objects.link(obj)
+    temporary = _CreatedData()
     try:
+        mesh = temporary.add(bpy.data.meshes, bpy.data.meshes.new(f"{name} (temporary)"))
+        mesh.vertices.add(count)
+        mesh.vertices.foreach_set("co", positions)
+        source = temporary.add(bpy.data.objects, bpy.data.objects.new(f"{name} (temporary)", mesh))
+        tree = temporary.add(bpy.data.node_groups, bpy.data.node_groups.new(f"{name} (temporary)", "GeometryNodeTree"))
+        tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+        tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+        info = tree.nodes.new("GeometryNodeObjectInfo")
+        info.inputs["Object"].default_value = source
+        to_points = tree.nodes.new("GeometryNodeMeshToPoints")
+        output = tree.nodes.new("NodeGroupOutput")
+        tree.links.new(info.outputs["Geometry"], to_points.inputs["Mesh"])
+        tree.links.new(to_points.outputs["Points"], output.inputs[0])
+        modifier = obj.modifiers.new("VIST3A points", "NODES")
+        modifier.node_group = tree
         with context.temp_override(
             active_object=obj, object=obj, selected_objects=[obj], selected_editable_objects=[obj]
         ):
-            outcome = bpy.ops.object.convert(target="POINTCLOUD")
+            outcome = bpy.ops.object.modifier_apply(modifier=modifier.name)
     finally:
-        if mesh.users == 0:
-            bpy.data.meshes.remove(mesh)
-    if outcome != {"FINISHED"} or obj.type != "POINTCLOUD":
-        raise RuntimeError(f"Blender could not convert the {count} points of {name!r} to a point cloud")
-    created.add(bpy.data.pointclouds, obj.data)
-    selection = obj.data.attributes.get(".select_vert")
-    if selection is not None:
-        obj.data.attributes.remove(selection)
+        temporary.remove_all()
+    if outcome != {"FINISHED"} or obj.data is None or len(obj.data.points) != count:
+        raise RuntimeError(f"Blender could not create the {count} points of {name!r}")
+    if obj.data != cloud:  # a Blender that gives the object a new point cloud on apply
+        created.add(bpy.data.pointclouds, obj.data)
+    for leftover in (".select_vert", "radius"):
+        attribute = obj.data.attributes.get(leftover)
+        if attribute is not None:
+            obj.data.attributes.remove(attribute)
     return obj
 
 
@@ -335,13 +360,25 @@ def _rgba(rgb: np.ndarray) -> np.ndarray:
     return np.concatenate([rgb, np.ones((len(rgb), 1), dtype=np.float32)], axis=1)
 
 
+AXIS_ATTRIBUTES = ("splat_axis_0", "splat_axis_1", "splat_axis_2")  # unit axes (object space)
+PIXEL_ANGLE_NODE = "VIST3A pixel angle"
+
+
+class NativeSplatsUnavailable(ResultImportError):
+    """The running Blender has no Gaussian-splat point clouds (the message says what to choose instead)."""
+
+
 def _build_splats(context, loaded, collection, created, splat_mode):
     g = loaded.gaussians
     name = f"{loaded.name} splats"
     if splat_mode is SplatMode.AUTO:
         splat_mode = SplatMode.NATIVE if native_splat_type() else SplatMode.POINTS
     if splat_mode is SplatMode.NATIVE:
-        return _build_native_splats(name, g, collection, created)
+        if native_splat_type() is None:
+            raise NativeSplatsUnavailable(
+                "this Blender has no native Gaussian splats; choose Point cloud or Ellipsoids instead"
+            )
+        return _build_native_splats(context, name, g, collection, created)
 
     attrs = conversions.gaussian_point_attributes(g.f_dc, g.opacity, g.scale, g.rot)
     obj = new_point_cloud(context, name, g.means, collection, created)
@@ -351,30 +388,57 @@ def _build_splats(context, loaded, collection, created, splat_mode):
     set_point_attribute(cloud, "scale", "FLOAT_VECTOR", attrs.scale)
     set_point_attribute(cloud, "rotation", "QUATERNION", attrs.rotation)
     set_point_attribute(cloud, "radius", "FLOAT", attrs.radius)
+    for row, attribute in enumerate(AXIS_ATTRIBUTES):
+        set_point_attribute(cloud, attribute, "FLOAT_VECTOR", attrs.axes[:, :, row])
 
     material = created.add(bpy.data.materials, bpy.data.materials.new(f"{loaded.name} splat"))
     if splat_mode is SplatMode.ELLIPSOIDS:
-        _build_ellipsoid_material(material)
+        _build_ellipsoid_material(material, context.scene)
         _add_ellipsoid_modifier(obj, material, created)
     else:
-        _build_sphere_material(material)
+        _build_sphere_material(material, context.scene)
     cloud.materials.append(material)
+    # A ray crosses each ellipsoid twice (front and back face); a point-cloud sphere once.
+    obj[LAYERS_PROPERTY] = splat_layers(g.means, attrs.radius, loaded.cameras) * (
+        2 if splat_mode is SplatMode.ELLIPSOIDS else 1
+    )
     return obj
 
 
-def _build_native_splats(name, g, collection, created):
-    """Blender's own Gaussian-splat point cloud (5.3+). UNTESTED here: bpy 5.0.1 has no such type.
+def splat_layers(centres: np.ndarray, radii: np.ndarray, cameras: Optional[CameraArrays]) -> int:
+    """How many splat bounds one ray may cross at most: from the imported cameras (up to 4 of them,
+    evenly spread), or along the axes when there are none (``conversions.max_spheres_along_ray``)."""
+    if cameras is None or len(cameras) == 0:
+        return conversions.max_spheres_along_axes(centres, radii)
+    chosen = np.unique(np.linspace(0, len(cameras) - 1, min(4, len(cameras))).round().astype(int))
+    return max(
+        conversions.max_spheres_along_ray(
+            centres,
+            radii,
+            cameras.camera_to_world[i],
+            cameras.fx[i],
+            cameras.fy[i],
+            cameras.cx[i],
+            cameras.cy[i],
+            int(cameras.width[i]),
+            int(cameras.height[i]),
+        )
+        for i in chosen
+    )
+
+
+def _build_native_splats(context, name, g, collection, created):
+    """Blender's own Gaussian-splat point cloud (5.3+). UNTESTED here: no bpy wheel up to 5.2 has the type.
 
     Attributes follow Blender's PLY importer: position, scale (linear), rotation (wxyz),
-    radiance:base (f_dc_0..2, sigmoid opacity) and radiance:sh_k (the k-th higher SH coefficient, RGB).
-    Blender renders this type itself (emissive), so no material or render settings are added.
+    radiance:base (f_dc_0..2, sigmoid opacity) and radiance:sh_k (the k-th higher SH coefficient, RGB),
+    so view-dependent colour (SH degree 1-3) is kept. Blender renders this type itself (emissive), so
+    no material is added.
     """
     prop_name, item = native_splat_type()
-    count = len(g.means)
-    cloud = created.add(bpy.data.pointclouds, bpy.data.pointclouds.new(name))
+    obj = new_point_cloud(context, name, g.means, collection, created)
+    cloud = obj.data
     setattr(cloud, prop_name, item)
-    cloud.resize(count)
-    cloud.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(g.means, np.float32).reshape(-1))
     set_point_attribute(cloud, "scale", "FLOAT_VECTOR", np.exp(g.scale))
     set_point_attribute(cloud, "rotation", "QUATERNION", conversions.normalized_quaternions(g.rot))
     base = np.concatenate([g.f_dc, conversions.sigmoid(g.opacity)[:, None]], axis=1)
@@ -382,8 +446,6 @@ def _build_native_splats(name, g, collection, created):
     # f_rest is (N, K, 3), coefficient first: attribute radiance:sh_k holds coefficient k's RGB.
     for k in range(g.f_rest.shape[1]):
         set_point_attribute(cloud, f"radiance:sh_{k}", "FLOAT_VECTOR", g.f_rest[:, k, :])
-    obj = created.add(bpy.data.objects, bpy.data.objects.new(name, cloud))
-    collection.objects.link(obj)
     return obj
 
 
@@ -391,7 +453,7 @@ def _build_points(context, loaded, collection, created, point_radius):
     p = loaded.points
     positions = p.points
     obj = new_point_cloud(context, f"{loaded.name} points", positions, collection, created)
-    colors = conversions.srgb_to_linear(np.clip(p.colors, 0.0, 1.0)).astype(np.float32)
+    colors = np.clip(p.colors, 0.0, 1.0).astype(np.float32)  # display-referred, like splat colours
     set_point_attribute(obj.data, COLOR_ATTRIBUTE, "FLOAT_COLOR", _rgba(colors))
     radius = point_radius if point_radius > 0 else automatic_point_radius(positions)
     set_point_attribute(obj.data, "radius", "FLOAT", np.full(len(positions), radius, dtype=np.float32))
@@ -418,7 +480,8 @@ def automatic_point_radius(positions: np.ndarray) -> float:
 class _NodeBuilder:
     """Small helper for readable shader graphs: nodes, math, and links in one place."""
 
-    def __init__(self, material):
+    def __init__(self, material, scene=None):
+        self.scene = scene
         if material.node_tree is None:  # Blender < 5.0 makes materials without a node tree
             material.use_nodes = True
         self.tree = material.node_tree
@@ -441,7 +504,9 @@ class _NodeBuilder:
         for socket_index, value in ((0, a), (1, b)):
             if value is None:
                 continue
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and kind == "ShaderNodeVectorMath":
+                node.inputs[socket_index].default_value = (value, value, value)
+            elif isinstance(value, (int, float, tuple)):
                 node.inputs[socket_index].default_value = value
             else:
                 self.link(value, node.inputs[socket_index])
@@ -451,19 +516,68 @@ class _NodeBuilder:
     def attribute(self, name, attribute_type="GEOMETRY"):
         return self.node("ShaderNodeAttribute", attribute_name=name, attribute_type=attribute_type)
 
-    def footprint_alpha(self, offset, incoming, opacity, radius=None):
-        """opacity * exp(-0.5 * K^2 * d^2 / R^2), d^2 = v.v - (v.I)^2: the Gaussian seen along the ray.
+    def footprint_alpha(self, p, q, inverse_variance, opacity):
+        """opacity * exp(-0.5 * d^2), d^2 = |x|^2 - (x.y)^2 / |y|^2 with x = p / s, y = q / s.
 
-        d is the distance between the ray and the splat centre; with R = K * sigma this is the
-        isotropic Gaussian's own profile. ``radius`` None means R = 1 (unit sphere space).
+        ``p`` (offset from the centre) and ``q`` (ray direction) are vectors of components along the
+        Gaussian's own axes, ``inverse_variance`` is 1 / s^2 per axis. d is the distance of the ray from
+        the centre in units of the Gaussian: its peak along the ray (conversions.ray_footprint_alpha).
         """
-        vv = self.math("DOT_PRODUCT", offset, offset, kind="ShaderNodeVectorMath")
-        vi = self.math("DOT_PRODUCT", offset, incoming, kind="ShaderNodeVectorMath")
-        d2 = self.math("SUBTRACT", vv, self.math("MULTIPLY", vi, vi))
-        if radius is not None:
-            d2 = self.math("DIVIDE", d2, self.math("MULTIPLY", radius, radius))
-        exponent = self.math("MULTIPLY", d2, -0.5 * conversions.FOOTPRINT_K**2)
+        u = inverse_variance
+        vector = "ShaderNodeVectorMath"
+        xx = self.math("DOT_PRODUCT", self.math("MULTIPLY", p, p, kind=vector), u, kind=vector)
+        xy = self.math("DOT_PRODUCT", self.math("MULTIPLY", p, q, kind=vector), u, kind=vector)
+        yy = self.math("DOT_PRODUCT", self.math("MULTIPLY", q, q, kind=vector), u, kind=vector)
+        d2 = self.math("SUBTRACT", xx, self.math("DIVIDE", self.math("MULTIPLY", xy, xy), yy))
+        exponent = self.math("MULTIPLY", self.math("MAXIMUM", d2, 0.0), -0.5)
         return self.math("MULTIPLY", self.math("EXPONENT", exponent), opacity)
+
+    def along_axes(self, axes, vector):
+        """The components of ``vector`` along three axes (each an output)."""
+        combine = self.node("ShaderNodeCombineXYZ")
+        for name, axis in zip("XYZ", axes):
+            self.link(self.math("DOT_PRODUCT", axis, vector, kind="ShaderNodeVectorMath"), combine.inputs[name])
+        return combine.outputs[0]
+
+    def dilated_variance(self, scale):
+        """sigma^2 + e per axis: the 3DGS screen-space dilation (EPS2D pixels^2) as a world-space variance
+        e = EPS2D * (depth * pixel angle)^2 at the shading point, with the render camera's pixel angle
+        (``pixel_angle_value``)."""
+        camera = self.node("ShaderNodeCameraData")
+        angle = self.pixel_angle_value()
+        size = self.math("MULTIPLY", camera.outputs["View Z Depth"], angle)
+        dilation = self.math("MULTIPLY", self.math("MULTIPLY", size, size), conversions.EPS2D)
+        vector = "ShaderNodeVectorMath"
+        return self.math("ADD", self.math("MULTIPLY", scale, scale, kind=vector), dilation, kind=vector)
+
+    def pixel_angle_value(self):
+        """A Value node holding the render camera's pixel size per unit of depth, kept current by a driver
+        (a simple expression: no Python runs) on the scene's camera and resolution."""
+        node = self.node("ShaderNodeValue", name=PIXEL_ANGLE_NODE, label="Pixel size per depth")
+        node.outputs[0].default_value = 0.0
+        if self.scene is not None:
+            driver = node.outputs[0].driver_add("default_value").driver
+            driver.type = "SCRIPTED"
+            for name, path in (
+                ("sensor", "camera.data.sensor_width"),
+                ("lens", "camera.data.lens"),
+                ("width", "render.resolution_x"),
+                ("percent", "render.resolution_percentage"),
+            ):
+                variable = driver.variables.new()
+                variable.name = name
+                variable.type = "SINGLE_PROP"
+                variable.targets[0].id_type = "SCENE"
+                variable.targets[0].id = self.scene
+                variable.targets[0].data_path = path
+            driver.expression = "sensor / (lens * width * percent / 100)"
+        return node.outputs[0]
+
+    def to_object(self, vector):
+        """A world-space direction or offset in the object's (the splats' own) space."""
+        node = self.node("ShaderNodeVectorTransform", vector_type="VECTOR", convert_from="WORLD", convert_to="OBJECT")
+        self.link(vector, node.inputs["Vector"])
+        return node.outputs["Vector"]
 
     def emission_over_transparent(self, color, alpha):
         emission = self.node("ShaderNodeEmission")
@@ -478,35 +592,52 @@ class _NodeBuilder:
         self.link(mix.outputs[0], output.inputs["Surface"])
 
 
-def _build_sphere_material(material):
-    """Cycles point-cloud spheres with a Gaussian footprint: the colour is emitted, not lit (baked light)."""
-    b = _NodeBuilder(material)
+def _build_sphere_material(material, scene):
+    """Cycles point-cloud spheres (radius K * largest sigma) showing each anisotropic Gaussian as 3DGS does.
+
+    Cycles shades a sphere once per ray (its front), at P; v = P - centre and the incoming direction
+    are taken into object space and onto the splat's axes, and the footprint is the Gaussian's own
+    (dilated by the 3DGS screen-space term), whatever its shape. The colour is emitted, not lit.
+    """
+    b = _NodeBuilder(material, scene)
     point = b.node("ShaderNodePointInfo")
     geometry = b.node("ShaderNodeNewGeometry")
     offset = b.math("SUBTRACT", geometry.outputs["Position"], point.outputs["Position"], kind="ShaderNodeVectorMath")
-    alpha = b.footprint_alpha(
-        offset, geometry.outputs["Incoming"], b.attribute(OPACITY_ATTRIBUTE).outputs["Fac"], point.outputs["Radius"]
-    )
+    axes = [b.attribute(name).outputs["Vector"] for name in AXIS_ATTRIBUTES]
+    p = b.along_axes(axes, b.to_object(offset))
+    q = b.along_axes(axes, b.to_object(geometry.outputs["Incoming"]))
+    variance = b.dilated_variance(b.attribute("scale").outputs["Vector"])
+    inverse = b.math("DIVIDE", (1.0, 1.0, 1.0), variance, kind="ShaderNodeVectorMath")
+    alpha = b.footprint_alpha(p, q, inverse, b.attribute(OPACITY_ATTRIBUTE).outputs["Fac"])
     b.emission_over_transparent(b.attribute(COLOR_ATTRIBUTE).outputs["Color"], alpha)
     _transparent_material_settings(material)
 
 
-def _build_ellipsoid_material(material):
-    """Instanced unit spheres: the footprint is evaluated in instance space, where the splat is round.
+def _build_ellipsoid_material(material, scene):
+    """Instanced unit spheres (scaled to K sigmas): the footprint is evaluated in instance space.
 
-    Object coordinates of an instance are its unit-sphere coordinates; the incoming direction is
-    brought into the same space (and renormalised, the instance scale is anisotropic). Colour and
-    opacity are per-instance attributes (Attribute node, type INSTANCER).
+    Object coordinates of an instance are its unit-sphere coordinates, along the splat's axes; there
+    the variance per axis is (sigma^2 + e) / (K sigma)^2 (e: the 3DGS dilation, see
+    ``dilated_variance``). A ray passes an instance twice (in and out): only the front face shows the
+    splat and the back face is fully transparent, so the opacity counts once. Colour, opacity and
+    scale are per-instance attributes (Attribute node, type INSTANCER).
     """
-    b = _NodeBuilder(material)
+    b = _NodeBuilder(material, scene)
     coords = b.node("ShaderNodeTexCoord")
     geometry = b.node("ShaderNodeNewGeometry")
-    to_object = b.node("ShaderNodeVectorTransform", vector_type="VECTOR", convert_from="WORLD", convert_to="OBJECT")
-    b.link(geometry.outputs["Incoming"], to_object.inputs["Vector"])
-    incoming = b.math("NORMALIZE", to_object.outputs["Vector"], kind="ShaderNodeVectorMath")
-    alpha = b.footprint_alpha(
-        coords.outputs["Object"], incoming, b.attribute(OPACITY_ATTRIBUTE, "INSTANCER").outputs["Fac"], radius=None
+    vector = "ShaderNodeVectorMath"
+    scale = b.attribute("scale", "INSTANCER").outputs["Vector"]
+    k2 = conversions.FOOTPRINT_K**2
+    # 1 / variance = K^2 sigma^2 / (sigma^2 + e)
+    inverse = b.math(
+        "DIVIDE",
+        b.math("MULTIPLY", b.math("MULTIPLY", scale, scale, kind=vector), k2, kind=vector),
+        b.dilated_variance(scale),
+        kind=vector,
     )
+    front = b.math("SUBTRACT", 1.0, geometry.outputs["Backfacing"])
+    opacity = b.math("MULTIPLY", b.attribute(OPACITY_ATTRIBUTE, "INSTANCER").outputs["Fac"], front)
+    alpha = b.footprint_alpha(coords.outputs["Object"], b.to_object(geometry.outputs["Incoming"]), inverse, opacity)
     b.emission_over_transparent(b.attribute(COLOR_ATTRIBUTE, "INSTANCER").outputs["Color"], alpha)
     _transparent_material_settings(material)
 
@@ -611,16 +742,45 @@ def generated_cameras(scene) -> list:
 # --- render settings
 
 
-def configure_render_settings(scene) -> None:
-    """Settings imported splats need to look right in Cycles.
+# Cycles' own ceiling for transparent_max_bounces.
+MAX_TRANSPARENT_BOUNCES = 1024
 
-    Cycles (only it evaluates the Point Info footprint), enough transparent bounces for stacked
-    splats (Russian roulette only behind the front-most), and the Standard view transform: splat colours are display-referred already, and AgX
-    (the default) would wash them out.
+
+def required_transparent_bounces(scene) -> int:
+    """Transparent hits the scene's imported splats need: the sum of their ``LAYERS_PROPERTY`` (rays
+    may cross several imports), plus the fixed floor for everything else."""
+    layers = sum(
+        int(obj.get(LAYERS_PROPERTY, 0))
+        for obj in scene.objects
+        if obj.get(KIND_PROPERTY) == "splats" and not obj.hide_render
+    )
+    return max(TRANSPARENT_BOUNCES, layers + LAYER_HEADROOM) if layers else TRANSPARENT_BOUNCES
+
+
+def configure_render_settings(scene) -> Optional[str]:
+    """Settings imported splats need to look right in Cycles; returns a warning for the user, or None.
+
+    Cycles (only it evaluates the footprint), a transparent-bounce limit that follows the splats in the
+    scene (a ray that crosses more splats than the limit ends black; the limit is only ever raised),
+    no Russian roulette for as many transparent hits as the splats need, and the Raw view transform:
+    splat colours are display-referred (3DGS trains them against sRGB images and blends them in
+    display space), so they are emitted as they are and shown untouched, and semi-transparent splats
+    blend exactly as in 3DGS renderers (Standard would blend in linear light: a splat of opacity 0.5
+    would look more than half transparent over a bright background; AgX, the default, would also wash
+    colours out). The warning says when the splats need more transparent bounces than Cycles allows.
     """
     scene.render.engine = "CYCLES"
     cycles = scene.cycles
-    cycles.transparent_max_bounces = max(cycles.transparent_max_bounces, TRANSPARENT_BOUNCES)
-    cycles.min_transparent_bounces = max(cycles.min_transparent_bounces, ROULETTE_FREE_BOUNCES)
-    scene.view_settings.view_transform = "Standard"
+    needed = required_transparent_bounces(scene)
+    cycles.transparent_max_bounces = max(cycles.transparent_max_bounces, min(needed, MAX_TRANSPARENT_BOUNCES))
+    cycles.min_transparent_bounces = max(
+        cycles.min_transparent_bounces, min(max(needed, ROULETTE_FREE_BOUNCES), MAX_TRANSPARENT_BOUNCES)
+    )
+    scene.view_settings.view_transform = "Raw"
     scene.view_settings.look = "None"
+    if needed > MAX_TRANSPARENT_BOUNCES:
+        return (
+            f"Up to {needed} splats lie behind one another, more than Cycles' limit of "
+            f"{MAX_TRANSPARENT_BOUNCES} transparent bounces: the deepest parts may render black"
+        )
+    return None

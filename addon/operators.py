@@ -1,22 +1,59 @@
-"""Operators: thin wrappers that call importer / rendering and report the outcome to the user."""
+"""Operators: thin wrappers that call importer / rendering and report the outcome to the user.
+
+No operator lets an exception through to the user: an unexpected one becomes a one-line error report
+(the traceback goes to the system console for a bug report), and the importer has removed whatever it
+had created by then, so the scene is as before.
+"""
 
 import os
+import traceback
 
 import bpy
 from bpy_extras.io_utils import ImportHelper
 
 from . import importer, rendering
 
-SPLAT_MODE_ITEMS = (
-    ("AUTO", "Automatic", "Blender's own Gaussian splats where available, otherwise point-cloud spheres"),
-    ("POINTS", "Point cloud", "Cycles spheres with a soft Gaussian footprint (isotropic; fast, light)"),
+_BASE_SPLAT_MODE_ITEMS = (
+    ("AUTO", "Automatic", "Blender's own Gaussian splats where available, otherwise point-cloud spheres", 0),
+    (
+        "POINTS",
+        "Point cloud",
+        "Cycles spheres showing each splat's exact Gaussian footprint (fast, little memory)",
+        1,
+    ),
     (
         "ELLIPSOIDS",
         "Ellipsoids",
-        "Instanced ellipsoids that keep each splat's shape and orientation (slower, more memory)",
+        "Instanced ellipsoids around each splat, the same footprint (slower, more memory)",
+        2,
     ),
-    ("NATIVE", "Native splats", "Blender's own Gaussian-splat point cloud (Blender versions that have it)"),
 )
+_NATIVE_ITEM = ("NATIVE", "Native splats", "Blender's own Gaussian-splat point cloud, rendered by Blender itself", 3)
+
+
+def splat_mode_items(_self=None, _context=None):
+    """The splat modes this Blender offers: "Native splats" only where it has them (feature-detected)."""
+    return _BASE_SPLAT_MODE_ITEMS + ((_NATIVE_ITEM,) if importer.native_splat_type() else ())
+
+
+# Dynamic enum items must stay referenced from Python while Blender shows them.
+SPLAT_MODE_ITEMS = splat_mode_items()
+
+
+def preselect_render_camera(context, result) -> None:
+    """After an import: the panel's render camera becomes the import's first camera (if it made any)."""
+    settings = getattr(context.scene, "vist3a", None)
+    if result.cameras and settings is not None:
+        settings.render_camera = result.cameras[0]
+
+
+def unexpected_error(operator, what: str, exc: BaseException) -> set:
+    """Reports an unforeseen failure in one line (details to the console) and cancels the operator."""
+    traceback.print_exc()
+    operator.report(
+        {"ERROR"}, f"VIST3A {what} failed unexpectedly ({type(exc).__name__}: {exc}); see the system console"
+    )
+    return {"CANCELLED"}
 
 
 class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
@@ -30,7 +67,7 @@ class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
     filter_glob: bpy.props.StringProperty(default="*.ply;*.splat;*.spz;*.json", options={"HIDDEN"})
     directory: bpy.props.StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
 
-    splat_mode: bpy.props.EnumProperty(name="Splats As", items=SPLAT_MODE_ITEMS, default="AUTO")
+    splat_mode: bpy.props.EnumProperty(name="Splats As", items=splat_mode_items)
     z_up: bpy.props.BoolProperty(
         name="Z Up",
         description="Turn the engine's OpenCV world (y down, z forward) upright, with Blender's Z up",
@@ -78,9 +115,14 @@ class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
                 set_scene_camera=self.set_scene_camera,
                 point_radius=self.point_radius,
             )
-        except (importer.ResultImportError, ValueError, RuntimeError) as exc:
+        except (importer.ResultImportError, ValueError, RuntimeError, OSError) as exc:
             self.report({"ERROR"}, f"VIST3A import failed: {exc}")
             return {"CANCELLED"}
+        except Exception as exc:  # never a traceback for the user
+            return unexpected_error(self, "import", exc)
+        preselect_render_camera(context, result)
+        if result.warning:
+            self.report({"WARNING"}, result.warning)
         parts = []
         if result.geometry is not None:
             kind = "splats" if loaded.gaussians is not None else "points"
@@ -107,6 +149,9 @@ class VIST3A_OT_render_camera(bpy.types.Operator):
         name="Output", description="PNG to write (empty: renders/<camera>.png)", subtype="FILE_PATH"
     )
     show: bpy.props.BoolProperty(name="Show Result", description="Open the render in a window", default=True)
+    denoise: bpy.props.BoolProperty(
+        name="Denoise", description="Use Cycles' denoiser (it smooths splat detail away)", default=False
+    )
 
     def execute(self, context):
         scene = context.scene
@@ -118,10 +163,12 @@ class VIST3A_OT_render_camera(bpy.types.Operator):
             self.report({"ERROR"}, f"No camera to render from ({self.camera_name or 'none chosen'})")
             return {"CANCELLED"}
         try:
-            path = rendering.render_from_camera(scene, camera, self.filepath, self.samples)
+            path = rendering.render_from_camera(scene, camera, self.filepath, self.samples, self.denoise)
         except (ValueError, RuntimeError, OSError) as exc:
             self.report({"ERROR"}, f"VIST3A render failed: {exc}")
             return {"CANCELLED"}
+        except Exception as exc:  # never a traceback for the user
+            return unexpected_error(self, "render", exc)
         if self.show and not bpy.app.background:
             bpy.ops.render.view_show("INVOKE_DEFAULT")
         self.report({"INFO"}, f"Rendered {camera.name} to {path}")

@@ -73,6 +73,15 @@ class VIST3A_PT_render(_VIST3APanel, bpy.types.Panel):
         op.camera_name = camera.name if camera else ""
         op.samples = settings.render_samples
         op.filepath = settings.render_path
+        if camera is None:
+            from .generate_ui import wrapped_label  # late: generate_ui imports this module's neighbours
+
+            reason = (
+                "Choose a camera above to render from"
+                if importer.generated_cameras(context.scene)
+                else "Import a result with cameras first (Import Result… or Generate)"
+            )
+            wrapped_label(layout, context, reason, icon="INFO")
 
 
 classes = (VIST3ASceneSettings, VIST3A_PT_import, VIST3A_PT_render)

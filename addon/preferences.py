@@ -180,10 +180,15 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
             try:
                 ModelBundle.load(path)
             except ModelNotFoundError as exc:
-                where = "the default bundle folder" if not self.bundle_path else "the bundle folder"
+                if not self.bundle_path:
+                    raise ModelConfigError(
+                        "No model yet: no trained VIST3A model comes with the add-on. Get a model bundle "
+                        "(a folder with vist3a.json, e.g. the released VIST3A weights), then choose it in "
+                        f"Preferences > Add-ons > VIST3A > Models > Bundle, or copy it to {path}"
+                    ) from exc
                 raise ModelConfigError(
-                    f"No model: {where} {path} has no model bundle ({exc}). Set the model in "
-                    "Preferences > Add-ons > VIST3A"
+                    f"No model: the bundle folder {path} has no model bundle ({exc}). Choose a folder with "
+                    "vist3a.json in Preferences > Add-ons > VIST3A > Models > Bundle"
                 ) from exc
             except ModelBundleError as exc:
                 raise ModelConfigError(f"The model bundle is malformed: {exc}") from exc
@@ -231,6 +236,13 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
         else:
             row.operator(generate_ui.VIST3A_OT_setup_engine.bl_idname, icon="IMPORT")
         row.operator(generate_ui.VIST3A_OT_check_engine.bl_idname, icon="VIEWZOOM")
+        if not bpy.app.online_access and (job is None or job.finished):
+            generate_ui.wrapped_label(
+                box,
+                context,
+                "Set up engine needs online access (it downloads packages): allow it in Preferences > System > Network",
+                icon="INFO",
+            )
         if job is not None:
             status = job.step_label if not job.finished else f"{job.step_label}: {job.status}"
             if job.status == job.FAILED:
@@ -260,6 +272,8 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
         else:
             box.label(text="Hub models download on first use, or now:", icon="INFO")
         box.operator(generate_ui.VIST3A_OT_download_models.bl_idname, icon="IMPORT")
+        if bpy.app.online_access and not python:
+            generate_ui.wrapped_label(box, context, "Download Models needs the engine: set it up first", icon="INFO")
         box.prop(self, "outputs_path")
 
         box = layout.box()

@@ -52,7 +52,8 @@ BUNDLE_MANIFEST = "vist3a.json"
 BUNDLE_FORMAT = "vist3a-bundle"
 BUNDLE_VERSION = 1
 
-MAX_SEED = 2**63 - 1
+# Seeds stay within a signed 32-bit int: Blender's integer properties (the add-on's Seed field) hold no more.
+MAX_SEED = 2**31 - 1
 
 
 class SettingsError(ValueError):
@@ -111,7 +112,7 @@ class GenerationSettings:
         num_steps: denoising steps, 1..1000.
         guidance_scale: classifier-free guidance scale, 1..30 (1 disables guidance: one model pass per step).
         flow_shift: timestep shift of the flow-matching sigmas, (0, 100].
-        seed: 0..2**63-1, or None for a random seed (the one drawn is recorded in the outputs).
+        seed: 0..2**31-1, or None for a random seed (the one drawn is recorded in the outputs).
         output_kind: "gaussians" (3DGS PLY) or "points" (coloured point PLY).
         reuse_text_embeddings: keep text embeddings of recent prompts, so runs with the same prompt skip
             the text encoder.
@@ -165,7 +166,7 @@ class GenerationSettings:
         if not _is_number(self.flow_shift) or not 0.0 < self.flow_shift <= 100.0:
             raise SettingsError(f"flow_shift must be a number in (0, 100], got {self.flow_shift!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
-            raise SettingsError(f"seed must be an integer in 0..2**63-1 or null, got {self.seed!r}")
+            raise SettingsError(f"seed must be an integer in 0..{MAX_SEED} or null, got {self.seed!r}")
         if self.output_kind not in OUTPUT_KINDS:
             raise SettingsError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
 

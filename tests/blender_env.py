@@ -103,6 +103,7 @@ def run_in_blender(
     timeout: float = 120,
     env: Optional[dict[str, str]] = None,
     expect_result: bool = True,
+    python: Optional[str] = None,
 ) -> BlenderRun:
     """Runs ``script`` with ``sys.executable -c`` under a clean Blender user profile.
 
@@ -113,12 +114,13 @@ def run_in_blender(
         timeout: seconds before the child is killed and the test fails.
         env: extra environment variables for the child (on top of this process's environment).
         expect_result: fail if the script exits without calling ``emit_result`` (default True).
+        python: the interpreter with ``bpy`` (another Blender version's environment); default: this one.
 
     Returns:
         A :class:`BlenderRun` with the finished process and the parsed result (None when the script
         emitted none and ``expect_result`` is False).
     """
-    if not bpy_available():
+    if python is None and not bpy_available():
         pytest.skip("bpy (Blender as a Python module) is not installed")
     source = _PRELUDE + "\n" + textwrap.dedent(script)
     user_resources = Path(tmp_path) / "blender_user"
@@ -129,7 +131,7 @@ def run_in_blender(
     child_env.update(env or {})
     try:
         completed = subprocess.run(
-            [sys.executable, "-c", source],
+            [python or sys.executable, "-c", source],
             cwd=REPO_ROOT,
             env=child_env,
             capture_output=True,

@@ -28,10 +28,6 @@ def _install(extension_zip):
     return INSTALL.format(zip=str(extension_zip))
 
 
-def _srgb_to_linear(c):
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
 def _write_cameras(path, c2w, fx, fy, cx, cy, w, h):
     camera = {"c2w": np.asarray(c2w).tolist(), "fx": fx, "fy": fy, "cx": cx, "cy": cy, "w": w, "h": h}
     document = {"format": "vist3a-cameras", "version": 1, "convention": "opencv", "cameras": [camera]}
@@ -165,7 +161,8 @@ def read(name, width, key):
 
 arrays, types = {{}}, {{}}
 for name, width, key in (("position", 3, "vector"), ("base_color", 4, "color"), ("opacity", 1, "value"),
-                         ("scale", 3, "vector"), ("rotation", 4, "value"), ("radius", 1, "value")):
+                         ("scale", 3, "vector"), ("rotation", 4, "value"), ("radius", 1, "value"),
+                         ("splat_axis_0", 3, "vector"), ("splat_axis_1", 3, "vector"), ("splat_axis_2", 3, "vector")):
     types[name], arrays[name] = read(name, width, key)
 np.savez({str(dump)!r}, **arrays)
 out["types"] = types
@@ -203,7 +200,7 @@ emit_result(out)
     assert np.allclose(result["root_location"], [1.0, 2.0, 3.0])
     assert result["sources"] == [str(result_dir)]
     assert {"ShaderNodePointInfo", "ShaderNodeEmission", "ShaderNodeBsdfTransparent"} <= set(result["material_nodes"])
-    assert result["render"][:2] == ["CYCLES", "Standard"] and result["render"][2] >= 32
+    assert result["render"][:2] == ["CYCLES", "Raw"] and result["render"][2] >= 32
 
     # Attribute values equal the PLY's after the documented conversions (same order as the file).
     assert result["types"] == {
@@ -213,19 +210,27 @@ emit_result(out)
         "scale": "FLOAT_VECTOR",
         "rotation": "QUATERNION",
         "radius": "FLOAT",
+        "splat_axis_0": "FLOAT_VECTOR",
+        "splat_axis_1": "FLOAT_VECTOR",
+        "splat_axis_2": "FLOAT_VECTOR",
     }
     got = np.load(dump)
     scales = np.exp(gaussians.scale.astype(np.float64))
-    two_largest = np.sort(scales, axis=1)[:, 1:]
+    qw, qx, qy, qz = (gaussians.rot / np.linalg.norm(gaussians.rot, axis=1, keepdims=True)).T.astype(np.float64)
+    # Columns of the rotation matrix: the splat's axes.
+    axes = [
+        np.stack([1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy + qw * qz), 2 * (qx * qz - qw * qy)], axis=1),
+        np.stack([2 * (qx * qy - qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz + qw * qx)], axis=1),
+        np.stack([2 * (qx * qz + qw * qy), 2 * (qy * qz - qw * qx), 1 - 2 * (qx * qx + qy * qy)], axis=1),
+    ]
     expected = {
         "position": gaussians.means,
-        "base_color": np.concatenate(
-            [_srgb_to_linear(np.clip(0.5 + SH_C0 * gaussians.f_dc, 0, 1)), np.ones((n, 1))], axis=1
-        ),
+        "base_color": np.concatenate([np.clip(0.5 + SH_C0 * gaussians.f_dc, 0, 1), np.ones((n, 1))], axis=1),
         "opacity": 1 / (1 + np.exp(-gaussians.opacity[:, None])),
         "scale": scales,
         "rotation": gaussians.rot / np.linalg.norm(gaussians.rot, axis=1, keepdims=True),
-        "radius": 3.0 * np.sqrt(two_largest[:, :1] * two_largest[:, 1:]),
+        "radius": 3.0 * scales.max(axis=1, keepdims=True),  # the bounding sphere of 3 sigmas
+        **{f"splat_axis_{i}": axis for i, axis in enumerate(axes)},
     }
     for name, values in expected.items():
         np.testing.assert_allclose(got[name], values, rtol=1e-5, atol=1e-6, err_msg=name)
@@ -238,7 +243,7 @@ emit_result(out)
 
     assert result["points_import"] == ["FINISHED"]
     stored = np.round(points.colors * 255) / 255  # the point PLY keeps 8-bit colours
-    np.testing.assert_allclose(result["point_colors"], _srgb_to_linear(stored), atol=1e-5)
+    np.testing.assert_allclose(result["point_colors"], stored, atol=1e-5)  # display values, as splats
 
 
 @pytest.mark.blender
@@ -291,7 +296,7 @@ emit_result(out)
         r = result[mode]
         assert r["outcome"] == ["FINISHED"] and r["size"] == [64, 64]
         centre, corner = np.array(r["centre"]), np.array(r["corner"])
-        # Display-referred red (0.9, 0.1, 0.1) comes back close to itself with the Standard view transform.
+        # Display-referred red (0.9, 0.1, 0.1) comes back close to itself with the Raw view transform.
         assert centre[0] > 0.75 and centre[1] < 0.25 and centre[2] < 0.25, (mode, centre)
         assert corner[0] < 0.3, (mode, corner)  # the world background, not splats
     assert result["POINTS"]["modifiers"] == [] and result["POINTS"]["instances"] == 0

@@ -100,3 +100,40 @@ def test_test_command_passes_options_to_pytest_verbatim():
     out = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "1 passed" in out.stdout and "deselected" in out.stdout
+
+
+def test_blender_matrix_covers_the_manifests_minimum_and_the_test_version():
+    import tomllib
+
+    manifest = tomllib.loads((ROOT / "blender_manifest.toml").read_text())
+    tested = set(build.BLENDER_MATRIX) | {build.BPY_REQUIREMENT.split("==")[1].rsplit(".", 1)[0]}
+    minimum = ".".join(manifest["blender_version_min"].split(".")[:2])
+    assert minimum in tested, f"blender_version_min {minimum} is not tested (matrix: {sorted(tested)})"
+    assert min(tested, key=lambda v: tuple(map(int, v.split(".")))) == minimum
+    for version, (python, reqs) in build.BLENDER_MATRIX.items():
+        assert reqs[0].startswith(f"bpy=={version}"), (version, reqs)
+        assert python in ("3.11", "3.13")
+
+
+def test_blender_matrix_environments_are_made_once_and_reused(tmp_path, monkeypatch):
+    # A fake interpreter stands in for Python; the "venv" it makes has a python that logs pip calls.
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python-fake"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin"; cp "$0" "$3/bin/python"; fi\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(build, "BLENDER_ENVS", tmp_path / "envs")
+    monkeypatch.setattr(build, "BLENDER_MATRIX", {"9.9": ("3.11", ["bpy==9.9.*"])})
+    monkeypatch.setattr(build, "find_python", lambda version: str(fake))
+    python, problem = build.blender_env("9.9")
+    assert problem == "" and python == str(tmp_path / "envs" / "bpy-9.9" / "bin" / "python")
+    assert "install --quiet --disable-pip-version-check bpy==9.9.*" in log.read_text()
+    calls = log.read_text()
+    assert build.blender_env("9.9") == (python, "")  # cached: nothing runs again
+    assert log.read_text() == calls
+    assert build.setup_blender_matrix() == f"9.9={python}"
+    monkeypatch.setattr(build, "find_python", lambda version: None)
+    assert build.setup_blender_matrix().startswith("9.9=SKIP:Python 3.11")

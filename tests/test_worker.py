@@ -229,6 +229,7 @@ def test_generate_writes_every_output_and_reuses_the_loaded_model(tiny_worker, b
     final = tiny_worker.request("generate", timeout=180, settings={**TINY, "seed": None}, output_root=str(tmp_path))
     assert final["type"] == "result" and Path(final["output_dir"]).parent == tmp_path
     assert str(final["seed"]) in Path(final["output_dir"]).name
+    assert 0 <= final["seed"] <= 2**31 - 1  # a drawn seed fits Blender's Seed field
 
 
 @pytest.mark.slow

@@ -1,0 +1,43 @@
+"""Text for the panel's labels (standard library only, so it is tested without Blender).
+
+Blender draws a label on one line and cuts what does not fit out of its middle ("The engine is not
+…dd-ons > VIST3A)"), so every message goes through ``wrap_text`` with the width of the region.
+"""
+
+from typing import Optional
+
+# The 3D View sidebar's default width in pixels (at UI scale 1), used when the region is unknown.
+DEFAULT_SIDEBAR_WIDTH = 300
+# Average width of a character of Blender's UI font at scale 1, generous so that lines never get cut.
+CHAR_WIDTH = 7.0
+ICON_MARGIN = 60  # an icon, the panel's margins and a little slack, in pixels
+PLAIN_MARGIN = 34
+
+
+def label_width(region_width: Optional[int], ui_scale: float = 1.0, icon: bool = True) -> int:
+    """Characters per label line in a region ``region_width`` pixels wide (None: the default sidebar)."""
+    width = DEFAULT_SIDEBAR_WIDTH * ui_scale if region_width is None else region_width
+    margin = (ICON_MARGIN if icon else PLAIN_MARGIN) * ui_scale
+    return max(int((width - margin) / (CHAR_WIDTH * ui_scale)), 12)
+
+
+def wrap_text(text: str, width: int) -> list:
+    """``text`` as lines of at most ``width`` characters, broken at spaces; a word longer than a line (a
+    path) is broken after a separator where it has one. Joining the lines gives back every character."""
+    width = max(width, 8)
+    lines, current = [], ""
+    for word in text.split():
+        while len(word) > width:
+            cut = max(word.rfind(separator, 0, width) for separator in "/\\._-")
+            cut = cut + 1 if cut > 0 else width
+            if current:
+                lines.append(current)
+                current = ""
+            lines.append(word[:cut])
+            word = word[cut:]
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    return lines + ([current] if current else [])
