@@ -129,14 +129,15 @@ def _fidelity():
 @pytest.mark.blender
 @pytest.mark.slow
 def test_renders_of_a_ground_truth_scene_match_the_reference_rasterizer(extension_zip, tmp_path):
-    """The goal of the fidelity work: the default mode >= 30 dB, the best mode >= 35 dB (256 x 256)."""
+    """The goal of the fidelity work: the default mode >= 30 dB, the best mode >= 35 dB (256 x 256, 8 samples)."""
     fidelity = _fidelity()
     case = fidelity.prepare_case(tmp_path / "case", seed=0, spacing=0.08, size=256)
     scores = {}
     for mode in ("POINTS", "ELLIPSOIDS"):
         figures = fidelity.render_in_blender(
-            sys.executable, extension_zip, case, mode, tmp_path / f"{mode}.png", 16, tmp_path / f"profile_{mode}"
+            sys.executable, extension_zip, case, mode, tmp_path / f"{mode}.png", 8, tmp_path / f"profile_{mode}"
         )
         scores[mode] = figures["psnr"]
+    print(f"PSNR against the reference rasterizer: {scores}")
     assert scores["POINTS"] >= 30.0, scores  # the default on Blenders without native splats
     assert max(scores.values()) >= 35.0, scores
