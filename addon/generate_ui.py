@@ -230,7 +230,11 @@ def finish(context, outcome: client.Outcome) -> None:
         result = bpy.ops.vist3a.import_run("EXEC_DEFAULT", True, directory=outcome.output_dir)
         if result != {"FINISHED"}:
             return  # the operator reported why
-        STATUS.report("INFO", f"Generated '{STATUS.last_collection}' ({os.path.basename(outcome.output_dir)})")
+        done = f"Generated '{STATUS.last_collection}' ({os.path.basename(outcome.output_dir)})"
+        if outcome.unknown_words:
+            STATUS.report("WARNING", f"{done}; the model does not know: {', '.join(outcome.unknown_words)}")
+        else:
+            STATUS.report("INFO", done)
     elif outcome.kind == "cancelled":
         STATUS.report("INFO", "Generation cancelled; the scene is unchanged")
     else:

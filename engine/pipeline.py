@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from engine.generator.text import unknown_words, unknown_words_message
 from engine.pipeline_settings import (
     MAX_SEED,
     GenerationCancelled,
@@ -172,6 +173,8 @@ class GenerationResult:
         model: identity of the model parts (paths, quick hashes, hub ids).
         timings: seconds per stage ("load" is the pipeline's load time).
         device, dtype: where the transformer ran, e.g. "cuda:0", "torch.bfloat16".
+        unknown_words: words of the prompt that the model's tokenizer does not know (it maps them to
+            its unknown token); empty for open-vocabulary tokenizers such as the real UMT5's.
     """
 
     settings: GenerationSettings
@@ -186,6 +189,7 @@ class GenerationResult:
     timings: dict = field(default_factory=dict)
     device: str = ""
     dtype: str = ""
+    unknown_words: list = field(default_factory=list)
 
 
 def software_versions() -> dict:
@@ -605,6 +609,9 @@ class Vist3aPipeline:
         seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
         settings = settings.replace(seed=seed)
         timings = {"load": round(self.load_seconds, 3)}
+        unknown = self.unknown_words(settings.prompt)
+        if unknown:
+            logger.warning("%s", unknown_words_message(unknown))
 
         start = time.perf_counter()
         latent = self.sample_latent(settings, seed, progress=progress, cancel=cancel, preview_every=preview_every)
@@ -639,7 +646,13 @@ class Vist3aPipeline:
             timings={k: round(v, 3) for k, v in timings.items()},
             device=str(self.device),
             dtype=str(self.dtype),
+            unknown_words=unknown,
         )
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` the tokenizer maps to its unknown token (a closed-vocabulary model, such
+        as the default model, cannot know them); see ``engine.generator.text.unknown_words``."""
+        return unknown_words(self.tokenizer, prompt)
 
     def release(self) -> None:
         """Drops the models (and cached embeddings) and returns GPU memory to the driver.

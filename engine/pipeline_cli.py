@@ -47,6 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from engine.generator.text import unknown_words_message
     from engine.pipeline import GenerationCancelled, Vist3aPipeline
     from engine.pipeline_outputs import regenerate, write_outputs
 
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             pipeline.check_settings(settings)
             result = pipeline.generate(settings, progress=progress)
             out = write_outputs(result, args.out, progress=progress)
+            if result.unknown_words:
+                print(unknown_words_message(result.unknown_words), file=sys.stderr)
     except (SettingsError, FileNotFoundError, FileExistsError) as exc:
         logger.error("%s", exc)
         return 2
