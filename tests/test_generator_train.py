@@ -157,3 +157,16 @@ def test_generation_with_the_trained_pipeline_reports_unknown_words(tiny_video_r
     assert json.loads((out / "metadata.json").read_text())["unknown_words"] == ["chair", "sunny", "garden"]
     known = pipeline.generate(settings.replace(prompt="a cyan snowman behind a black table on a beige floor"))
     assert known.unknown_words == []
+
+
+def test_vae_export_only_writes_the_newest_checkpoint_and_leaves_the_run(tiny_vae_run, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in tiny_vae_run.rglob("*") if p.is_file()}
+    target = tmp_path / "exported"
+    assert engine_main(["train", "vae", "--out", str(tiny_vae_run), "--export-only", "--export", str(target)]) == 0
+    after = {p: p.stat().st_mtime_ns for p in tiny_vae_run.rglob("*") if p.is_file()}
+    assert before == after
+    exported = load_file(str(target / "diffusion_pytorch_model.safetensors"))
+    checkpoint = load_file(str(tiny_vae_run / "checkpoints" / "step_00000004" / "model.safetensors"))
+    assert all(torch.equal(exported[k], checkpoint[k].half()) for k in checkpoint)
+    assert engine_main(["train", "vae", "--out", str(tmp_path / "none"), "--export-only", "--export", str(target)]) == 2
+    assert engine_main(["train", "vae", "--out", str(tiny_vae_run), "--export-only"]) == 2

@@ -63,6 +63,11 @@ def add_parser(subparsers) -> None:
     vae = stages.add_parser("vae", help="train the Wan video VAE on the world's clips")
     _common(vae)
     vae.add_argument("--clip-cache", type=Path, default=None, help="rendered clip folder (default: OUT/clips)")
+    vae.add_argument(
+        "--export-only",
+        action="store_true",
+        help="no training: export the newest checkpoint of the run in --out to --export (the run is not changed)",
+    )
     from engine.generator.vae import VAEConfig
 
     _add_config_options(vae, VAEConfig, VAE_HELP)
@@ -114,6 +119,19 @@ def run_vae(args) -> int:
     from engine.generator.vae import VAE_FOLDER, VAEConfig, VAETrainer
 
     _setup_threads(args)
+    if args.export_only:
+        from engine.generator.vae import export_run_checkpoint
+
+        if args.export is None:
+            log.error("--export-only needs --export DIR (where to write the VAE)")
+            return 2
+        try:
+            folder, step = export_run_checkpoint(args.out, args.export, args.clip_cache)
+        except (FileNotFoundError, ValueError) as error:
+            log.error("%s", error)
+            return 2
+        log.info("exported the step-%d checkpoint to %s", step, folder)
+        return 0
     try:
         config = _config_from_args(args, VAEConfig)
         trainer = VAETrainer(config, args.out, resume=args.resume, clip_cache=args.clip_cache)
