@@ -216,7 +216,7 @@ class Trainer:
             steps = [r["step"] for r in train]
             losses = [r["loss"] for r in train]
             axes[0].plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
-            window = max(1, len(losses) // 30)
+            window = max(1, min(len(losses), max(5, len(losses) // 20)))
             smooth = [
                 sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
                 for i in range(len(losses))
