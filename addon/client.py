@@ -55,8 +55,8 @@ class EngineConfig:
 class Outcome:
     """How a request ended.
 
-    ``kind`` is "result" (``output_dir`` is the run folder), "cancelled" or "error" (``message`` and
-    ``hint`` say what happened and what to do).
+    ``kind`` is "result" (``output_dir`` is the run folder; ``unknown_words`` the prompt's words the
+    model does not know), "cancelled" or "error" (``message`` and ``hint`` say what happened and what to do).
     """
 
     kind: str
@@ -65,6 +65,7 @@ class Outcome:
     seed: Optional[int] = None
     message: str = ""
     hint: str = ""
+    unknown_words: tuple = ()
 
 
 # What the UI shows for each stage of a generation.
@@ -325,7 +326,13 @@ class EngineSession:
                 job.preview = event["preview"]
             return None
         if kind == protocol.RESULT:
-            return Outcome("result", request_id, output_dir=event["output_dir"], seed=event.get("seed"))
+            return Outcome(
+                "result",
+                request_id,
+                output_dir=event["output_dir"],
+                seed=event.get("seed"),
+                unknown_words=tuple(event.get("unknown_words", ())),
+            )
         if kind == protocol.CANCELLED:
             return Outcome("cancelled", request_id, message="Generation cancelled")
         if kind == protocol.ERROR:

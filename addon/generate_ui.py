@@ -276,7 +276,11 @@ def finish(context, outcome: client.Outcome) -> None:
             return
         if result != {"FINISHED"}:
             return  # the operator reported why
-        STATUS.report("INFO", f"Generated '{STATUS.last_collection}' ({os.path.basename(outcome.output_dir)})")
+        done = f"Generated '{STATUS.last_collection}' ({os.path.basename(outcome.output_dir)})"
+        if outcome.unknown_words:
+            STATUS.report("WARNING", f"{done}; the model does not know: {', '.join(outcome.unknown_words)}")
+        else:
+            STATUS.report("INFO", done)
     elif outcome.kind == "cancelled":
         STATUS.report("INFO", "Generation cancelled; the scene is unchanged")
     else:

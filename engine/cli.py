@@ -22,6 +22,7 @@ COMMANDS = {
     "generate": "engine.pipeline_cli",
     "align": "engine.alignment.cli",
     "convert": "engine.convert",
+    "train": "engine.generator.cli",
 }
 
 

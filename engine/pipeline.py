@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from engine.generator.text import unknown_words, unknown_words_message
 from engine.pipeline_settings import (
     MAX_SEED,
     OWN_CONDITIONING,
@@ -176,6 +177,8 @@ class GenerationResult:
         timings: seconds per stage ("load" is the pipeline's load time).
         device, dtype: where the transformer ran, e.g. "cuda:0", "torch.bfloat16".
         memory: the memory policy in force (``engine.memory.MemoryPolicy.to_dict()``), or None.
+        unknown_words: words of the prompt that the model's tokenizer does not know (it maps them to
+            its unknown token); empty for open-vocabulary tokenizers such as the real UMT5's.
     """
 
     settings: GenerationSettings
@@ -191,6 +194,7 @@ class GenerationResult:
     device: str = ""
     dtype: str = ""
     memory: Optional[dict] = None
+    unknown_words: list = field(default_factory=list)
 
 
 def software_versions() -> dict:
@@ -703,6 +707,9 @@ class Vist3aPipeline:
         seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
         settings = settings.resolved(self.default_conditioning).replace(seed=seed)
         timings = {"load": round(self.load_seconds, 3)}
+        unknown = self.unknown_words(settings.prompt)
+        if unknown:
+            logger.warning("%s", unknown_words_message(unknown))
 
         start = time.perf_counter()
         latent = self.sample_latent(settings, seed, progress=progress, cancel=cancel, preview_every=preview_every)
@@ -738,6 +745,7 @@ class Vist3aPipeline:
             device=str(self.device),
             dtype=str(self.dtype),
             memory=None if self.memory_policy is None else self.memory_policy.to_dict(),
+            unknown_words=unknown,
         )
 
     def _models(self) -> list[torch.nn.Module]:
@@ -764,6 +772,11 @@ class Vist3aPipeline:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` the tokenizer maps to its unknown token (a closed-vocabulary model, such
+        as the default model, cannot know them); see ``engine.generator.text.unknown_words``."""
+        return unknown_words(self.tokenizer, prompt)
 
     def release(self) -> None:
         """Drops the models (and cached embeddings) and returns GPU memory to the driver.

@@ -67,6 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from engine.generator.text import unknown_words_message
     from engine.pipeline import GenerationCancelled, Vist3aPipeline
     from engine.pipeline_outputs import regenerate, write_outputs
 
@@ -111,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             result = pipeline.generate(settings, progress=progress)
             pipeline.free_gpu_memory()
             out = write_outputs(result, args.out, progress=progress)
+            if result.unknown_words:
+                print(unknown_words_message(result.unknown_words), file=sys.stderr)
     except (SettingsError, FileNotFoundError, FileExistsError) as exc:
         logger.error("%s", exc)
         return 2

@@ -288,6 +288,7 @@ def metadata_of(result: GenerationResult, files: dict) -> dict:
         "settings": result.settings.to_dict(),
         "seed": result.settings.seed,
         "full_prompt": result.full_prompt,
+        "unknown_words": list(result.unknown_words),
         "runtime": result.runtime.to_dict(),
         "device": result.device,
         "dtype": result.dtype,

@@ -143,7 +143,7 @@ _REQUEST_FIELDS: dict[str, tuple[dict, dict]] = {
 _EVENT_FIELDS: dict[str, tuple[dict, dict]] = {
     HELLO: ({"protocol": _INT, "engine_version": _STR, "pid": _INT}, {}),
     PROGRESS: ({"stage": _STR, "step": _INT, "total": _INT}, {"preview": _STR, "message": _STR}),
-    RESULT: ({"output_dir": _STR}, {"seed": _INT, "timings": _DICT}),
+    RESULT: ({"output_dir": _STR}, {"seed": _INT, "timings": _DICT, "unknown_words": (list,)}),
     DONE: ({"command": _STR}, None),  # None: any further fields are allowed (command specific)
     CANCELLED: ({}, {}),
     ERROR: ({"error_type": _STR, "message": _STR}, {"traceback": _STR, "hint": _STR}),

@@ -308,7 +308,10 @@ class Worker:
         pipeline.free_gpu_memory()
         write_outputs(result, out_dir, progress=progress, cancel=cancel)
         logger.info("request %s: wrote %s", request.id, out_dir)
-        return protocol.RESULT, {"output_dir": str(out_dir), "seed": settings.seed, "timings": result.timings}
+        answer = {"output_dir": str(out_dir), "seed": settings.seed, "timings": result.timings}
+        if result.unknown_words:
+            answer["unknown_words"] = list(result.unknown_words)
+        return protocol.RESULT, answer
 
     def _handle_release(self, request: protocol.Request, cancel: threading.Event) -> tuple[str, dict]:
         released = self._pipeline is not None

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from engine.data import (
     PATHS,
     SKY_COLOR,
+    SKY_COLORS,
     ReferenceView,
     SceneObject,
     SyntheticClipDataset,
@@ -64,10 +65,23 @@ def test_the_camera_path_does_not_change_the_scene():
 
 
 def test_sky_shows_the_background_colour_where_nothing_is_hit():
-    clip = synthetic_clip(1, num_frames=2, height=24, width=24)
+    skies = set()
+    for seed in (1, 2, 3, 6):  # a clear, a sunset and a cloudy sky among them
+        scene = generate_scene(seed)
+        skies.add(scene.sky_color_name)
+        clip = synthetic_clip(seed, num_frames=2, height=24, width=24)
+        sky = clip.alpha < 1e-3
+        assert sky.any()  # the camera looks down at the floor but sees the sky above its far edge
+        expected = torch.tensor(SKY_COLORS[scene.sky_color_name])
+        assert torch.allclose(clip.frames[sky], expected.expand(int(sky.sum()), 3), atol=1e-5)
+        assert clip.caption.endswith(f"under a {scene.sky_color_name} sky")
+    assert skies == set(SKY_COLORS)
+    # An explicit background still wins, and the default scene sky is the clear one.
+    scene = build_scene([SceneObject("cube", "red", (0.0, 0.0), 0.3)], "grey", generate_scene(1).reference_view)
+    assert scene.sky_color == SKY_COLOR == SKY_COLORS["clear"]
+    clip = render_clip(scene, scene.reference_view.cameras(24, 24), background=(0.0, 1.0, 0.0))
     sky = clip.alpha < 1e-3
-    assert sky.any()  # the camera looks down at the floor but sees the sky above its far edge
-    assert torch.allclose(clip.frames[sky], torch.tensor(SKY_COLOR).expand(int(sky.sum()), 3), atol=1e-5)
+    assert torch.allclose(clip.frames[sky], torch.tensor([0.0, 1.0, 0.0]).expand(int(sky.sum()), 3), atol=1e-5)
 
 
 def test_centre_pixel_depth_is_the_distance_to_the_visible_surface():

@@ -76,7 +76,7 @@ def test_caption_names_every_object_and_the_floor():
         scene = generate_scene(seed)
         for obj in scene.objects:
             assert f"{obj.color_name} {obj.shape}" in scene.caption
-        assert scene.caption.endswith(f"on a {scene.floor_color_name} floor")
+        assert scene.caption.endswith(f"on a {scene.floor_color_name} floor under a {scene.sky_color_name} sky")
 
 
 def reference(azimuth_deg):

@@ -7,7 +7,9 @@ Gaussians, small images) and fully determined by a seed.
 
 Seeding: ``synthetic_clip(seed)`` builds its scene from ``seed`` and draws its camera path from an
 independent stream spawned from the same seed, so changing the path kind or image size never changes
-the scene. ``SyntheticClipDataset(num_clips, seed)`` gives item i the seed derived from (seed, i).
+the scene. ``SyntheticClipDataset(num_clips, seed)`` gives item i the seed derived from (seed, i);
+with ``split="train"`` or ``"heldout"`` that seed is moved into the split (see
+:func:`engine.data.scenes.split_of_seed`), so training and held-out datasets never share a scene.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from engine.data.camera_paths import flythrough_cameras, orbit_cameras, pan_cameras
-from engine.data.scenes import SKY_COLOR, SyntheticScene, generate_scene
+from engine.data.scenes import HELDOUT_SEED_MODULUS, SPLITS, SyntheticScene, generate_scene
 from engine.render import rasterize
 from engine.scene import Cameras
 
@@ -43,7 +45,7 @@ class Clip:
     """T rendered frames of a scene along a camera path.
 
     Attributes:
-        frames: (T, H, W, 3) RGB in [0, 1], over the sky colour.
+        frames: (T, H, W, 3) RGB in [0, 1], over the scene's sky colour.
         depth: (T, H, W) expected camera-z depth; 0 where nothing was hit (alpha 0).
         alpha: (T, H, W) accumulated opacity in [0, 1] (1 on surfaces, 0 on the sky).
         cameras: the T cameras (OpenCV axes).
@@ -60,14 +62,17 @@ class Clip:
         return self.frames.shape[0]
 
 
-def render_clip(scene: SyntheticScene, cameras: Cameras, *, background=SKY_COLOR) -> Clip:
-    """Renders ``scene`` from every camera with the project rasterizer, over ``background`` (3,).
+def render_clip(scene: SyntheticScene, cameras: Cameras, *, background=None) -> Clip:
+    """Renders ``scene`` from every camera with the project rasterizer, over ``background`` (3,)
+    (default: the scene's sky colour).
 
     Returns:
         Clip with frames (T, H, W, 3) clamped to [0, 1], depth and alpha (T, H, W).
     """
     if not isinstance(scene, SyntheticScene):
         raise TypeError(f"render_clip: scene must be a SyntheticScene, got {type(scene).__name__}")
+    if background is None:
+        background = scene.sky_color
     with torch.no_grad():
         out = rasterize(scene.gaussians, cameras.to(device=scene.gaussians.device), background=background)
     return Clip(
@@ -184,6 +189,18 @@ def synthetic_clip(
     return render_clip(scene, cameras)
 
 
+def seed_in_split(seed: int, split: str) -> int:
+    """``seed`` if it lies in ``split`` ("train" or "heldout"), else the nearest seed of that split
+    above it (held-out seeds are the multiples of HELDOUT_SEED_MODULUS, see ``split_of_seed``)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    seed = int(seed)
+    residue = seed % HELDOUT_SEED_MODULUS
+    if split == "heldout":
+        return seed if residue == 0 else seed + HELDOUT_SEED_MODULUS - residue
+    return seed + 1 if residue == 0 else seed
+
+
 class SyntheticClipDataset(Dataset):
     """``num_clips`` synthetic clips; item i is always the same clip for a given ``seed``.
 
@@ -193,6 +210,8 @@ class SyntheticClipDataset(Dataset):
         num_frames, height, width, fov_deg: clip format.
         path: a camera path kind (see PATHS), or "mixed" to draw one per item from its seed.
         num_objects: objects per scene, or None for 2 to 4 drawn per scene.
+        split: None for seeds of both splits, "train" or "heldout" for seeds of that split only
+            (each item's seed moved into the split by :func:`seed_in_split`).
     """
 
     def __init__(
@@ -206,7 +225,10 @@ class SyntheticClipDataset(Dataset):
         path: str = "orbit",
         fov_deg: float = 60.0,
         num_objects: Optional[int] = None,
+        split: Optional[str] = None,
     ):
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
         if not isinstance(num_clips, int) or num_clips < 0:
             raise ValueError(f"num_clips must be a non-negative int, got {num_clips!r}")
         if not isinstance(seed, int) or seed < 0:
@@ -221,13 +243,15 @@ class SyntheticClipDataset(Dataset):
         self.path = path
         self.fov_deg = fov_deg
         self.num_objects = num_objects
+        self.split = split
 
     def __len__(self) -> int:
         return self.num_clips
 
     def item_seed(self, index: int) -> int:
-        """The scene seed of item ``index`` (a hash of the base seed and the index)."""
-        return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
+        """The scene seed of item ``index`` (a hash of the base seed and the index, moved into the split)."""
+        seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
+        return seed if self.split is None else seed_in_split(seed, self.split)
 
     def item_path(self, index: int) -> str:
         if self.path != "mixed":

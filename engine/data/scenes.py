@@ -1,9 +1,10 @@
 """Procedural scenes: coloured primitives on a floor, as Gaussians, with a caption from the layout.
 
-A scene is a square floor (a two-tone checker of one named colour) with a few objects resting on it,
-each a cube, sphere, cylinder, cone or torus of a distinct named colour. Surfaces are sampled as small
-flat Gaussians (SH degree 0) with simple baked lighting (ambient + Lambert from a fixed sun, and a
-soft contact shadow on the floor) so that renders read as solid 3D objects.
+A scene is a square floor (a two-tone checker of one named colour) under a tinted sky, with a few
+objects resting on it, each of a distinct named colour: a primitive (cube, sphere, cylinder, cone,
+torus) or a composite built from primitives (tree, snowman, house, table). Surfaces are sampled as
+small flat Gaussians (SH degree 0) with simple baked lighting (ambient + Lambert from a fixed sun, and
+a soft contact shadow on the floor) so that renders read as solid 3D objects.
 
 The caption describes the layout as seen from the scene's *reference view*, a camera on an orbit
 around the scene centre (the first frame of the default orbit clip): "a red cube to the left of a blue
@@ -13,6 +14,11 @@ lateral or the depth offset dominates the other by a margin).
 
 Everything random comes from ``numpy.random.default_rng(seed)``, so a seed gives a bit-identical scene
 and caption on every run.
+
+Held-out split: the seed fixes the split (:func:`split_of_seed`: every seed divisible by
+``HELDOUT_SEED_MODULUS`` is held out). Scenes of training seeds never contain a colour-shape pair of
+``HELDOUT_COMBINATIONS``; every held-out scene contains at least one, so held-out captions name
+combinations never seen in training (each colour and each shape on its own is seen in training).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ OBJECT_COLORS: dict[str, tuple[float, float, float]] = {
     "purple": (0.55, 0.22, 0.74),
     "pink": (0.96, 0.50, 0.72),
     "white": (0.94, 0.94, 0.92),
+    "cyan": (0.12, 0.78, 0.84),
+    "black": (0.07, 0.07, 0.08),
+    "magenta": (0.82, 0.10, 0.62),
 }
 FLOOR_COLORS: dict[str, tuple[float, float, float]] = {
     "grey": (0.55, 0.55, 0.55),
@@ -45,7 +54,39 @@ FLOOR_COLORS: dict[str, tuple[float, float, float]] = {
     "brown": (0.50, 0.35, 0.24),
     "dark grey": (0.30, 0.30, 0.31),
 }
-SKY_COLOR = (0.62, 0.78, 0.95)
+# Sky tints, named as the caption says them ("under a sunset sky"); none of these names is an
+# object or floor colour, so a colour word in a caption always means an object or the floor.
+SKY_COLORS: dict[str, tuple[float, float, float]] = {
+    "clear": (0.62, 0.78, 0.95),
+    "sunset": (0.98, 0.74, 0.55),
+    "cloudy": (0.72, 0.74, 0.78),
+}
+DEFAULT_SKY = "clear"
+SKY_COLOR = SKY_COLORS[DEFAULT_SKY]  # the clear sky (the only sky before tints were added)
+
+# Composite objects built from primitives (proportions in SceneObject's docstring).
+COMPOSITE_SHAPES = ("tree", "snowman", "house", "table")
+OBJECT_SHAPES = primitives.SHAPES + COMPOSITE_SHAPES
+_TRUNK_COLOR = (0.36, 0.24, 0.13)  # a tree's trunk; its crown has the object's colour
+
+# The fixed held-out split (see the module docstring).
+HELDOUT_SEED_MODULUS = 10
+HELDOUT_COMBINATIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("red", "house"),
+        ("orange", "cube"),
+        ("yellow", "snowman"),
+        ("green", "sphere"),
+        ("blue", "table"),
+        ("purple", "cone"),
+        ("pink", "tree"),
+        ("white", "torus"),
+        ("cyan", "cylinder"),
+        ("black", "snowman"),
+        ("magenta", "house"),
+    }
+)
+SPLITS = ("train", "heldout")
 
 # Lighting baked into the colours: ambient term plus Lambert from a fixed, mostly overhead sun.
 _SUN_DIRECTION = np.array([0.35, 0.45, 0.82]) / np.linalg.norm([0.35, 0.45, 0.82])
@@ -70,11 +111,14 @@ _CENTER_HEIGHT = 0.3
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One primitive resting on the floor at ``position`` (x, y), turned by ``yaw_deg`` about z.
+    """One object resting on the floor at ``position`` (x, y), turned by ``yaw_deg`` about z.
 
     ``size`` s sets the proportions: a cube has edge 2s; a sphere radius s; a cylinder radius 0.8s
     and height 2s; a cone base radius s and height 2.2s; a torus (lying flat) major radius s and
-    tube radius 0.4s.
+    tube radius 0.4s. Composites: a tree is a trunk (cylinder, radius 0.22s, height 0.9s, brown)
+    under a crown (cone, radius s, height 2.2s, from 0.75s up); a snowman two stacked spheres (radii
+    0.8s and 0.55s); a house a cube body (edge 1.8s) under a cone roof (radius 1.3s, height s); a
+    table a round top (cylinder, radius 1.1s, 0.12s thick, top at 1.3s) on four legs (radius 0.08s).
     """
 
     shape: str
@@ -84,8 +128,8 @@ class SceneObject:
     yaw_deg: float = 0.0
 
     def __post_init__(self):
-        if self.shape not in primitives.SHAPES:
-            raise ValueError(f"SceneObject: shape must be one of {primitives.SHAPES}, got {self.shape!r}")
+        if self.shape not in OBJECT_SHAPES:
+            raise ValueError(f"SceneObject: shape must be one of {OBJECT_SHAPES}, got {self.shape!r}")
         if self.color_name not in OBJECT_COLORS:
             raise ValueError(f"SceneObject: color_name must be one of {sorted(OBJECT_COLORS)}, got {self.color_name!r}")
         if not self.size > 0:
@@ -122,6 +166,10 @@ class SceneObject:
 _CYLINDER_RADIUS = 0.8  # proportions relative to SceneObject.size, as documented there
 _CONE_HEIGHT = 2.2
 _TORUS_TUBE_RADIUS = 0.4
+_TRUNK_RADIUS, _TRUNK_HEIGHT, _CROWN_BASE = 0.22, 0.9, 0.75
+_SNOW_LOWER, _SNOW_UPPER = 0.8, 0.55
+_HOUSE_HALF, _ROOF_RADIUS, _ROOF_HEIGHT = 0.9, 1.3, 1.0
+_TABLE_RADIUS, _TABLE_TOP, _TABLE_THICKNESS, _LEG_RADIUS, _LEG_OFFSET = 1.1, 1.3, 0.12, 0.08, 0.55
 
 
 def _dimensions(shape: str, size: float) -> dict[str, float]:
@@ -132,20 +180,52 @@ def _dimensions(shape: str, size: float) -> dict[str, float]:
         "cylinder": {"height": 2 * size, "footprint": _CYLINDER_RADIUS * size},
         "cone": {"height": _CONE_HEIGHT * size, "footprint": size},
         "torus": {"height": 2 * _TORUS_TUBE_RADIUS * size, "footprint": (1 + _TORUS_TUBE_RADIUS) * size},
+        "tree": {"height": (_CROWN_BASE + _CONE_HEIGHT) * size, "footprint": size},
+        "snowman": {"height": 2 * (_SNOW_LOWER + _SNOW_UPPER) * size, "footprint": _SNOW_LOWER * size},
+        "house": {"height": (2 * _HOUSE_HALF + _ROOF_HEIGHT) * size, "footprint": _ROOF_RADIUS * size},
+        "table": {"height": _TABLE_TOP * size, "footprint": _TABLE_RADIUS * size},
     }[shape]
 
 
-def _surface(obj: SceneObject, spacing: float) -> primitives.SurfaceSamples:
-    """The object's surface samples in world coordinates."""
+def _lifted(samples: primitives.SurfaceSamples, x: float = 0.0, y: float = 0.0, z: float = 0.0):
+    return primitives.place(samples, 0.0, np.array([x, y, z]))
+
+
+def _object_parts(obj: SceneObject, spacing: float) -> list[tuple[primitives.SurfaceSamples, tuple]]:
+    """The object's surface samples in world coordinates, as (samples, base RGB) parts."""
     s = obj.size
-    local = {
-        "cube": lambda: primitives.cube(s, spacing),
-        "sphere": lambda: primitives.sphere(s, spacing),
-        "cylinder": lambda: primitives.cylinder(_CYLINDER_RADIUS * s, 2 * s, spacing),
-        "cone": lambda: primitives.cone(s, _CONE_HEIGHT * s, spacing),
-        "torus": lambda: primitives.torus(s, _TORUS_TUBE_RADIUS * s, spacing),
-    }[obj.shape]()
-    return primitives.place(local, obj.yaw_deg, np.array([obj.position[0], obj.position[1], 0.0]))
+    own = OBJECT_COLORS[obj.color_name]
+    if obj.shape == "cube":
+        parts = [(primitives.cube(s, spacing), own)]
+    elif obj.shape == "sphere":
+        parts = [(primitives.sphere(s, spacing), own)]
+    elif obj.shape == "cylinder":
+        parts = [(primitives.cylinder(_CYLINDER_RADIUS * s, 2 * s, spacing), own)]
+    elif obj.shape == "cone":
+        parts = [(primitives.cone(s, _CONE_HEIGHT * s, spacing), own)]
+    elif obj.shape == "torus":
+        parts = [(primitives.torus(s, _TORUS_TUBE_RADIUS * s, spacing), own)]
+    elif obj.shape == "tree":
+        trunk = primitives.cylinder(_TRUNK_RADIUS * s, _TRUNK_HEIGHT * s, spacing)
+        crown = _lifted(primitives.cone(s, _CONE_HEIGHT * s, spacing), z=_CROWN_BASE * s)
+        parts = [(trunk, _TRUNK_COLOR), (crown, own)]
+    elif obj.shape == "snowman":
+        lower = primitives.sphere(_SNOW_LOWER * s, spacing)
+        upper = _lifted(primitives.sphere(_SNOW_UPPER * s, spacing), z=2 * _SNOW_LOWER * s)
+        parts = [(lower, own), (upper, own)]
+    elif obj.shape == "house":
+        body = primitives.cube(_HOUSE_HALF * s, spacing)
+        roof = _lifted(primitives.cone(_ROOF_RADIUS * s, _ROOF_HEIGHT * s, spacing), z=2 * _HOUSE_HALF * s)
+        parts = [(body, own), (roof, own)]
+    else:  # table
+        leg_height = (_TABLE_TOP - _TABLE_THICKNESS) * s
+        top = _lifted(primitives.cylinder(_TABLE_RADIUS * s, _TABLE_THICKNESS * s, spacing), z=leg_height)
+        parts = [(top, own)]
+        for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+            leg = primitives.cylinder(_LEG_RADIUS * s, leg_height, spacing)
+            parts.append((_lifted(leg, dx * _LEG_OFFSET * s, dy * _LEG_OFFSET * s), own))
+    offset = np.array([obj.position[0], obj.position[1], 0.0])
+    return [(primitives.place(samples, obj.yaw_deg, offset), color) for samples, color in parts]
 
 
 @dataclass(frozen=True)
@@ -213,25 +293,36 @@ def relation_between(subject: SceneObject, anchor: SceneObject, view: ReferenceV
 
 
 def describe_layout(
-    objects: Sequence[SceneObject], floor_color_name: str, view: ReferenceView
+    objects: Sequence[SceneObject],
+    floor_color_name: str,
+    view: ReferenceView,
+    sky_color_name: Optional[str] = None,
 ) -> tuple[str, tuple[SpatialRelation, ...]]:
     """Caption and relations of a layout seen from ``view``.
 
     Object 1 is related to object 0, and each later object to the earlier one with the clearest
     relation, so every object after the first is placed relative to one already named.
 
+    Args:
+        sky_color_name: a key of SKY_COLORS to end the caption with "under a ... sky", or None to
+            leave the sky out.
+
     Returns:
         caption, e.g. "a red cube to the left of a blue sphere and a green cone behind the red cube, on
-        a grey floor"; relations (len(objects) - 1 of them) in caption order.
+        a grey floor under a clear sky"; relations (len(objects) - 1 of them) in caption order.
     """
     if floor_color_name not in FLOOR_COLORS:
         raise ValueError(f"floor_color_name must be one of {sorted(FLOOR_COLORS)}, got {floor_color_name!r}")
+    if sky_color_name is not None and sky_color_name not in SKY_COLORS:
+        raise ValueError(f"sky_color_name must be one of {sorted(SKY_COLORS)}, got {sky_color_name!r}")
     if not objects:
         raise ValueError("describe_layout needs at least one object")
     names = [o.color_name for o in objects]
     if len(set(names)) != len(names):
         raise ValueError(f"object colours must be distinct so the caption can name each object, got {names}")
     floor = f"on a {floor_color_name} floor"
+    if sky_color_name is not None:
+        floor += f" under a {sky_color_name} sky"
     if len(objects) == 1:
         return f"{objects[0].indefinite} {floor}", ()
 
@@ -262,6 +353,7 @@ class SyntheticScene:
         reference_view: the camera the caption refers to; also the default orbit of the scene.
         relations: the spatial relations stated in the caption.
         caption: text description of the layout.
+        sky_color_name: key of SKY_COLORS: the background clips of the scene are rendered over.
     """
 
     gaussians: GaussianScene
@@ -271,6 +363,17 @@ class SyntheticScene:
     reference_view: ReferenceView
     relations: tuple[SpatialRelation, ...]
     caption: str
+    sky_color_name: str = DEFAULT_SKY
+
+    @property
+    def sky_color(self) -> tuple[float, float, float]:
+        """RGB in [0, 1] of the sky."""
+        return SKY_COLORS[self.sky_color_name]
+
+    @property
+    def split(self) -> str:
+        """The split the layout belongs to: "heldout" if an object is a pair of HELDOUT_COMBINATIONS."""
+        return "heldout" if any((o.color_name, o.shape) in HELDOUT_COMBINATIONS for o in self.objects) else "train"
 
 
 def _shade(colors: np.ndarray, normals: np.ndarray) -> np.ndarray:
@@ -299,19 +402,21 @@ def build_scene(
     surface_spacing: float = 0.08,
     floor_spacing: float = 0.2,
     texture_seed: int = 0,
+    sky_color_name: str = DEFAULT_SKY,
 ) -> SyntheticScene:
     """Gaussians and caption for an explicit layout.
 
     Args:
-        objects: primitives on the floor; distinct colours (the caption names objects by colour).
+        objects: objects on the floor; distinct colours (the caption names objects by colour).
         floor_color_name: key of FLOOR_COLORS.
+        sky_color_name: key of SKY_COLORS (named in the caption; the clips' background).
         reference_view: the view the caption's spatial relations refer to.
         floor_half_size: the floor is the square [-h, h]^2 at z = 0.
         surface_spacing: sample spacing on the objects (world units); sets their Gaussian count.
         floor_spacing: sample spacing on the floor.
         texture_seed: seed of the small per-Gaussian colour noise.
     """
-    caption, relations = describe_layout(objects, floor_color_name, reference_view)
+    caption, relations = describe_layout(objects, floor_color_name, reference_view, sky_color_name)
     if not (surface_spacing > 0 and floor_spacing > 0 and floor_half_size > 0):
         raise ValueError("surface_spacing, floor_spacing and floor_half_size must be positive")
 
@@ -319,9 +424,9 @@ def build_scene(
     parts = [floor]
     colors = [_floor_colors(floor, np.asarray(FLOOR_COLORS[floor_color_name]), objects)]
     for obj in objects:
-        surface = _surface(obj, surface_spacing)
-        parts.append(surface)
-        colors.append(_shade(np.tile(OBJECT_COLORS[obj.color_name], (len(surface), 1)), surface.normals))
+        for surface, base in _object_parts(obj, surface_spacing):
+            parts.append(surface)
+            colors.append(_shade(np.tile(base, (len(surface), 1)), surface.normals))
     samples = primitives.SurfaceSamples.concatenate(parts)
     rgb = np.concatenate(colors)
     rng = np.random.default_rng(texture_seed)
@@ -346,10 +451,37 @@ def build_scene(
         reference_view=reference_view,
         relations=relations,
         caption=caption,
+        sky_color_name=sky_color_name,
     )
 
 
-def _sample_layout(rng: np.random.Generator, num_objects: int, view: ReferenceView) -> list[SceneObject]:
+def split_of_seed(seed: int) -> str:
+    """The split a scene seed belongs to: "heldout" for multiples of HELDOUT_SEED_MODULUS, else "train"."""
+    return "heldout" if int(seed) % HELDOUT_SEED_MODULUS == 0 else "train"
+
+
+def _sample_kinds(rng: np.random.Generator, num_objects: int, split: str) -> list[tuple[str, str]]:
+    """(colour, shape) of each object: distinct colours; in "train" no held-out pair, in "heldout"
+    one held-out pair at a random position (the others drawn as in training)."""
+    colors = sorted(OBJECT_COLORS)
+    forced = None
+    if split == "heldout":
+        pairs = sorted(HELDOUT_COMBINATIONS)
+        forced = pairs[int(rng.integers(len(pairs)))]
+        colors = [c for c in colors if c != forced[0]]
+    others = [str(c) for c in rng.choice(colors, size=num_objects - (forced is not None), replace=False)]
+    kinds = []
+    for color in others:
+        allowed = [shape for shape in OBJECT_SHAPES if (color, shape) not in HELDOUT_COMBINATIONS]
+        kinds.append((color, str(allowed[int(rng.integers(len(allowed)))])))
+    if forced is not None:
+        kinds.insert(int(rng.integers(num_objects)), forced)
+    return kinds
+
+
+def _sample_layout(
+    rng: np.random.Generator, num_objects: int, view: ReferenceView, split: str = "train"
+) -> list[SceneObject]:
     """Objects at random non-overlapping positions whose caption relations are all clear.
 
     Objects are placed one by one by rejection sampling; when one finds no room (early objects can
@@ -357,10 +489,9 @@ def _sample_layout(rng: np.random.Generator, num_objects: int, view: ReferenceVi
     so the result is still a function of the seed.
     """
     for _ in range(_MAX_LAYOUT_TRIES):
-        colors = rng.choice(sorted(OBJECT_COLORS), size=num_objects, replace=False)
         objects: list[SceneObject] = []
-        for color in colors:
-            placed = _place_object(rng, str(color), objects, view)
+        for color, shape in _sample_kinds(rng, num_objects, split):
+            placed = _place_object(rng, color, shape, objects, view)
             if placed is None:
                 break
             objects.append(placed)
@@ -372,10 +503,9 @@ def _sample_layout(rng: np.random.Generator, num_objects: int, view: ReferenceVi
 
 
 def _place_object(
-    rng: np.random.Generator, color: str, placed: Sequence[SceneObject], view: ReferenceView
+    rng: np.random.Generator, color: str, shape: str, placed: Sequence[SceneObject], view: ReferenceView
 ) -> Optional[SceneObject]:
-    """A random object of ``color`` that fits among ``placed``, or None if none was found."""
-    shape = str(rng.choice(primitives.SHAPES))
+    """A random ``color`` ``shape`` that fits among ``placed``, or None if none was found."""
     size = float(rng.uniform(*_OBJECT_SIZE_RANGE))
     yaw = float(rng.uniform(0.0, 90.0))
     for _ in range(_MAX_PLACEMENT_TRIES):
@@ -407,7 +537,9 @@ def generate_scene(
 ) -> SyntheticScene:
     """A random scene (2 to 4 objects unless ``num_objects`` is given), reproducible from ``seed``.
 
-    With the default spacings a scene has roughly 1,500 to 3,000 Gaussians.
+    The seed's split (:func:`split_of_seed`) decides the colour-shape pairs: a training seed never
+    draws a pair of HELDOUT_COMBINATIONS, a held-out seed always has one. The sky tint is drawn too.
+    With the default spacings a scene has roughly 1,500 to 3,500 Gaussians.
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -422,9 +554,10 @@ def generate_scene(
         elevation_deg=float(rng.uniform(*_ELEVATION_RANGE_DEG)),
         azimuth_deg=float(rng.uniform(0.0, 360.0)),
     )
-    objects = _sample_layout(rng, num_objects, view)
+    objects = _sample_layout(rng, num_objects, view, split_of_seed(seed))
     floor_color = str(rng.choice(sorted(FLOOR_COLORS)))
     texture_seed = int(rng.integers(0, 2**31 - 1))
+    sky = str(rng.choice(sorted(SKY_COLORS)))
     return build_scene(
         objects,
         floor_color,
@@ -432,4 +565,5 @@ def generate_scene(
         surface_spacing=surface_spacing,
         floor_spacing=floor_spacing,
         texture_seed=texture_seed,
+        sky_color_name=sky,
     )

@@ -1,0 +1,163 @@
+"""``python -m engine train vae|video``: train the default model's generator on the procedural world.
+
+Each stage writes a run folder (see :mod:`engine.generator.runs`) and, when its steps are done, its
+exported part: ``RUN/vae`` (diffusers ``AutoencoderKLWan`` folder) or ``RUN/pipeline`` (a whole
+``WanPipeline`` folder). ``--export DIR`` also writes that part to DIR (e.g. into models/default/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+log = logging.getLogger("engine.train")
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config_class, helps: dict[str, str]) -> None:
+    """One --option per config field (defaults shown by --help)."""
+    for f in fields(config_class):
+        default = f.default_factory() if f.default is MISSING else f.default
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, list):
+            parser.add_argument(flag, type=type(default[0]), nargs="+", default=None, help=helps.get(f.name))
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=helps.get(f.name))
+        parser.set_defaults(**{f"_field_{f.name}": default})
+
+
+def _config_from_args(args, config_class):
+    values = {}
+    for f in fields(config_class):
+        given = getattr(args, f.name)
+        values[f.name] = given if given is not None else getattr(args, f"_field_{f.name}")
+    return config_class(**values)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="run folder (logs, checkpoints, loss.png, export)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--export", type=Path, default=None, help="also copy the exported part to this folder")
+
+
+VAE_HELP = {
+    "steps": "total optimisation steps of the run",
+    "crop_frames": "frames per training crop (4k + 1)",
+    "crop_size": "pixels per side of a training crop (multiple of 8)",
+    "base_dim": "AutoencoderKLWan base width",
+    "train_clips": "distinct training clips (rendered once, cached)",
+    "eval_clips": "held-out clips for the PSNR evaluation",
+    "eval_every": "held-out evaluation every N steps (0: never)",
+    "stats_clips": "training clips encoded to measure latents_mean / latents_std",
+}
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train the default model's generator (vae, video)")
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE")
+
+    vae = stages.add_parser("vae", help="train the Wan video VAE on the world's clips")
+    _common(vae)
+    vae.add_argument("--clip-cache", type=Path, default=None, help="rendered clip folder (default: OUT/clips)")
+    vae.add_argument(
+        "--export-only",
+        action="store_true",
+        help="no training: export the newest checkpoint of the run in --out to --export (the run is not changed)",
+    )
+    from engine.generator.vae import VAEConfig
+
+    _add_config_options(vae, VAEConfig, VAE_HELP)
+    vae.set_defaults(func=run_vae)
+
+    from engine.generator.video import VideoConfig
+
+    video = stages.add_parser("video", help="train the Wan transformer (flow matching) on VAE latents")
+    _common(video)
+    video.add_argument("--vae", required=True, type=Path, help="trained VAE folder (diffusers AutoencoderKLWan)")
+    video.add_argument(
+        "--text", type=Path, default=None, help="tokenizer + text encoder folder (default: built into OUT/text)"
+    )
+    video.add_argument("--clip-cache", type=Path, default=None, help="rendered clip folder (default: OUT/clips)")
+    _add_config_options(video, VideoConfig, VIDEO_HELP)
+    video.set_defaults(func=run_video)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+VIDEO_HELP = {
+    "steps": "total optimisation steps of the run",
+    "train_clips": "distinct training orbit clips (encoded once, cached)",
+    "caption_dropout": "probability of training a sample with the empty caption (for CFG)",
+    "flow_shift": "sigma shift of the flow-matching schedule (Wan: 3.0 at 480p)",
+    "eval_every": "held-out flow-matching loss every N steps (0: never)",
+}
+
+
+def _setup_threads(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def _copy_export(source: Path, target: Path | None) -> None:
+    if target is None:
+        return
+    from engine.io.atomic import atomic_directory
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(target, replace=True) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    log.info("exported to %s", target)
+
+
+def run_vae(args) -> int:
+    from engine.generator.runs import RunExistsError
+    from engine.generator.vae import VAE_FOLDER, VAEConfig, VAETrainer
+
+    _setup_threads(args)
+    if args.export_only:
+        from engine.generator.vae import export_run_checkpoint
+
+        if args.export is None:
+            log.error("--export-only needs --export DIR (where to write the VAE)")
+            return 2
+        try:
+            folder, step = export_run_checkpoint(args.out, args.export, args.clip_cache)
+        except (FileNotFoundError, ValueError) as error:
+            log.error("%s", error)
+            return 2
+        log.info("exported the step-%d checkpoint to %s", step, folder)
+        return 0
+    try:
+        config = _config_from_args(args, VAEConfig)
+        trainer = VAETrainer(config, args.out, resume=args.resume, clip_cache=args.clip_cache)
+    except (ValueError, RunExistsError) as error:
+        log.error("%s", error)
+        return 2
+    trainer.train(progress=not args.no_progress)
+    folder = trainer.export(args.out / VAE_FOLDER)
+    _copy_export(folder, args.export)
+    return 0
+
+
+def run_video(args) -> int:
+    from engine.generator.runs import RunExistsError
+    from engine.generator.video import PIPELINE_FOLDER, VideoConfig, VideoTrainer
+
+    _setup_threads(args)
+    try:
+        config = _config_from_args(args, VideoConfig)
+        trainer = VideoTrainer(
+            config, args.out, vae=args.vae, text=args.text, resume=args.resume, clip_cache=args.clip_cache
+        )
+    except (ValueError, FileNotFoundError, RunExistsError) as error:
+        log.error("%s", error)
+        return 2
+    trainer.train(progress=not args.no_progress)
+    folder = trainer.export(args.out / PIPELINE_FOLDER)
+    _copy_export(folder, args.export)
+    return 0

@@ -1,0 +1,244 @@
+"""The training loop shared by the generator's trainers: steps, logs, held-out evaluation, checkpoints.
+
+A run folder holds::
+
+    config.json            the run's settings (a resumed run must match them, except the step counts)
+    train_log.jsonl        one record per logged step: {"step", "loss", "lr", "seconds", ...}
+    eval_log.jsonl         one record per held-out evaluation: {"step", ...metrics}
+    loss.png               the training loss (and the held-out metric) against the step
+    checkpoints/step_<n>/  model.safetensors (float32), state.pt (optimizer, scheduler, RNG, step)
+
+``--resume`` continues from the newest checkpoint exactly: the same batches and noise follow, because
+every random draw comes from one generator whose state is in the checkpoint; log records of steps after
+the checkpoint (redone) are dropped first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from engine.io.atomic import atomic_directory, atomic_write
+from engine.training import (
+    checkpoint_dir,
+    latest_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    rng_state,
+    truncate_log,
+)
+
+CONFIG_FILE = "config.json"
+TRAIN_LOG = "train_log.jsonl"
+EVAL_LOG = "eval_log.jsonl"
+PLOT_FILE = "loss.png"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+# Settings that may change when a run is resumed (extending or re-pacing it).
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "log_every", "keep_checkpoints"}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay from 1 to ``floor`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class RunExistsError(RuntimeError):
+    """The run folder already holds a run and ``--resume`` was not given."""
+
+
+class Trainer:
+    """Base of the trainers: subclasses set ``self.model`` (the trained module), ``self.config`` (a
+    dataclass with seed, steps, lr, warmup_steps, log_every, eval_every, save_every, keep_checkpoints,
+    grad_clip) and implement :meth:`loss` and :meth:`evaluate`."""
+
+    name = "train"
+    eval_metric = "loss"  # the held-out metric drawn in loss.png
+
+    def setup(self, out_dir: Optional[Path], resume: bool) -> None:
+        """Optimizer, schedule and the run folder; restores the newest checkpoint when ``resume``."""
+        cfg = self.config
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps)
+        )
+        self.step = 0
+        if self.out_dir is None:
+            return
+        config_file = self.out_dir / CONFIG_FILE
+        if config_file.is_file():
+            if not resume:
+                raise RunExistsError(f"{self.out_dir} already holds a run: pass --resume to continue it")
+            saved = json.loads(config_file.read_text(encoding="utf-8"))
+            changed = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+            if changed:
+                details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+                raise ValueError(f"{self.out_dir} was started with other settings ({details}); use a new folder")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(config_file, "w") as f:
+            f.write(json.dumps(asdict(cfg), indent=1))
+        found = latest_checkpoint(self.out_dir) if resume else None
+        if found is not None:
+            self.load_checkpoint(found)
+        for log in (TRAIN_LOG, EVAL_LOG):
+            truncate_log(self.out_dir / log, self.step)
+
+    # ----------------------------------------------------------------------------------------------
+    def loss(self) -> tuple[torch.Tensor, dict]:
+        """The training loss of one batch drawn with ``self.generator``, and extra log fields."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        """Held-out metrics (plain floats)."""
+        raise NotImplementedError
+
+    def train_step(self) -> dict:
+        start = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, extra = self.loss()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: {extra}")
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        record = {"step": self.step, "loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm)}
+        record.update(extra)
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        return record
+
+    def run_evaluation(self) -> dict:
+        self.model.eval()
+        start = time.perf_counter()
+        with torch.no_grad():
+            metrics = self.evaluate()
+        record = {"step": self.step, **metrics, "seconds": round(time.perf_counter() - start, 3)}
+        if self.out_dir is not None:
+            self._append(EVAL_LOG, record)
+        return record
+
+    def train(self, progress: bool = True) -> list[dict]:
+        """Runs to ``config.steps``: logs, evaluates on held-out data, checkpoints, plots; returns the records."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        records = []
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc=self.name, unit="step")
+        if self.step == 0 and cfg.eval_every > 0:
+            bar.set_postfix(self.run_evaluation())
+        while self.step < cfg.steps:
+            record = self.train_step()
+            records.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4g}")
+            if self.out_dir is not None and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                self._append(TRAIN_LOG, record)
+            if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                evaluation = self.run_evaluation()
+                bar.write(f"{self.name} step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
+            if self.out_dir is not None and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+                self.save_checkpoint()
+                self.plot()
+        bar.close()
+        return records
+
+    def _append(self, name: str, record: dict) -> None:
+        with open(self.out_dir / name, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ----------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """``out_dir/checkpoints/step_<n>`` (written atomically); keeps the newest ``keep_checkpoints``."""
+        from safetensors.torch import save_model
+
+        directory = checkpoint_dir(self.out_dir, self.step)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(self.generator),
+        }
+        with atomic_directory(directory, replace=True) as tmp:
+            save_model(self.model, str(tmp / MODEL_FILE))  # handles tied weights (UMT5's embeddings)
+            torch.save(state, tmp / STATE_FILE)
+        prune_checkpoints(directory.parent, self.config.keep_checkpoints)
+        return directory
+
+    def load_checkpoint(self, directory: Path) -> None:
+        """Restores the model, optimizer, schedule, step and RNG states of a checkpoint (strict)."""
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        for name in (MODEL_FILE, STATE_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory} is not a training checkpoint: {name} is missing")
+        load_model(self.model, str(directory / MODEL_FILE), strict=True)
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        # A resumed run may have more steps: the next step uses this run's schedule at the saved step.
+        factor = warmup_cosine(self.step, self.config.warmup_steps, self.config.steps)
+        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base_lr * factor
+        self.scheduler.lr_lambdas[0] = lambda step: warmup_cosine(step, self.config.warmup_steps, self.config.steps)
+        restore_rng(state["rng"], self.generator)
+
+    def plot(self) -> Optional[Path]:
+        """Writes ``loss.png``: training loss (and its running mean) and the held-out metric per step."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        train = _read_jsonl(self.out_dir / TRAIN_LOG)
+        evals = _read_jsonl(self.out_dir / EVAL_LOG)
+        if not train and not evals:
+            return None
+        figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        if train:
+            steps = [r["step"] for r in train]
+            losses = [r["loss"] for r in train]
+            axes[0].plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
+            window = max(1, min(len(losses), max(5, len(losses) // 20)))
+            smooth = [
+                sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+                for i in range(len(losses))
+            ]
+            axes[0].plot(steps, smooth, lw=1.5, label=f"running mean ({window})")
+            axes[0].set_yscale("log")
+            axes[0].legend()
+        axes[0].set_xlabel("step")
+        axes[0].set_title(f"{self.name}: training loss")
+        points = [(r["step"], r[self.eval_metric]) for r in evals if self.eval_metric in r]
+        if points:
+            axes[1].plot(*zip(*points), marker="o")
+        axes[1].set_xlabel("step")
+        axes[1].set_title(f"held-out {self.eval_metric}")
+        figure.tight_layout()
+        with atomic_write(self.out_dir / PLOT_FILE) as f:
+            figure.savefig(f, format="png", dpi=90)
+        plt.close(figure)
+        return self.out_dir / PLOT_FILE
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,235 @@
+"""Training the video VAE: diffusers ``AutoencoderKLWan`` (Wan 2.1's structure, small widths).
+
+The Wan 2.1 VAE maps T = 4k + 1 frames of H x W RGB in [-1, 1] to a latent of 16 channels, (T - 1)/4 + 1
+frames, H/8 x W/8 (causal 3D convolutions: the first frame is encoded on its own, then groups of four).
+It is fully convolutional, so it trains on short crops (``crop_frames`` = 4k + 1 frames, ``crop_size``
+squared pixels) of the world's 13 x 128 x 128 clips and is evaluated on whole held-out clips.
+
+Loss: mean squared error of the decoded posterior mean (what PSNR measures; it fitted a fixed batch
+faster than L1 here) + ``kl_weight`` x KL to N(0, I) per latent element
+(the small KL keeps the latents bounded for the diffusion model, as in latent-diffusion VAEs). The mean,
+not a sample, is decoded: a freshly initialised encoder's posterior has unit variance, which drowns the
+latent (|mean| ~ 0.1) in noise and stalled a first run at 12 dB after 250 steps; the generator is trained
+on posterior means as well.
+
+After training, :func:`latent_statistics` encodes training clips and the per-channel mean and standard
+deviation of the posterior means are written into the config as ``latents_mean``/``latents_std``, the
+fields with which Wan pipelines normalise latents (``(z - mean) / std``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from engine.generator.clipcache import ClipCache
+from engine.generator.runs import Trainer
+
+log = logging.getLogger(__name__)
+
+VAE_FOLDER = "vae"  # inside a run folder: the exported diffusers folder
+
+
+@dataclass
+class VAEConfig:
+    """Settings of a VAE training run (all saved in the run's config.json)."""
+
+    seed: int = 0
+    steps: int = 1400
+    lr: float = 2e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = 2
+    crop_frames: int = 9
+    crop_size: int = 40
+    kl_weight: float = 1e-6
+    # Architecture (AutoencoderKLWan arguments; Wan 2.1 itself: 96, [1, 2, 4, 4], 2).
+    base_dim: int = 32
+    dim_mult: list = field(default_factory=lambda: [1, 2, 2, 2])
+    num_res_blocks: int = 1
+    # Data: the world's clips.
+    num_frames: int = 13
+    size: int = 128
+    data_seed: int = 0
+    train_clips: int = 800
+    eval_clips: int = 4
+    stats_clips: int = 48
+    # Bookkeeping.
+    log_every: int = 10
+    eval_every: int = 100
+    save_every: int = 100
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        for name in ("crop_frames", "num_frames"):
+            value = getattr(self, name)
+            if value < 1 or (value - 1) % 4:
+                raise ValueError(f"{name} must be 4k + 1 (the Wan VAE's causal time grouping), got {value}")
+        for name in ("crop_size", "size"):
+            if getattr(self, name) % 8:
+                raise ValueError(
+                    f"{name} must be a multiple of 8 (the VAE's spatial factor), got {getattr(self, name)}"
+                )
+        if self.crop_frames > self.num_frames or self.crop_size > self.size:
+            raise ValueError("crops must fit in the clips (crop_frames <= num_frames, crop_size <= size)")
+        self.dim_mult = list(self.dim_mult)
+
+
+def build_vae(config: VAEConfig):
+    """A randomly initialised ``AutoencoderKLWan`` (16 latent channels, 8x spatial, 4x causal temporal)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(config.seed)
+    return AutoencoderKLWan(
+        base_dim=config.base_dim,
+        z_dim=16,
+        dim_mult=list(config.dim_mult),
+        num_res_blocks=config.num_res_blocks,
+        temperal_downsample=[False, True, True],
+    )
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (computed on the [0, 1] scale, the reconstruction clamped)."""
+    mse = ((reconstruction.clamp(-1, 1) - target) / 2).pow(2).mean().clamp_min(1e-12)
+    return float(-10.0 * torch.log10(mse))
+
+
+def reconstruct(vae, video: torch.Tensor, sample: bool = False) -> torch.Tensor:
+    """(B, 3, T, H, W) in [-1, 1] through the VAE (posterior mode unless ``sample``)."""
+    posterior = vae.encode(video).latent_dist
+    latent = posterior.sample() if sample else posterior.mode()
+    return vae.decode(latent).sample
+
+
+class VAETrainer(Trainer):
+    """Trains :func:`build_vae` on crops of training clips; evaluates PSNR on whole held-out clips.
+
+    Args:
+        config: the run's settings.
+        out_dir: run folder (None: nothing is written).
+        resume: continue the run in ``out_dir`` from its newest checkpoint.
+        clip_cache: folder of the rendered clips (default ``out_dir/clips``; may be shared by runs).
+    """
+
+    name = "train vae"
+    eval_metric = "psnr"
+
+    def __init__(
+        self,
+        config: VAEConfig,
+        out_dir: Optional[Path] = None,
+        *,
+        resume: bool = False,
+        clip_cache: Optional[Path] = None,
+    ):
+        self.config = config
+        self.model = build_vae(config)
+        cache = clip_cache if clip_cache is not None else (None if out_dir is None else Path(out_dir) / "clips")
+        common = dict(seed=config.data_seed, num_frames=config.num_frames, height=config.size, width=config.size)
+        self.train_clips = ClipCache(cache, "train", config.train_clips, **common)
+        self.eval_clips = ClipCache(cache, "heldout", config.eval_clips, **common)
+        self.setup(out_dir, resume)
+
+    def sample_crops(self) -> torch.Tensor:
+        """(B, 3, crop_frames, crop_size, crop_size) random crops (and mirror images) of training clips."""
+        cfg, g = self.config, self.generator
+        crops = []
+        for _ in range(cfg.batch_size):
+            index = int(torch.randint(len(self.train_clips), (1,), generator=g))
+            frames = self.train_clips.frames(index)  # (T, 3, H, W)
+            t0 = int(torch.randint(cfg.num_frames - cfg.crop_frames + 1, (1,), generator=g))
+            y0, x0 = (int(v) for v in torch.randint(cfg.size - cfg.crop_size + 1, (2,), generator=g))
+            crop = frames[t0 : t0 + cfg.crop_frames, :, y0 : y0 + cfg.crop_size, x0 : x0 + cfg.crop_size]
+            if bool(torch.rand((), generator=g) < 0.5):
+                crop = crop.flip(-1)
+            crops.append(crop.permute(1, 0, 2, 3))
+        return torch.stack(crops)
+
+    def loss(self):
+        video = self.sample_crops()
+        posterior = self.model.encode(video).latent_dist
+        reconstruction = self.model.decode(posterior.mode()).sample
+        mse = F.mse_loss(reconstruction, video)
+        kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
+        extra = {"l1": float(F.l1_loss(reconstruction.detach(), video)), "kl": float(kl.detach())}
+        return mse + self.config.kl_weight * kl, extra
+
+    def evaluate(self) -> dict:
+        """PSNR (dB, mean over held-out clips) of whole 13 x 128 x 128 clips through the posterior mode."""
+        values = []
+        for index in range(len(self.eval_clips)):
+            video = self.eval_clips.frames(index).permute(1, 0, 2, 3)[None]
+            values.append(psnr(reconstruct(self.model, video), video))
+        return {"psnr": sum(values) / len(values), "psnr_min": min(values)}
+
+    def export(self, folder: Path, stats_clips: Optional[int] = None) -> Path:
+        """Writes the trained VAE as a diffusers folder (fp16 safetensors) with latent statistics."""
+        return export_vae(self.model, self.train_clips, folder, stats_clips or self.config.stats_clips)
+
+
+def export_run_checkpoint(run_dir: Path, folder: Path, clip_cache: Optional[Path] = None) -> tuple[Path, int]:
+    """Exports the newest checkpoint of a VAE run to ``folder`` without touching the run (it may be
+    training meanwhile); returns the folder and the checkpoint's step."""
+    import json
+
+    from safetensors.torch import load_model
+
+    from engine.generator.runs import CONFIG_FILE, MODEL_FILE
+    from engine.training import latest_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no VAE run ({CONFIG_FILE} is missing)")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
+    config = VAEConfig(**json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+    vae = build_vae(config)
+    load_model(vae, str(checkpoint / MODEL_FILE), strict=True)
+    cache = clip_cache if clip_cache is not None else run_dir / "clips"
+    common = dict(seed=config.data_seed, num_frames=config.num_frames, height=config.size, width=config.size)
+    clips = ClipCache(cache, "train", config.train_clips, **common)
+    step = int(checkpoint.name.split("_")[-1])
+    return export_vae(vae.eval(), clips, folder, config.stats_clips), step
+
+
+@torch.no_grad()
+def latent_statistics(vae, clips: ClipCache, count: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of the posterior means of ``count`` whole clips."""
+    vae.eval()
+    total = torch.zeros(16, dtype=torch.float64)
+    total_sq = torch.zeros(16, dtype=torch.float64)
+    n = 0
+    for index in range(min(count, len(clips))):
+        video = clips.frames(index).permute(1, 0, 2, 3)[None]
+        mean = vae.encode(video).latent_dist.mode().double()  # (1, 16, t, h, w)
+        total += mean.sum(dim=(0, 2, 3, 4))
+        total_sq += mean.pow(2).sum(dim=(0, 2, 3, 4))
+        n += mean[0, 0].numel()
+    channel_mean = total / n
+    channel_std = (total_sq / n - channel_mean.pow(2)).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in channel_mean], [round(float(v), 6) for v in channel_std]
+
+
+def export_vae(vae, clips: ClipCache, folder: Path, stats_clips: int) -> Path:
+    """``vae`` with measured ``latents_mean``/``latents_std`` saved as fp16 diffusers folder ``folder``."""
+    import copy
+
+    from engine.io.atomic import atomic_directory
+
+    mean, std = latent_statistics(vae, clips, stats_clips)
+    exported = copy.deepcopy(vae).to(torch.float16)
+    exported.register_to_config(latents_mean=mean, latents_std=std)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(folder, replace=True) as tmp:
+        exported.save_pretrained(str(tmp), safe_serialization=True)
+    log.info("VAE written to %s (latents_mean %s, latents_std %s)", folder, mean, std)
+    return folder

@@ -1,0 +1,38 @@
+"""The committed default generator parts (models/default/generator): format, size and a quality floor."""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from engine.generator.clipcache import ClipCache
+from engine.generator.vae import psnr, reconstruct
+
+GENERATOR = Path(__file__).resolve().parent.parent / "models" / "default" / "generator"
+# Held-out reconstruction PSNR of the committed VAE, measured when it was committed, minus a margin for
+# other CPUs (see docs/default_model.md for the figures).
+VAE_PSNR_FLOOR = 14.5  # measured 15.46 and 17.81 dB on these two clips (step-800 VAE)
+
+
+def test_committed_vae_is_a_wan_vae_in_fp16_with_latent_statistics():
+    from diffusers import AutoencoderKLWan
+
+    weights = load_file(str(GENERATOR / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    vae = AutoencoderKLWan.from_pretrained(str(GENERATOR / "vae"), torch_dtype=torch.float32)
+    assert vae.config.z_dim == 16 and vae.config.temperal_downsample == [False, True, True]
+    assert len(vae.config.latents_mean) == 16 and all(s > 0 for s in vae.config.latents_std)
+    size = sum(p.stat().st_size for p in GENERATOR.rglob("*") if p.is_file())
+    assert size <= 18 * 2**20, f"the generator parts take {size / 2**20:.1f} MB, the budget is 18 MB"
+
+
+def test_committed_vae_reconstructs_held_out_clips_above_its_floor():
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(str(GENERATOR / "vae"), torch_dtype=torch.float32).eval()
+    clips = ClipCache(None, "heldout", 2)  # 13 x 128 x 128 orbits of held-out scenes
+    with torch.no_grad():
+        for index in range(2):
+            video = clips.frames(index).permute(1, 0, 2, 3)[None]
+            value = psnr(reconstruct(vae, video), video)
+            assert value >= VAE_PSNR_FLOOR, f"held-out clip {index}: {value:.2f} dB"

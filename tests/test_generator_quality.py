@@ -1,0 +1,39 @@
+"""The benchmark's caption check (colour regions of the first frame), on true renders and on broken ones."""
+
+import numpy as np
+
+from engine.data import SKY_COLORS, SyntheticClipDataset, generate_scene
+from engine.generator.quality import check_frame, label_pixels
+
+
+def heldout_frames(count):
+    dataset = SyntheticClipDataset(count, split="heldout", num_frames=1, height=96, width=96)
+    for index in range(count):
+        yield generate_scene(dataset.item_seed(index)), dataset[index].frames[0].numpy()
+
+
+def test_true_renders_pass_the_check():
+    colours, relations = [], []
+    for scene, frame in heldout_frames(12):
+        check = check_frame(frame, scene)
+        colours += list(check.colors_visible.values())
+        relations += check.relations_correct
+    assert np.mean(colours) >= 0.95 and np.mean(relations) >= 0.85 and len(relations) >= 12
+
+
+def test_wrong_frames_fail_the_check():
+    for scene, frame in heldout_frames(4):
+        sky = np.broadcast_to(np.asarray(SKY_COLORS[scene.sky_color_name]), frame.shape)
+        blank = check_frame(sky, scene)
+        assert not any(blank.colors_visible.values()) and not any(blank.relations_correct)
+        # Mirrored left-right: every left/right relation flips.
+        mirrored = check_frame(frame[:, ::-1], scene)
+        truth = check_frame(frame, scene)
+        for relation, before, after in zip(scene.relations, truth.relations_correct, mirrored.relations_correct):
+            if relation.relation in ("to the left of", "to the right of") and before:
+                assert not after
+
+
+def test_pixels_are_labelled_under_shading():
+    names, labels = label_pixels(np.array([[[0.43, 0.07, 0.06], [0.62, 0.78, 0.95]]]))  # a shaded red, clear sky
+    assert names[labels[0, 0]] == "object:red" and names[labels[0, 1]] == "sky:clear"

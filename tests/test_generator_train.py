@@ -1,0 +1,172 @@
+"""Training commands of the default model's generator (tiny sizes: a few steps on 32x32 clips)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.cli import main as engine_main
+from engine.generator.runs import EVAL_LOG, PLOT_FILE, TRAIN_LOG
+from engine.generator.vae import VAEConfig, VAETrainer
+
+TINY_VAE = [
+    "--base-dim", "4", "--dim-mult", "1", "1", "1", "1", "--size", "32", "--num-frames", "5",
+    "--crop-size", "16", "--crop-frames", "5", "--train-clips", "2", "--eval-clips", "1",
+    "--stats-clips", "2", "--log-every", "1", "--no-progress", "--threads", "1",
+]  # fmt: skip
+TINY_VIDEO = [
+    "--num-layers", "1", "--num-attention-heads", "2", "--attention-head-dim", "8", "--ffn-dim", "16",
+    "--freq-dim", "16", "--text-dim", "16", "--text-layers", "1", "--size", "32", "--num-frames", "5",
+    "--train-clips", "3", "--eval-clips", "2", "--batch-size", "2", "--log-every", "1", "--no-progress",
+    "--threads", "1",
+]  # fmt: skip
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_run(tmp_path_factory):
+    """A 4-step tiny VAE run (evaluated at 0, 2, 4; checkpoints at 2 and 4) and its exported folder."""
+    out = tmp_path_factory.mktemp("vae_run")
+    args = ["train", "vae", "--out", str(out), "--steps", "4", "--eval-every", "2", "--save-every", "2"]
+    assert engine_main(args + ["--keep-checkpoints", "5"] + TINY_VAE) == 0
+    return out
+
+
+def test_vae_run_writes_logs_plot_checkpoints_and_a_wan_vae_folder(tiny_vae_run):
+    out = tiny_vae_run
+    train = read_jsonl(out / TRAIN_LOG)
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(r["loss"] > 0 and "l1" in r and "kl" in r for r in train)
+    evals = read_jsonl(out / EVAL_LOG)
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert all(5.0 < r["psnr"] < 60.0 for r in evals)
+    assert (out / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(str(out / "vae"))
+    weights = load_file(str(out / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    assert len(vae.config.latents_mean) == 16 and len(vae.config.latents_std) == 16
+    assert all(s > 0 for s in vae.config.latents_std)
+    # The statistics are those of the training latents: normalised latents have mean ~0, std ~1.
+    trainer = VAETrainer(VAEConfig(**json.loads((out / "config.json").read_text())), None, clip_cache=out / "clips")
+    video = trainer.train_clips.frames(0).permute(1, 0, 2, 3)[None]
+    with torch.no_grad():
+        latent = vae.float().encode(video).latent_dist.mode()
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    normalised = (latent - mean) / std
+    assert latent.shape == (1, 16, 2, 4, 4)
+    assert normalised.mean().abs() < 0.5 and 0.5 < normalised.std() < 1.5
+
+
+def test_vae_resume_continues_exactly(tiny_vae_run, tmp_path):
+    """Resuming from the step-2 checkpoint redoes steps 3-4 with the same batches: the same weights."""
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(tiny_vae_run / "config.json", resumed / "config.json")
+    shutil.copytree(tiny_vae_run / "checkpoints" / "step_00000002", resumed / "checkpoints" / "step_00000002")
+    shutil.copytree(tiny_vae_run / "clips", resumed / "clips")
+    lines = (tiny_vae_run / TRAIN_LOG).read_text().splitlines()
+    (resumed / TRAIN_LOG).write_text("\n".join(lines) + "\n")  # records 3, 4 are dropped on resume
+    args = ["train", "vae", "--out", str(resumed), "--steps", "4", "--eval-every", "2", "--save-every", "2"]
+    assert engine_main(args + ["--keep-checkpoints", "5"] + TINY_VAE) == 2  # a run is there: needs --resume
+    assert engine_main(args + ["--keep-checkpoints", "5", "--resume"] + TINY_VAE) == 0
+    original = load_file(str(tiny_vae_run / "checkpoints" / "step_00000004" / "model.safetensors"))
+    again = load_file(str(resumed / "checkpoints" / "step_00000004" / "model.safetensors"))
+    assert original.keys() == again.keys()
+    assert all(torch.equal(original[k], again[k]) for k in original)
+    assert [r["step"] for r in read_jsonl(resumed / TRAIN_LOG)] == [1, 2, 3, 4]
+    assert [r["loss"] for r in read_jsonl(resumed / TRAIN_LOG)] == [
+        r["loss"] for r in read_jsonl(tiny_vae_run / TRAIN_LOG)
+    ]
+    # Other settings than the step counts cannot be changed on resume.
+    changed = TINY_VAE.copy()
+    changed[changed.index("--crop-size") + 1] = "8"
+    assert engine_main(args + ["--resume"] + changed) == 2
+
+
+def test_vae_config_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="crop_frames"):
+        VAEConfig(crop_frames=4)
+    with pytest.raises(ValueError, match="crop_size"):
+        VAEConfig(crop_size=20)
+
+
+@pytest.fixture(scope="module")
+def tiny_video_run(tiny_vae_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("video_run")
+    args = ["train", "video", "--out", str(out), "--vae", str(tiny_vae_run / "vae"), "--steps", "3"]
+    args += ["--eval-every", "3", "--save-every", "3", "--clip-cache", str(tiny_vae_run / "clips")]
+    assert engine_main(args + TINY_VIDEO) == 0
+    return out
+
+
+def test_video_run_writes_logs_and_a_loadable_wan_pipeline(tiny_video_run):
+    out = tiny_video_run
+    train = read_jsonl(out / TRAIN_LOG)
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert [r["clips"] for r in train] == [2, 3, 3]  # the data grows as clips are encoded
+    evals = read_jsonl(out / EVAL_LOG)
+    assert [r["step"] for r in evals] == [0, 3]
+    assert all(r["heldout_loss"] > 0 and r["train_loss"] > 0 for r in evals)
+    assert (out / PLOT_FILE).is_file() and (out / "checkpoints" / "step_00000003").is_dir()
+    assert len(list((out / "latents").glob("train_*.npy"))) == 3
+
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(str(out / "pipeline"), torch_dtype=torch.float32)
+    assert pipe.transformer.config.num_layers == 1 and pipe.text_encoder.config.d_model == 16
+    assert len(pipe.vae.config.latents_mean) == 16
+    for part in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert {t.dtype for t in load_file(str(out / "pipeline" / part)).values()} == {torch.float16}
+    assert pipe.tokenizer("a red snowman").input_ids[:3] == pipe.tokenizer("A Red Snowman").input_ids[:3]
+
+
+def test_video_run_needs_a_trained_vae(tmp_path):
+    args = ["train", "video", "--out", str(tmp_path / "run"), "--vae", str(tmp_path / "missing")]
+    assert engine_main(args + TINY_VIDEO) == 2
+
+
+def test_generation_with_the_trained_pipeline_reports_unknown_words(tiny_video_run, tmp_path):
+    from engine.pipeline import Vist3aPipeline
+    from engine.pipeline_outputs import write_outputs
+    from engine.pipeline_settings import GenerationSettings, ModelBundle
+    from engine.stitching.checkpoint import save_stitched_decoder
+    from engine.tiny import TINY_DECODER_KIND, build_stitched_decoder
+
+    root = tmp_path / "bundle"
+    shutil.copytree(tiny_video_run / "pipeline", root / "wan")
+    save_stitched_decoder(build_stitched_decoder(0), root / "decoder")
+    ModelBundle(root=root, name="t", wan="wan", decoder_kind=TINY_DECODER_KIND, decoder_checkpoint="decoder").save()
+    pipeline = Vist3aPipeline.from_pretrained(str(root))
+    settings = GenerationSettings(
+        prompt="a red chair in a sunny garden", num_frames=5, height=32, width=32, num_steps=2, seed=1
+    )
+    result = pipeline.generate(settings)
+    assert result.unknown_words == ["chair", "sunny", "garden"]
+    assert result.frames.shape == (5, 3, 32, 32)
+    out = write_outputs(result, tmp_path / "out")
+    assert json.loads((out / "metadata.json").read_text())["unknown_words"] == ["chair", "sunny", "garden"]
+    known = pipeline.generate(settings.replace(prompt="a cyan snowman behind a black table on a beige floor"))
+    assert known.unknown_words == []
+
+
+def test_vae_export_only_writes_the_newest_checkpoint_and_leaves_the_run(tiny_vae_run, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in tiny_vae_run.rglob("*") if p.is_file()}
+    target = tmp_path / "exported"
+    assert engine_main(["train", "vae", "--out", str(tiny_vae_run), "--export-only", "--export", str(target)]) == 0
+    after = {p: p.stat().st_mtime_ns for p in tiny_vae_run.rglob("*") if p.is_file()}
+    assert before == after
+    exported = load_file(str(target / "diffusion_pytorch_model.safetensors"))
+    checkpoint = load_file(str(tiny_vae_run / "checkpoints" / "step_00000004" / "model.safetensors"))
+    assert all(torch.equal(exported[k], checkpoint[k].half()) for k in checkpoint)
+    assert engine_main(["train", "vae", "--out", str(tmp_path / "none"), "--export-only", "--export", str(target)]) == 2
+    assert engine_main(["train", "vae", "--out", str(tiny_vae_run), "--export-only"]) == 2
