@@ -21,6 +21,7 @@ COMMANDS = {
     "stitch": "engine.stitching.cli",
     "generate": "engine.pipeline_cli",
     "align": "engine.alignment.cli",
+    "teacher": "engine.teachers.cli",
 }
 
 
