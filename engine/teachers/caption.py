@@ -504,6 +504,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--steps", type=int, default=3000)
     train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=5e-4)
+    train.add_argument("--warmup-steps", type=int, default=100)
     train.add_argument("--eval-every", type=int, default=250)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=1)
@@ -545,6 +547,8 @@ def _run_train(args) -> int:
             data_dir=str(args.data),
             steps=args.steps,
             batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_steps=args.warmup_steps,
             eval_every=args.eval_every,
             seed=args.seed,
         )

@@ -380,7 +380,8 @@ def evaluate_model(model: nn.Module, samples: list[dict], sheet: Optional[Path] 
         batch = normalise(sample)
         metrics = losses.evaluate_prediction(model(batch.images), batch, render=render)
         if sheet is not None and index < 2 and "_renders" in metrics:
-            pick = torch.linspace(0, len(batch.target_cameras) - 1, 6).round().long()
+            count = len(batch.target_cameras)
+            pick = torch.linspace(0, count - 1, min(6, count)).round().long()
             rows.append(torch.cat(list(batch.target_images[pick]), dim=1))
             rows.append(torch.cat(list(metrics["_renders"][:6]), dim=1))
         records.append(metrics)
