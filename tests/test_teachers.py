@@ -106,13 +106,13 @@ def _tiny_config(model_type, tmp_path, **kwargs):
 
 @pytest.mark.parametrize("model_type", ["anysplat", "vggt"])
 def test_training_fits_one_scene(model_type, samples, tmp_path):
-    config = _tiny_config(model_type, tmp_path, steps=30, lr=2e-3)
+    config = _tiny_config(model_type, tmp_path, steps=12, lr=1e-3)
     trainer = TeacherTrainer(config, None, train_samples=samples[:1], eval_samples=samples[:1])
     batch = normalise(samples[0])
     first = trainer.train_step(batch)
-    for _ in range(25):
+    for _ in range(9):
         last = trainer.train_step(batch)
-    assert last["loss"] < 0.7 * first["loss"], (first, last)
+    assert last["loss"] < 0.85 * first["loss"], (first, last)
     assert last["depth"] < first["depth"] and last["camera"] < first["camera"]
     if model_type == "anysplat":
         assert "render" in last
