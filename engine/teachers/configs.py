@@ -19,6 +19,10 @@ from engine.models.config import (
 
 IMAGE_SIZE = 112
 NUM_VIEWS = 13
+# LayerScale starts at 1 (the official 0.01 suits finetuning from a pretrained DINOv2): trained from scratch,
+# 0.01 leaves the camera token nearly the same for every view, and the camera head predicts one pose for
+# all views 1..T-1 for hundreds of steps (measured: 100 degrees mean rotation error after 300 steps).
+LAYER_SCALE_INIT = 1.0
 
 
 def _backbone(embed_dim: int, depth: int, heads: int, dino_depth: int) -> tuple[AggregatorConfig, CameraHeadConfig]:
@@ -31,9 +35,16 @@ def _backbone(embed_dim: int, depth: int, heads: int, dino_depth: int) -> tuple[
         num_register_tokens=4,
     )
     aggregator = AggregatorConfig(
-        embed_dim=embed_dim, depth=depth, num_heads=heads, num_register_tokens=4, patch_embed=patch_embed
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        num_register_tokens=4,
+        patch_embed=patch_embed,
+        init_values=LAYER_SCALE_INIT,
     )
-    camera = CameraHeadConfig(dim_in=2 * embed_dim, trunk_depth=1, num_heads=heads, num_iterations=4)
+    camera = CameraHeadConfig(
+        dim_in=2 * embed_dim, trunk_depth=1, num_heads=heads, num_iterations=4, init_values=LAYER_SCALE_INIT
+    )
     return aggregator, camera
 
 
