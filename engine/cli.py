@@ -23,6 +23,7 @@ COMMANDS = {
     "align": "engine.alignment.cli",
     "convert": "engine.convert",
     "train": "engine.generator.cli",
+    "teacher": "engine.teachers.cli",
 }
 
 

@@ -42,6 +42,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_TOKENIZER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 TEXT_CACHE_SIZE = 256
+CAPTION_SCORER_FILE = "caption_scorer.json"  # marks a folder of the default model's caption scorer
 
 
 class RewardWeightsMissing(FileNotFoundError):
@@ -487,7 +488,8 @@ def load_scorer(
 
     Args:
         name: "dfn-clip", "hpsv2.1" or "pickscore".
-        source: a folder holding the weights file (and ``open_clip_config.json`` / ``config.json``), the
+        source: a folder of the default model's caption scorer (``caption_scorer.json``, see
+            ``engine.teachers.caption``: loaded as it is, with its own tokenizer, for any ``name``), a folder holding the weights file (and ``open_clip_config.json`` / ``config.json``), the
             weights file itself, or a hub id (Hugging Face cache first, then a download unless
             ``HF_HUB_OFFLINE`` is set). open_clip weights without ``open_clip_config.json`` next to them
             get the scorer's known architecture facts (activation) and shape inference.
@@ -504,6 +506,11 @@ def load_scorer(
 
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
+    if source is not None and (Path(str(source)).expanduser() / CAPTION_SCORER_FILE).is_file():
+        # the default model's caption scorer (engine.teachers.caption) stands in for any CLIP-family scorer
+        from engine.teachers.caption import load_caption_scorer
+
+        return load_caption_scorer(Path(str(source)).expanduser(), device=device, dtype=dtype)
     spec = SCORERS[name]
     source = str(source or spec.source)
     patterns = [*spec.files, "open_clip_config.json", "config.json"]

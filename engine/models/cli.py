@@ -41,7 +41,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "differ in aspect ratio; none: use frames as they are)"
         ),
     )
-    parser.add_argument("--size", type=int, help="preprocessing target size (default 448 AnySplat, 518 VGGT)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        help="preprocessing target size (default 448 AnySplat, 518 VGGT; a small model's own training size, "
+        "e.g. 112 for the default model's teachers)",
+    )
     parser.add_argument("--stride", type=int, default=1, help="use every N-th frame")
     parser.add_argument("--max-views", type=int, help="use at most this many frames")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -82,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
         model, _ = load_model(args.model, model_type=args.model_type, device=device)
         model_type = model.config.model_type
         mode = official_mode(model_type, frames) if args.preprocess == "auto" else args.preprocess
-        images = preprocess_frames(frames, mode, args.size).to(device)
+        size = args.size
+        trained_size = model.config.aggregator.patch_embed.img_size
+        if size is None and mode != "none" and trained_size != 518:
+            size = trained_size  # a small model (the default model's teachers) trained at its own size
+        images = preprocess_frames(frames, mode, size).to(device)
         log.info("%d views of %dx%d (HxW), preprocessing %s", images.shape[0], *images.shape[-2:], mode)
         prediction = model.predict(images)
         relative = not args.network_frame
