@@ -39,21 +39,6 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))
 
 
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear light (the IEC 61966-2-1 curve)."""
-    c = np.asarray(c, dtype=np.float64)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def dc_to_linear_rgb(f_dc: np.ndarray) -> np.ndarray:
-    """(N, 3) degree-0 SH coefficients -> (N, 3) linear RGB in [0, 1].
-
-    3DGS colours are display-referred (trained against sRGB images): 0.5 + SH_C0 * f_dc is an sRGB
-    value, so it is clamped to [0, 1] and decoded to linear before it reaches a Blender shader.
-    """
-    return srgb_to_linear(np.clip(0.5 + SH_C0 * np.asarray(f_dc, dtype=np.float64), 0.0, 1.0))
-
-
 def dc_to_display_rgb(f_dc: np.ndarray) -> np.ndarray:
     """(N, 3) degree-0 SH coefficients -> (N, 3) display-referred RGB in [0, 1] (0.5 + SH_C0 * f_dc, clamped).
 
