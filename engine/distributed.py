@@ -119,10 +119,14 @@ class DistributedContext:
         if not self.is_distributed:
             return module
         device = next(module.parameters()).device
+        # No buffer broadcast: our models' buffers are constants (RoPE tables), never running statistics, and
+        # a broadcast at every forward would pair up wrongly when processes run different numbers of forwards
+        # (reward rollouts of different lengths).
         return nn.parallel.DistributedDataParallel(
             module,
             device_ids=[device] if device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters,
+            broadcast_buffers=False,
         )
 
     def _collective_device(self) -> torch.device:

@@ -155,6 +155,8 @@ def test_align_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path, r
 
     one, two = _log(single, "reward_log.jsonl"), _log(double, "reward_log.jsonl")
     assert [r["step"] for r in two] == [1, 2]
+    # the processes ran rollouts of different lengths in the same step (different numbers of forwards)
+    assert any(len({plan["num_steps"] for plan in record["rollouts"]}) == 2 for record in one)
     for a, b in zip(one, two):
         assert b["rollouts"] == a["rollouts"] and len(a["rollouts"]) == 2  # the same samples, in order
         for key in ("loss", "fm_loss", "reward"):
