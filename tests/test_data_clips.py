@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine.data import (
+    ORBIT_ARC_DEG,
     PATHS,
     SKY_COLOR,
     SKY_COLORS,
@@ -19,6 +20,7 @@ from engine.data import (
     orbit_cameras,
     render_clip,
     synthetic_clip,
+    synthetic_scene_and_cameras,
 )
 
 
@@ -163,3 +165,19 @@ def test_preview_command_writes_a_contact_sheet(tmp_path, capsys):
     expected_top = (torch.cat(list(clip.frames), dim=1) * 255).round().to(torch.uint8).numpy()
     assert (image[:10] == expected_top).all()
     assert clip.caption in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", [3, 40, 517])
+def test_orbit_clips_sweep_the_fixed_half_orbit_counter_clockwise(seed):
+    scene, cams = synthetic_scene_and_cameras(seed, 13, 16, 16, "orbit")
+    eyes = cams.camera_to_world[:, :3, 3].double()
+    centre = torch.tensor(scene.reference_view.center, dtype=torch.float64)
+    offsets = eyes - centre
+    azimuths = torch.atan2(offsets[:, 1], offsets[:, 0])
+    steps = torch.remainder(azimuths[1:] - azimuths[:-1], 2 * math.pi)  # counter-clockwise increments
+    expected = math.radians(ORBIT_ARC_DEG) / 12
+    assert torch.allclose(steps, torch.full_like(steps, expected), atol=1e-5)
+    assert ORBIT_ARC_DEG == 180.0
+    # the first camera is the caption's reference view
+    reference = scene.reference_view.cameras(16, 16).camera_to_world[0, :3, 3].double()
+    assert torch.allclose(eyes[0], reference, atol=1e-5)

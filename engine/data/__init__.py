@@ -10,7 +10,9 @@ Typical use::
 
 from engine.data.camera_paths import flythrough_cameras, orbit_cameras, pan_cameras
 from engine.data.clips import (
+    ORBIT_ARC_DEG,
     PATHS,
+    WORLD_VERSION,
     Clip,
     SyntheticClipDataset,
     clip_cameras,
@@ -47,6 +49,7 @@ __all__ = [
     "HELDOUT_SEED_MODULUS",
     "OBJECT_COLORS",
     "OBJECT_SHAPES",
+    "ORBIT_ARC_DEG",
     "PATHS",
     "SKY_COLOR",
     "SKY_COLORS",
@@ -57,6 +60,7 @@ __all__ = [
     "SpatialRelation",
     "SyntheticClipDataset",
     "SyntheticScene",
+    "WORLD_VERSION",
     "build_scene",
     "clip_cameras",
     "collate_clips",

@@ -32,8 +32,15 @@ PATHS = ("orbit", "flythrough", "pan")
 
 _PATH_STREAM_TAG = 0x70617468  # "path"
 
+# Orbit clips sweep a fixed half orbit, counter-clockwise seen from above (towards each camera's right).
+# The default world has one camera motion, as the method's prompt template asks the video model for one:
+# the miniature decoders then identify a clip's cameras from its content (elevation, distance, scale)
+# instead of also guessing an arc length, and the generator need not model a random orbit speed.
+ORBIT_ARC_DEG = 180.0
+# World version: bumped whenever a change alters rendered clips (caches key on it).
+WORLD_VERSION = 2
+
 # Camera path sampling ranges for synthetic_clip.
-_ORBIT_ARC_RANGE_DEG = (120.0, 300.0)
 _FLY_HEIGHT_RANGE = (1.3, 1.8)
 _FLY_END_FRACTION_RANGE = (0.1, 0.4)  # where the flight ends, as a fraction of the start's distance
 _FLY_LOOK_DOWN_RANGE_DEG = (25.0, 35.0)
@@ -112,7 +119,7 @@ def clip_cameras(
             distance=view.distance,
             elevation_deg=view.elevation_deg,
             start_azimuth_deg=view.azimuth_deg,
-            arc_deg=float(rng.uniform(*_ORBIT_ARC_RANGE_DEG)),
+            arc_deg=ORBIT_ARC_DEG,
             fov_deg=fov_deg,
         )
     az = math.radians(view.azimuth_deg)

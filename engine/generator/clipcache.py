@@ -2,7 +2,7 @@
 
 Rendering a 13-frame 128x128 clip costs about half a second on one CPU core; a training run visits
 each clip many times, so :class:`ClipCache` renders clip i on first use and keeps it as
-``<folder>/<split>_<frames>x<height>x<width>_<path>/clip_<i>.npz`` (frames uint8 (T, H, W, 3), the
+``<folder>/<split>_s<seed>_<frames>x<height>x<width>_<path>_w<world version>/clip_<i>.npz`` (frames uint8 (T, H, W, 3), the
 caption and the scene seed). Clip i is item i of ``SyntheticClipDataset(num_clips, seed, split=...)``,
 so the files are a cache, never a source of truth: deleting them changes nothing but speed.
 """
@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from engine.data import SyntheticClipDataset
+from engine.data import WORLD_VERSION, SyntheticClipDataset
 from engine.io.atomic import atomic_write
 
 
@@ -47,7 +47,7 @@ class ClipCache:
         )
         self.folder = None
         if folder is not None:
-            self.folder = Path(folder) / f"{split}_s{seed}_{num_frames}x{height}x{width}_{path}"
+            self.folder = Path(folder) / f"{split}_s{seed}_{num_frames}x{height}x{width}_{path}_w{WORLD_VERSION}"
             self.folder.mkdir(parents=True, exist_ok=True)
         self._memory: dict[int, tuple[np.ndarray, str]] = {}
 

@@ -45,6 +45,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--eval-every", type=int, default=250)
     train.add_argument("--eval-scenes", type=int, default=6)
     train.add_argument("--render-start", type=int, default=0, help="AnySplat: first step with the rendering loss")
+    train.add_argument(
+        "--reverse-augment",
+        action="store_true",
+        help="also train on orbits run backwards (off: the world's orbits all run counter-clockwise)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     train.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) after this much wall time")
@@ -106,6 +111,7 @@ def run_train(args) -> int:
             eval_every=args.eval_every,
             eval_scenes=args.eval_scenes,
             render_start=args.render_start,
+            reverse_augment=args.reverse_augment,
             seed=args.seed,
         )
         save_config(config, out)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 TRAIN_SEED = 1401
 HELDOUT_SEED = 1499
 SHARD_SIZE = 25
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the world's fixed half-orbit (engine.data.WORLD_VERSION 2)
 VALID_ALPHA = 0.5  # pixels whose accumulated opacity exceeds this are surface pixels (others: sky)
 SKY_DEPTH = 3.0  # normalised depth target of sky pixels (beyond the floor's far edge)
 

@@ -67,6 +67,10 @@ class TeacherTrainConfig:
     render_inputs: int = 0
     render_size: int = 56
     render_start: int = 0  # AnySplat: the rendering loss is used from this step on (geometry first)
+    # Train on orbits run backwards half of the time. Off by default: the world's clips (and so the
+    # generator's videos the decoder will see) always orbit counter-clockwise, and a reversed orbit is a
+    # second camera motion the camera head would have to tell apart from the content alone.
+    reverse_augment: bool = False
     weights: dict = field(default_factory=lambda: {"camera": 1.0, "depth": 1.0, "points": 1.0, "render": 1.0})
     seed: int = 0
     model_config: Optional[dict] = None  # None: the default teacher configuration of model_type
@@ -168,7 +172,8 @@ class TeacherTrainer:
     # ------------------------------------------------------------------------------------------------
     def sample_batch(self) -> TeacherBatch:
         index = int(torch.randint(len(self.train_samples), (), generator=self.generator))
-        return normalise(self.train_samples[index], reverse=random_reverse(self.generator))
+        reverse = self.config.reverse_augment and random_reverse(self.generator)
+        return normalise(self.train_samples[index], reverse=reverse)
 
     def loss(self, batch: TeacherBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.config
