@@ -64,6 +64,24 @@ def test_normalise_puts_view0_at_identity_and_unit_mean_distance(samples):
     assert torch.equal(reverse.images[0, 0], batch.images[0, -1])
 
 
+def test_the_content_blind_camera_prior_is_exact_only_at_the_middle_elevation(samples):
+    from engine.data import synthetic_scene_and_cameras
+
+    for sample in samples:
+        batch = normalise(sample)
+        prior = losses.prior_rotation_errors(batch)
+        assert prior.shape == (VIEWS - 1,)
+        scene, _ = synthetic_scene_and_cameras(sample["seed"], 3, 16, 16, "orbit")
+        off = abs(scene.reference_view.elevation_deg - 25.0)
+        # rotating by 90 / 180 degrees about axes tilted ``off`` degrees apart
+        assert float(prior.max()) <= 2 * off + 1e-3
+        if off > 2:
+            assert float(prior.max()) > 0.5 * off
+    # a perfect prediction scores zero, the prior does not
+    batch = normalise(samples[0])
+    assert float(losses.rotation_errors(batch.camera_to_world[0], batch).max()) < 1e-3
+
+
 def test_pose_encoding_target_round_trips_to_the_cameras(samples):
     batch = normalise(samples[1])
     encoding = gt_pose_encoding(batch, ANYSPLAT_FOV_EPS)

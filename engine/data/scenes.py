@@ -104,7 +104,7 @@ _OBJECT_GAP = 0.15
 _MIN_RELATION_CLARITY = 1.5  # dominant offset / other offset for a stated relation
 _MAX_PLACEMENT_TRIES = 100
 _MAX_LAYOUT_TRIES = 50
-_ELEVATION_RANGE_DEG = (15.0, 35.0)
+ELEVATION_RANGE_DEG = (15.0, 35.0)
 _DISTANCE_RANGE = (3.3, 4.0)
 _CENTER_HEIGHT = 0.3
 
@@ -551,7 +551,7 @@ def generate_scene(
     view = ReferenceView(
         center=(0.0, 0.0, _CENTER_HEIGHT),
         distance=float(rng.uniform(*_DISTANCE_RANGE)),
-        elevation_deg=float(rng.uniform(*_ELEVATION_RANGE_DEG)),
+        elevation_deg=float(rng.uniform(*ELEVATION_RANGE_DEG)),
         azimuth_deg=float(rng.uniform(0.0, 360.0)),
     )
     objects = _sample_layout(rng, num_objects, view, split_of_seed(seed))

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.data import ORBIT_ARC_DEG, orbit_cameras
+from engine.data.scenes import ELEVATION_RANGE_DEG
 from engine.render import rasterize
 from engine.scene import Cameras
 from engine.teachers.data import SKY_DEPTH, TeacherBatch, gt_pose_encoding, rotation_angle_deg
@@ -104,6 +106,18 @@ def rotation_errors(pred_camera_to_world: Tensor, batch: TeacherBatch) -> Tensor
     return rotation_angle_deg(pred, true)
 
 
+def prior_rotation_errors(batch: TeacherBatch) -> Tensor:
+    """(T-1,) degrees: the content-blind prior (the world's orbit at its middle elevation) vs the true
+    rotations of views 1..T-1, both relative to view 0. The baseline a camera head must beat: with the
+    world's fixed half orbit, rotations differ between scenes only through the orbit's elevation."""
+    views = batch.camera_to_world.shape[1]
+    prior = orbit_cameras(
+        views, 16, 16, distance=1.0, elevation_deg=sum(ELEVATION_RANGE_DEG) / 2, arc_deg=ORBIT_ARC_DEG
+    ).camera_to_world.double()
+    relative = torch.linalg.inv(prior[0]) @ prior
+    return rotation_angle_deg(relative[1:, :3, :3], batch.camera_to_world[0, 1:, :3, :3])
+
+
 def translation_errors(pred_camera_to_world: Tensor, batch: TeacherBatch) -> Tensor:
     """(T-1,) normalised distances between predicted and true camera centres of views 1..T-1."""
     return (pred_camera_to_world[1:, :3, 3] - batch.camera_to_world[0, 1:, :3, 3]).norm(dim=-1)
@@ -119,6 +133,7 @@ def evaluate_prediction(prediction, batch: TeacherBatch, render: bool = True, ma
         "depth_absrel": depth_absrel(prediction.depth.float(), batch),
         "rot_err_deg": float(rot.mean()),
         "rot_err_max_deg": float(rot.max()),
+        "rot_err_prior_deg": float(prior_rotation_errors(batch).mean()),
         "trans_err": float(translation_errors(cameras.camera_to_world.float(), batch).mean()),
         "fov_err_deg": float(
             torch.rad2deg((prediction.pose_enc[0, :, 7:] - gt_pose_encoding(batch, prediction.fov_eps)[0, :, 7:]).abs())
