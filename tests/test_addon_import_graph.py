@@ -33,7 +33,7 @@ def _imports(path: Path) -> tuple[set, set]:
                 own.update(alias.name for alias in node.names)
             else:  # from .a import x / from .engine.io import y
                 head = node.module.split(".")[0]
-                own.add(head) if (ADDON / f"{head}.py").is_file() else other.add(head)
+                (own if (ADDON / f"{head}.py").is_file() else other).add(head)
     return own, other
 
 
