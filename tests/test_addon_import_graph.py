@@ -112,3 +112,39 @@ def test_operators_named_by_the_ui_exist():
                     named.add(node.args[0].value)
     assert {"vist3a.setup_engine", "vist3a.check_engine"} <= named
     assert named <= defined, sorted(named - defined)
+
+
+def _top_level_names(tree: ast.Module) -> set:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def test_names_used_across_addon_modules_exist():
+    """``module.name`` for an add-on module imported with ``from . import module``: ``name`` is defined there
+    (drawing code, which no headless test runs, names operators and helpers this way)."""
+    trees = {_module_name(path): ast.parse(path.read_text()) for path in ADDON.glob("*.py")}
+    defined = {module: _top_level_names(tree) for module, tree in trees.items()}
+    missing, checked = [], 0
+    for module, tree in trees.items():
+        siblings = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module is None
+            for alias in node.names
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in siblings:
+                if node.value.id in defined:
+                    checked += 1
+                    if node.attr not in defined[node.value.id]:
+                        missing.append(f"{module}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert checked > 50
+    assert not missing, missing
