@@ -16,6 +16,7 @@ import pytest
 from cases import CASES
 
 import engine
+import engine.io
 from engine.io import GaussianArrays, PointArrays, write_gaussian_ply, write_point_ply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,10 @@ def _load_reading():
         package = types.ModuleType(PACKAGE)
         package.__path__ = [str(ROOT / "addon")]  # the add-on's folder, without running its __init__ (bpy)
         sys.modules[PACKAGE] = package
-        sys.modules[f"{PACKAGE}.engine"] = engine  # the extension ships the engine inside itself
+        # The extension ships the engine inside itself: its ``.engine.io`` is the project's engine.io, the
+        # same module objects (aliases, so no second copy replaces ``engine.io`` for other tests).
+        sys.modules[f"{PACKAGE}.engine"] = engine
+        sys.modules[f"{PACKAGE}.engine.io"] = engine.io
     return importlib.import_module(f"{PACKAGE}.reading")
 
 
@@ -63,6 +67,8 @@ def _result_folder(path, n=12, cameras=2):
 def test_reading_needs_no_blender():
     assert "bpy" not in sys.modules and "mathutils" not in sys.modules
     assert reading.__name__ == f"{PACKAGE}.reading"
+    assert reading.read_scene_file is engine.io.read_scene_file  # the project's engine.io, not a second copy
+    assert sys.modules["engine.io"] is engine.io
 
 
 def test_a_result_folder_gives_splats_and_cameras(tmp_path):
