@@ -1,59 +1,20 @@
-"""Operators: thin wrappers that call importer / rendering and report the outcome to the user.
+"""Import and render operators: thin wrappers that call the reading layer, blender_data and rendering,
+and report the outcome to the user.
 
-No operator lets an exception through to the user: an unexpected one becomes a one-line error report
-(the traceback goes to the system console for a bug report), and the importer has removed whatever it
-had created by then, so the scene is as before.
+Paths are resolved here, at the operator boundary (Blender's ``//`` via ``blender_data.absolute_path``),
+before the reading layer sees them. No operator lets an exception through to the user: an unexpected one
+becomes a one-line error report (``reporting.unexpected_error``), and ``blender_data.build_result`` has
+removed whatever it had created by then, so the scene is as before.
 """
 
 import os
-import traceback
 
 import bpy
 from bpy_extras.io_utils import ImportHelper
 
-from . import importer, rendering
-
-_BASE_SPLAT_MODE_ITEMS = (
-    ("AUTO", "Automatic", "Blender's own Gaussian splats where available, otherwise point-cloud spheres", 0),
-    (
-        "POINTS",
-        "Point cloud",
-        "Cycles spheres showing each splat's exact Gaussian footprint (fast, little memory)",
-        1,
-    ),
-    (
-        "ELLIPSOIDS",
-        "Ellipsoids",
-        "Instanced ellipsoids around each splat, the same footprint (slower, more memory)",
-        2,
-    ),
-)
-_NATIVE_ITEM = ("NATIVE", "Native splats", "Blender's own Gaussian-splat point cloud, rendered by Blender itself", 3)
-
-
-def splat_mode_items(_self=None, _context=None):
-    """The splat modes this Blender offers: "Native splats" only where it has them (feature-detected)."""
-    return _BASE_SPLAT_MODE_ITEMS + ((_NATIVE_ITEM,) if importer.native_splat_type() else ())
-
-
-# Dynamic enum items must stay referenced from Python while Blender shows them.
-SPLAT_MODE_ITEMS = splat_mode_items()
-
-
-def preselect_render_camera(context, result) -> None:
-    """After an import: the panel's render camera becomes the import's first camera (if it made any)."""
-    settings = getattr(context.scene, "vist3a", None)
-    if result.cameras and settings is not None:
-        settings.render_camera = result.cameras[0]
-
-
-def unexpected_error(operator, what: str, exc: BaseException) -> set:
-    """Reports an unforeseen failure in one line (details to the console) and cancels the operator."""
-    traceback.print_exc()
-    operator.report(
-        {"ERROR"}, f"VIST3A {what} failed unexpectedly ({type(exc).__name__}: {exc}); see the system console"
-    )
-    return {"CANCELLED"}
+from . import blender_data, reading, rendering
+from .properties import splat_mode_items
+from .reporting import unexpected_error
 
 
 class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
@@ -79,7 +40,7 @@ class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
         default=True,
     )
     skip_invalid: bpy.props.BoolProperty(
-        name=importer.SKIP_INVALID_LABEL,
+        name=reading.SKIP_INVALID_LABEL,
         description=(
             "Leave out splats or points whose values are not numbers or are out of range, and say how many; "
             "when off, such a file is not imported"
@@ -106,21 +67,21 @@ class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
             self.report({"ERROR"}, "Choose a VIST3A result folder or a .ply / .json file")
             return {"CANCELLED"}
         try:
-            loaded = importer.load_result(path, skip_invalid=self.skip_invalid)
-            result = importer.build_result(
+            loaded = reading.load_result(blender_data.absolute_path(path), skip_invalid=self.skip_invalid)
+            result = blender_data.build_result(
                 context,
                 loaded,
-                splat_mode=importer.SplatMode(self.splat_mode),
+                splat_mode=blender_data.SplatMode(self.splat_mode),
                 z_up=self.z_up,
                 set_scene_camera=self.set_scene_camera,
                 point_radius=self.point_radius,
             )
-        except (importer.ResultImportError, ValueError, RuntimeError, OSError) as exc:
+        except (reading.ResultImportError, ValueError, RuntimeError, OSError) as exc:
             self.report({"ERROR"}, f"VIST3A import failed: {exc}")
             return {"CANCELLED"}
         except Exception as exc:  # never a traceback for the user
             return unexpected_error(self, "import", exc)
-        preselect_render_camera(context, result)
+        blender_data.preselect_render_camera(context, result)
         if result.warning:
             self.report({"WARNING"}, result.warning)
         parts = []
@@ -129,7 +90,7 @@ class VIST3A_OT_import_result(bpy.types.Operator, ImportHelper):
             parts.append(f"{len(result.geometry.data.points)} {kind}")
         parts.append(f"{len(result.cameras)} camera(s)")
         message = f"Imported {', '.join(parts)} into '{result.collection.name}'"
-        notes = import_notes(loaded)
+        notes = reading.import_notes(loaded)
         self.report({"WARNING"} if notes else {"INFO"}, "; ".join([message, *notes]))
         return {"FINISHED"}
 
@@ -175,23 +136,5 @@ class VIST3A_OT_render_camera(bpy.types.Operator):
         return {"FINISHED"}
 
 
-def import_notes(loaded) -> list:
-    """What an artist should know about an import that succeeded: skipped splats, missing colours."""
-    notes = []
-    if loaded.skipped_invalid:
-        noun = "splats" if loaded.gaussians is not None else "points"
-        total = loaded.skipped_invalid + len(loaded.gaussians if loaded.gaussians is not None else loaded.points)
-        notes.append(
-            f"skipped {loaded.skipped_invalid} of {total} {noun} with invalid values (not a number, infinite or "
-            "out of range)"
-        )
-    if loaded.points is not None and not loaded.points.colors_from_file:
-        notes.append("the file stores no point colours: the points are shown in grey")
-    return notes
-
-
 def menu_import(self, context):
     self.layout.operator(VIST3A_OT_import_result.bl_idname, text="VIST3A Result (.ply, .splat, .spz, folder)")
-
-
-classes = (VIST3A_OT_import_result, VIST3A_OT_render_camera)

@@ -1,35 +1,17 @@
-"""The "VIST3A" tab of the 3D View sidebar.
+"""The "VIST3A" tab of the 3D View sidebar: the Generate, Import and Render panels.
 
-One panel per task, all in the same tab and ordered by ``bl_order``: import and render now; the
-generation panel (prompt, Generate, progress) takes order 0 and goes above them.
+One panel per task, all in the same tab and ordered by ``bl_order``: Generate (prompt, settings,
+progress, history) first, then Import and Render. Panels only draw: they read the settings, the
+session state (``state``) and call operators.
 """
 
 import bpy
 
-from . import importer, operators, rendering
+from . import blender_data, generate_operators, generation, operators
+from .state import PREVIEWS, SESSION, STATUS
+from .ui_text import wrapped_label
 
-
-def _is_generated_camera(_settings, obj):
-    return obj.type == "CAMERA" and obj.get(importer.KIND_PROPERTY) == "camera"
-
-
-class VIST3ASceneSettings(bpy.types.PropertyGroup):
-    """Per-scene panel state (stored in the .blend as ``scene.vist3a``)."""
-
-    render_camera: bpy.props.PointerProperty(
-        name="Camera",
-        description="Generated camera to render from",
-        type=bpy.types.Object,
-        poll=_is_generated_camera,
-    )
-    render_samples: bpy.props.IntProperty(
-        name="Samples", default=rendering.DEFAULT_SAMPLES, min=1, soft_max=1024, description="Cycles samples"
-    )
-    render_path: bpy.props.StringProperty(
-        name="Output",
-        description="PNG to write (empty: renders/<camera>.png next to the .blend)",
-        subtype="FILE_PATH",
-    )
+HISTORY_ROWS = 8
 
 
 class _VIST3APanel:
@@ -46,7 +28,7 @@ class VIST3A_PT_import(_VIST3APanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         layout.operator(operators.VIST3A_OT_import_result.bl_idname, text="Import Result…", icon="IMPORT")
-        imported = [obj for obj in context.scene.objects if obj.get(importer.KIND_PROPERTY) in ("splats", "points")]
+        imported = [obj for obj in context.scene.objects if obj.get(blender_data.KIND_PROPERTY) in ("splats", "points")]
         if imported:
             column = layout.column(align=True)
             for obj in imported:
@@ -74,22 +56,77 @@ class VIST3A_PT_render(_VIST3APanel, bpy.types.Panel):
         op.samples = settings.render_samples
         op.filepath = settings.render_path
         if camera is None:
-            from .generate_ui import wrapped_label  # late: generate_ui imports this module's neighbours
-
             reason = (
                 "Choose a camera above to render from"
-                if importer.generated_cameras(context.scene)
+                if blender_data.generated_cameras(context.scene)
                 else "Import a result with cameras first (Import Result… or Generate)"
             )
             wrapped_label(layout, context, reason, icon="INFO")
 
 
-classes = (VIST3ASceneSettings, VIST3A_PT_import, VIST3A_PT_render)
+class VIST3A_PT_generate(_VIST3APanel, bpy.types.Panel):
+    bl_idname = "VIST3A_PT_generate"
+    bl_label = "Generate"
+    bl_order = 0
 
+    def draw(self, context):
+        settings = context.scene.vist3a_generate
+        layout = self.layout
+        column = layout.column()
+        column.enabled = not SESSION.busy
+        column.prop(settings, "prompt")
+        column.prop(settings, "negative_prompt")
+        row = column.row(align=True)
+        row.prop(settings, "seed")
+        row.prop(settings, "random_seed", text="", icon="FILE_REFRESH")
+        row.operator(generate_operators.VIST3A_OT_random_seed.bl_idname, text="", icon="MOD_NOISE")
+        column.prop(settings, "steps")
+        column.prop(settings, "guidance")
+        column.prop(settings, "frames")
+        row = column.row(align=True)
+        row.prop(settings, "width")
+        row.prop(settings, "height")
+        column.prop(settings, "output_kind")
+        column.prop(settings, "splat_mode")
 
-def register_properties():
-    bpy.types.Scene.vist3a = bpy.props.PointerProperty(type=VIST3ASceneSettings)
+        reason = generation.why_not_generate(context)
+        row = layout.row()
+        row.scale_y = 1.4
+        row.enabled = not reason
+        row.operator(generate_operators.VIST3A_OT_generate.bl_idname, icon="PLAY")
+        if reason and not SESSION.busy:
+            wrapped_label(layout, context, reason, icon="INFO")
 
+        job = SESSION.job
+        if job is not None:
+            layout.progress(factor=job.fraction, type="BAR", text=job.label)
+            if PREVIEWS.icon_id:
+                layout.template_icon(icon_value=PREVIEWS.icon_id, scale=8.0)
+            layout.operator(generate_operators.VIST3A_OT_cancel_generation.bl_idname, icon="CANCEL")
+        STATUS.refresh(context)
+        if STATUS.message:
+            box = layout.box()
+            wrapped_label(box, context, STATUS.message, icon="ERROR" if STATUS.level == "ERROR" else "INFO")
+            if STATUS.hint:
+                wrapped_label(box, context, STATUS.hint)
+        if SESSION.worker_running and not SESSION.busy:
+            layout.operator(generate_operators.VIST3A_OT_release_engine.bl_idname, icon="UNLINKED")
 
-def unregister_properties():
-    del bpy.types.Scene.vist3a
+        layout.prop(settings, "show_history", icon="TRIA_DOWN" if settings.show_history else "TRIA_RIGHT", emboss=False)
+        if settings.show_history:
+            self.draw_history(context, layout)
+
+    def draw_history(self, context, layout):
+        if STATUS.history_root is None:
+            generation.refresh_history(context)  # first look: the scan is cheap (one metadata file per run)
+        box = layout.box()
+        row = box.row()
+        row.label(text=f"{len(STATUS.runs)} generation(s)")
+        row.operator(generate_operators.VIST3A_OT_refresh_history.bl_idname, text="", icon="FILE_REFRESH")
+        for run in STATUS.runs[:HISTORY_ROWS]:
+            row = box.row()
+            row.label(text=run.label)
+            op = row.operator(generate_operators.VIST3A_OT_import_run.bl_idname, text="", icon="IMPORT")
+            op.directory = run.path
+        for problem in STATUS.history_problems[:3]:
+            wrapped_label(box, context, problem, icon="ERROR")

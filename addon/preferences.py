@@ -4,6 +4,9 @@ Files the add-on owns live in the extension's user directory (``bpy.utils.extens
 which survives upgrades of the extension: the engine environment (``engine-env``), the default model
 bundle (``models/default``), the manifest written for models given part by part (``models/custom``),
 the generations (``outputs``) and the worker's logs (``logs``).
+
+The preferences' buttons name their operators (``setup_operators``) by ``bl_idname``: those operators
+read the preferences, so this module does not import them (dependencies point one way).
 """
 
 import os
@@ -12,6 +15,8 @@ import bpy
 
 from . import client, setup_env
 from .engine.pipeline_settings import ModelBundle, ModelBundleError, ModelNotFoundError
+from .state import SETUP
+from .ui_text import wrapped_label
 
 ENGINE_ENV_FOLDER = "engine-env"
 DEFAULT_BUNDLE_FOLDER = os.path.join("models", "default")
@@ -221,8 +226,6 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
     # ------------------------------------------------------------------ drawing
 
     def draw(self, context):
-        from . import generate_ui  # the operators live there; imported late to keep modules acyclic
-
         layout = self.layout
         box = layout.box()
         box.label(text="Engine Environment", icon="CONSOLE")
@@ -230,14 +233,14 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
         python = self.resolved_python()
         box.label(text=f"Using: {python}" if python else "Not set up: click 'Set up engine' or set Engine Python")
         row = box.row()
-        job = generate_ui.SETUP.job
+        job = SETUP.job
         if job is not None and not job.finished:
-            row.operator(generate_ui.VIST3A_OT_cancel_setup.bl_idname, icon="CANCEL")
+            row.operator("vist3a.cancel_setup", icon="CANCEL")
         else:
-            row.operator(generate_ui.VIST3A_OT_setup_engine.bl_idname, icon="IMPORT")
-        row.operator(generate_ui.VIST3A_OT_check_engine.bl_idname, icon="VIEWZOOM")
+            row.operator("vist3a.setup_engine", icon="IMPORT")
+        row.operator("vist3a.check_engine", icon="VIEWZOOM")
         if not bpy.app.online_access and (job is None or job.finished):
-            generate_ui.wrapped_label(
+            wrapped_label(
                 box,
                 context,
                 "Set up engine needs online access (it downloads packages): allow it in Preferences > System > Network",
@@ -252,7 +255,7 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
             column.scale_y = 0.7
             for line in job.lines[-8:]:
                 column.label(text=line[-160:])
-        for line in generate_ui.SETUP.check_lines:
+        for line in SETUP.check_lines:
             box.label(text=line)
 
         box = layout.box()
@@ -271,9 +274,9 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
             box.label(text="Online access is off (Preferences > System): hub models are not downloaded", icon="ERROR")
         else:
             box.label(text="Hub models download on first use, or now:", icon="INFO")
-        box.operator(generate_ui.VIST3A_OT_download_models.bl_idname, icon="IMPORT")
+        box.operator("vist3a.download_models", icon="IMPORT")
         if bpy.app.online_access and not python:
-            generate_ui.wrapped_label(box, context, "Download Models needs the engine: set it up first", icon="INFO")
+            wrapped_label(box, context, "Download Models needs the engine: set it up first", icon="INFO")
         box.prop(self, "outputs_path")
 
         box = layout.box()
@@ -283,6 +286,3 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
         box.prop(self, "cpu_offload")
         box.prop(self, "vae_tiling")
         box.prop(self, "preview_every")
-
-
-classes = (VIST3AAddonPreferences,)

@@ -4,7 +4,7 @@ import os
 
 import bpy
 
-from . import importer
+from . import blender_data
 
 DEFAULT_SAMPLES = 32
 
@@ -35,8 +35,8 @@ def render_from_camera(scene, camera, filepath: str = "", samples: int = DEFAULT
         path += ".png"
     os.makedirs(os.path.dirname(path), exist_ok=True)
 
-    importer.use_camera(scene, camera)
-    importer.configure_render_settings(scene)
+    blender_data.use_camera(scene, camera)
+    blender_data.configure_render_settings(scene)
     scene.cycles.samples = samples
     render = scene.render
     render.image_settings.file_format = "PNG"

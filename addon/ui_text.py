@@ -1,7 +1,8 @@
 """Text for the panel's labels (standard library only, so it is tested without Blender).
 
 Blender draws a label on one line and cuts what does not fit out of its middle ("The engine is not
-…dd-ons > VIST3A)"), so every message goes through ``wrap_text`` with the width of the region.
+…dd-ons > VIST3A)"), so every message goes through ``wrap_text`` with the width of the region
+(``wrapped_label`` draws it into a layout it is given; it never imports bpy).
 """
 
 from typing import Optional
@@ -41,3 +42,18 @@ def wrap_text(text: str, width: int) -> list:
         else:
             current = f"{current} {word}".strip()
     return lines + ([current] if current else [])
+
+
+def label_width_chars(context, icon: bool = True) -> int:
+    """How many characters fit on one label line in the current region (the sidebar) at the UI scale."""
+    region = getattr(context, "region", None)
+    scale = context.preferences.system.ui_scale if context.preferences else 1.0
+    return label_width(region.width if region is not None else None, scale, icon)
+
+
+def wrapped_label(layout, context, text: str, icon: str = "NONE") -> None:
+    """A message as several labels in ``layout``, wrapped to the region's width (the icon on the first line)."""
+    column = layout.column(align=True)
+    column.scale_y = 0.8
+    for index, line in enumerate(wrap_text(text, label_width_chars(context, icon != "NONE"))):
+        column.label(text=line, icon=icon if index == 0 else "BLANK1" if icon != "NONE" else "NONE")

@@ -4,7 +4,7 @@
 
 Builds the extension zip, writes synthetic 3DGS PLYs, then runs Blender (the bpy module) in a
 subprocess that installs the zip and, for each size, times
-  * ours:  ``importer.import_result`` (read PLY + point cloud + attributes + material), and
+  * ours:  ``blender_data.import_result`` (read PLY + point cloud + attributes + material), and
   * naive: what existing splat add-ons do: read the same arrays, then a Python loop per point that
     creates the vertex and sets each attribute value one point at a time,
 side by side in the same Blender, then renders the largest import from a camera with Cycles (CPU).
@@ -75,7 +75,7 @@ results = {"import": {}}
 for size, path in PLYS.items():
     clear()
     start = time.perf_counter()
-    addon.importer.import_result(bpy.context, path, splat_mode=addon.importer.SplatMode.POINTS)
+    addon.blender_data.import_result(bpy.context, path, splat_mode=addon.blender_data.SplatMode.POINTS)
     ours = time.perf_counter() - start
     clear()
     start = time.perf_counter()
@@ -85,8 +85,8 @@ for size, path in PLYS.items():
 
 clear()
 largest = max(PLYS, key=int)
-addon.importer.import_result(bpy.context, os.path.dirname(PLYS[largest]) + os.sep,
-                             splat_mode=addon.importer.SplatMode.POINTS)
+addon.blender_data.import_result(bpy.context, os.path.dirname(PLYS[largest]) + os.sep,
+                             splat_mode=addon.blender_data.SplatMode.POINTS)
 scene = bpy.context.scene
 scene.cycles.device = "CPU"
 start = time.perf_counter()

@@ -1,18 +1,20 @@
-"""Run a script under Blender (the ``bpy`` module) in a child process, for tests.
+"""Run a script of tests/blender_scripts under Blender (the ``bpy`` module) in a child process, for tests.
 
 ``bpy`` must never be imported into the pytest process: it brings its own copies of libraries that
 clash with torch's, keeps global state between tests, and a crash in it would take the whole test
-run down. Tests instead hand a script to :func:`run_in_blender`, which runs it with the same Python
-(``sys.executable``, where the ``bpy`` wheel is installed) in a fresh subprocess:
+run down. Tests instead name a script in ``tests/blender_scripts/`` (real files, linted like the rest),
+which :func:`run_in_blender` runs with the same Python (``sys.executable``, where the ``bpy`` wheel is
+installed) in a fresh subprocess:
 
+* the test's parameters go to the script as a JSON file (its first argument; ``script_io.params()``);
 * ``BLENDER_USER_RESOURCES`` points at a throw-away folder under the test's ``tmp_path``, set in the
   child's environment so it is in place before the script's ``import bpy``: Blender's user
   configuration, extensions and caches go there and no real profile is read or touched.
 * the working directory is the repository root and the root is on ``PYTHONPATH``, so the script can
-  ``import engine.io`` (or an add-on module).
-* a function ``emit_result(value)`` is defined before the script runs; the script calls it once with
-  a JSON-serialisable value, and :attr:`BlenderRun.result` gives it back parsed. Everything else the
-  script prints (Blender prints a lot) is ignored.
+  ``import engine.io``.
+* the script calls ``script_io.emit_result(value)`` once with a JSON-serialisable value, and
+  :attr:`BlenderRun.result` gives it back parsed. Everything else the script prints (Blender prints a
+  lot) is ignored.
 * a non-zero exit, a timeout, or a script that never calls ``emit_result`` fails the test with the
   script's stdout and stderr in the message.
 
@@ -20,11 +22,7 @@ Example::
 
     @pytest.mark.blender
     def test_something(tmp_path):
-        run = run_in_blender('''
-    import bpy
-    bpy.ops.mesh.primitive_cube_add()
-    emit_result({"objects": len(bpy.data.objects)})
-    ''', tmp_path=tmp_path)
+        run = run_in_blender("count_objects", {"cube": True}, tmp_path=tmp_path)
         assert run.result["objects"] >= 1
 
 Tests using it must be marked ``@pytest.mark.blender``. When ``bpy`` is not installed they are
@@ -38,25 +36,15 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from blender_scripts.script_io import RESULT_MARKER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULT_MARKER = "@@BLENDER_RESULT@@ "
-
-# Defined in the child before the test's script; prints the result on a line of its own.
-_PRELUDE = f"""
-import json as _json
-import sys as _sys
-
-def emit_result(value):
-    _sys.stdout.write("\\n{RESULT_MARKER}" + _json.dumps(value) + "\\n")
-    _sys.stdout.flush()
-"""
+SCRIPTS = Path(__file__).resolve().parent / "blender_scripts"
 
 
 @dataclass
@@ -86,6 +74,7 @@ def bpy_available() -> bool:
 
 
 def _report(completed_or_error, script: str) -> str:
+    """The script and its output, for a failing test's message."""
     stdout = completed_or_error.stdout or ""
     stderr = completed_or_error.stderr or ""
     if isinstance(stdout, bytes):
@@ -98,6 +87,7 @@ def _report(completed_or_error, script: str) -> str:
 
 def run_in_blender(
     script: str,
+    params: Optional[dict] = None,
     *,
     tmp_path: Path,
     timeout: float = 120,
@@ -105,11 +95,12 @@ def run_in_blender(
     expect_result: bool = True,
     python: Optional[str] = None,
 ) -> BlenderRun:
-    """Runs ``script`` with ``sys.executable -c`` under a clean Blender user profile.
+    """Runs ``tests/blender_scripts/<script>.py`` with ``sys.executable`` under a clean Blender user profile.
 
     Args:
-        script: Python source; it imports ``bpy`` itself and calls ``emit_result(value)`` once.
-            Common indentation is removed, so it can be written as an indented triple-quoted string.
+        script: the script's name in ``tests/blender_scripts`` (without ``.py``); it imports ``bpy``
+            itself, reads ``script_io.params()`` and calls ``script_io.emit_result(value)`` once.
+        params: JSON-serialisable parameters for the script (written to ``tmp_path/<script>-params.json``).
         tmp_path: the test's temporary folder; the Blender profile goes to ``tmp_path/blender_user``.
         timeout: seconds before the child is killed and the test fails.
         env: extra environment variables for the child (on top of this process's environment).
@@ -122,7 +113,12 @@ def run_in_blender(
     """
     if python is None and not bpy_available():
         pytest.skip("bpy (Blender as a Python module) is not installed")
-    source = _PRELUDE + "\n" + textwrap.dedent(script)
+    path = SCRIPTS / f"{script}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no Blender script {path}")
+    params_file = Path(tmp_path) / f"{script}-params.json"
+    params_file.write_text(json.dumps(params or {}))
+    source = f"{path} with {json.dumps(params or {})[:2000]}"
     user_resources = Path(tmp_path) / "blender_user"
     user_resources.mkdir(parents=True, exist_ok=True)
     child_env = dict(os.environ)
@@ -131,7 +127,7 @@ def run_in_blender(
     child_env.update(env or {})
     try:
         completed = subprocess.run(
-            [python or sys.executable, "-c", source],
+            [python or sys.executable, str(path), str(params_file)],
             cwd=REPO_ROOT,
             env=child_env,
             capture_output=True,

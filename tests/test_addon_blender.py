@@ -15,17 +15,6 @@ from engine.io import GaussianArrays, PointArrays, write_gaussian_ply, write_poi
 from engine.scene import Cameras, look_at
 
 SH_C0 = 0.28209479177387814
-MODULE = "bl_ext.user_default.vist3a"
-
-INSTALL = """
-import bpy
-import numpy as np
-bpy.ops.extensions.package_install_files(filepath={zip!r}, repo="user_default", enable_on_install=True)
-"""
-
-
-def _install(extension_zip):
-    return INSTALL.format(zip=str(extension_zip))
 
 
 def _write_cameras(path, c2w, fx, fy, cx, cy, w, h):
@@ -37,39 +26,7 @@ def _write_cameras(path, c2w, fx, fy, cx, cy, w, h):
 @pytest.mark.blender
 @pytest.mark.slow
 def test_extension_installs_registers_and_uninstalls_cleanly(extension_zip, tmp_path):
-    script = (
-        _install(extension_zip)
-        + f"""
-import os
-MODULE = {MODULE!r}
-out = {{"enabled": MODULE in bpy.context.preferences.addons}}
-out["panels"] = [name for name in ("VIST3A_PT_import", "VIST3A_PT_render") if hasattr(bpy.types, name)]
-out["operators"] = [name for name in ("import_result", "render_camera") if hasattr(bpy.types, "VIST3A_OT_" + name)]
-prefs = bpy.context.preferences.addons[MODULE].preferences
-out["preferences"] = [type(prefs).__name__, prefs.engine_python]
-out["import_menu"] = any(
-    getattr(f, "__name__", "") == "menu_import" for f in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
-)
-out["scene_settings"] = hasattr(bpy.context.scene, "vist3a")
-
-bpy.ops.preferences.addon_disable(module=MODULE)
-out["after_disable"] = {{
-    "enabled": MODULE in bpy.context.preferences.addons,
-    "panel": hasattr(bpy.types, "VIST3A_PT_import"),
-    "operator": hasattr(bpy.types, "VIST3A_OT_import_result"),
-    "scene_settings": hasattr(bpy.types.Scene, "vist3a"),
-    "import_menu": any(
-        getattr(f, "__name__", "") == "menu_import" for f in bpy.types.TOPBAR_MT_file_import._dyn_ui_initialize()
-    ),
-}}
-repo = next(r for r in bpy.context.preferences.extensions.repos if r.module == "user_default")
-outcome = bpy.ops.extensions.package_uninstall(repo_directory=repo.directory, pkg_id="vist3a")
-out["uninstall"] = sorted(outcome)
-out["files_left"] = os.path.exists(os.path.join(repo.directory, "vist3a"))
-emit_result(out)
-"""
-    )
-    result = run_in_blender(script, tmp_path=tmp_path).result
+    result = run_in_blender("install_uninstall", {"zip": str(extension_zip)}, tmp_path=tmp_path).result
     assert result["enabled"]
     assert result["panels"] == ["VIST3A_PT_import", "VIST3A_PT_render"]
     assert result["operators"] == ["import_result", "render_camera"]
@@ -111,80 +68,20 @@ def test_import_splats_cameras_points_and_bad_files(extension_zip, tmp_path):
     (broken_dir / "cameras.json").write_text('{"format": "vist3a-cameras", "version": 1}')
     dump = tmp_path / "attributes.npz"
 
-    script = (
-        _install(extension_zip)
-        + f"""
-from bpy_extras.object_utils import world_to_camera_view
-from mathutils import Vector
-
-scene = bpy.context.scene
-scene.cursor.location = (1.0, 2.0, 3.0)
-
-def inventory():
-    return {{name: len(getattr(bpy.data, name))
-            for name in ("objects", "collections", "meshes", "pointclouds", "materials", "cameras", "node_groups")}}
-
-def run_import(path):
-    try:
-        return sorted(bpy.ops.vist3a.import_result(filepath=path)), ""
-    except RuntimeError as error:  # an operator that reports an error raises in background mode
-        return ["CANCELLED"], str(error)
-
-out = {{"bad": {{}}}}
-for label, path in (("garbage", {str(tmp_path / "garbage.ply")!r}), ("broken", {str(broken_dir)!r}),
-                    ("missing", {str(tmp_path / "nothing here.ply")!r})):
-    before = inventory()
-    outcome, message = run_import(path)
-    out["bad"][label] = {{"outcome": outcome, "message": message, "unchanged": inventory() == before}}
-
-before = inventory()
-out["import"] = run_import({str(result_dir) + "/"!r})[0]
-new = [c for c in bpy.data.collections if c.name.startswith("VIST3A")]
-collection = new[0]
-clouds = [o for o in collection.objects if o.type == "POINTCLOUD"]
-cameras = [o for o in collection.objects if o.type == "CAMERA"]
-cloud = clouds[0]
-root = cloud.parent
-out["collections"] = [c.name for c in new]
-out["kinds"] = sorted(o.type for o in collection.objects)
-out["count"] = len(cloud.data.points)
-out["root_location"] = list(root.matrix_world.translation)
-out["sources"] = sorted({{o["vist3a_source"] for o in collection.objects}})
-out["material_nodes"] = sorted(n.bl_idname for n in cloud.data.materials[0].node_tree.nodes)
-out["render"] = [scene.render.engine, scene.view_settings.view_transform, scene.cycles.transparent_max_bounces]
-
-def read(name, width, key):
-    attribute = cloud.data.attributes[name]
-    values = np.empty(len(cloud.data.points) * width, dtype=np.float32)
-    attribute.data.foreach_get(key, values)
-    return attribute.data_type, values.reshape(-1, width)
-
-arrays, types = {{}}, {{}}
-for name, width, key in (("position", 3, "vector"), ("base_color", 4, "color"), ("opacity", 1, "value"),
-                         ("scale", 3, "vector"), ("rotation", 4, "value"), ("radius", 1, "value"),
-                         ("splat_axis_0", 3, "vector"), ("splat_axis_1", 3, "vector"), ("splat_axis_2", 3, "vector")):
-    types[name], arrays[name] = read(name, width, key)
-np.savez({str(dump)!r}, **arrays)
-out["types"] = types
-
-camera = cameras[0]
-out["scene_camera"] = scene.camera == camera
-out["resolution"] = [scene.render.resolution_x, scene.render.resolution_y]
-pixels = []
-for point in {probe.tolist()!r}:
-    view = world_to_camera_view(scene, camera, root.matrix_world @ Vector(point))
-    pixels.append([view.x * scene.render.resolution_x, (1.0 - view.y) * scene.render.resolution_y])
-out["pixels"] = pixels
-
-out["points_import"] = run_import({str(tmp_path / "points.ply")!r})[0]
-point_object = next(o for o in bpy.data.objects if o.get("vist3a_kind") == "points")
-colors = np.empty(len(point_object.data.points) * 4, dtype=np.float32)
-point_object.data.attributes["base_color"].data.foreach_get("color", colors)
-out["point_colors"] = colors.reshape(-1, 4)[:, :3].tolist()
-emit_result(out)
-"""
-    )
-    result = run_in_blender(script, tmp_path=tmp_path).result
+    bad = [
+        ["garbage", str(tmp_path / "garbage.ply")],
+        ["broken", str(broken_dir)],
+        ["missing", str(tmp_path / "nothing here.ply")],
+    ]
+    parameters = {
+        "zip": str(extension_zip),
+        "bad": bad,
+        "result_dir": str(result_dir) + "/",
+        "dump": str(dump),
+        "probe": probe.tolist(),
+        "points": str(tmp_path / "points.ply"),
+    }
+    result = run_in_blender("import_splats_cameras_points", parameters, tmp_path=tmp_path).result
 
     for label, bad in result["bad"].items():
         assert bad["outcome"] == ["CANCELLED"], label
@@ -266,32 +163,8 @@ def test_cycles_render_of_imported_splats_shows_their_colour(extension_zip, tmp_
     write_gaussian_ply(result_dir / "scene.ply", gaussians)
     _write_cameras(result_dir / "cameras.json", np.eye(4), 60.0, 60.0, 32.0, 32.0, 64, 64)
 
-    script = (
-        _install(extension_zip)
-        + f"""
-out = {{}}
-for mode in ("POINTS", "ELLIPSOIDS"):
-    for obj in list(bpy.data.objects):
-        bpy.data.objects.remove(obj)
-    bpy.ops.vist3a.import_result(filepath={str(result_dir) + "/"!r}, splat_mode=mode)
-    cloud = next(o for o in bpy.data.objects if o.type == "POINTCLOUD")
-    instances = sum(1 for i in bpy.context.evaluated_depsgraph_get().object_instances if i.is_instance)
-    path = {str(tmp_path)!r} + "/render_" + mode + ".png"
-    outcome = bpy.ops.vist3a.render_camera(camera_name=bpy.context.scene.camera.name, samples=4, filepath=path)
-    image = bpy.data.images.load(path)
-    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], 4)
-    out[mode] = {{
-        "outcome": sorted(outcome),
-        "size": list(image.size),
-        "centre": pixels[28:36, 28:36, :3].mean(axis=(0, 1)).tolist(),
-        "corner": pixels[:4, :4, :3].mean(axis=(0, 1)).tolist(),
-        "modifiers": [m.type for m in cloud.modifiers],
-        "instances": instances,
-    }}
-emit_result(out)
-"""
-    )
-    result = run_in_blender(script, tmp_path=tmp_path, timeout=300).result
+    parameters = {"zip": str(extension_zip), "result_dir": str(result_dir) + "/", "tmp": str(tmp_path)}
+    result = run_in_blender("render_splat_modes", parameters, tmp_path=tmp_path, timeout=300).result
     for mode in ("POINTS", "ELLIPSOIDS"):
         r = result[mode]
         assert r["outcome"] == ["FINISHED"] and r["size"] == [64, 64]

@@ -26,7 +26,6 @@ from test_pipeline_tiny import GAUSSIANS_PER_RUN, build_tiny_bundle
 from engine.io import read_gaussian_ply
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULE = "bl_ext.user_default.vist3a"
 
 _spec = importlib.util.spec_from_file_location("vist3a_addon_conversions_e2e", ROOT / "addon" / "conversions.py")
 conversions = importlib.util.module_from_spec(_spec)
@@ -39,112 +38,17 @@ def test_generate_through_the_engine_worker_cancel_kill_and_recover(extension_zi
     bundle = build_tiny_bundle(tmp_path / "bundle")
     outputs = tmp_path / "outputs"
     dump = tmp_path / "attributes.npz"
-    script = f"""
-import sys
-sys.path[:] = [p for p in sys.path if p not in ("", {str(ROOT)!r})]  # only the installed extension's code
-import importlib, os, signal, time
-import bpy
-import numpy as np
-bpy.ops.extensions.package_install_files(filepath={str(extension_zip)!r}, repo="user_default", enable_on_install=True)
-ui = importlib.import_module("{MODULE}.generate_ui")
-prefs = bpy.context.preferences.addons["{MODULE}"].preferences
-prefs.engine_python = {sys.executable!r}
-prefs.bundle_path = {str(bundle)!r}
-prefs.outputs_path = {str(outputs)!r}
-prefs.device = "cpu"
-prefs.preview_every = 1
-scene = bpy.context.scene
-scene.cursor.location = (1.0, 2.0, 3.0)
-settings = scene.vist3a_generate
-settings.prompt = "a red house"
-settings.frames, settings.width, settings.height, settings.steps = 5, 32, 32, 3
-settings.random_seed, settings.seed = False, 7
-out = {{}}
-
-def inventory():
-    return {{name: len(getattr(bpy.data, name)) for name in ("objects", "collections", "pointclouds", "materials")}}
-
-def run_until(condition, timeout=300):
-    labels, previews = [], 0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = ui.SESSION.job
-        if job is not None and (not labels or labels[-1] != job.label):
-            labels.append(job.label)
-        # (icons get no id in background mode; the copied preview image shows that one arrived)
-        if ui.PREVIEWS.source and os.path.isfile(os.path.join(ui.PREVIEWS.folder, f"preview-{{ui.PREVIEWS.counter}}.png")):
-            previews = max(previews, ui.PREVIEWS.counter)
-        if condition():
-            return labels, previews, None
-        outcome = ui.update(bpy.context)
-        if outcome is not None:
-            return labels, previews, outcome
-        time.sleep(0.02)
-    raise TimeoutError("the generation did not get there in time")
-
-# 1. generate
-before = inventory()
-out["generate"] = sorted(bpy.ops.vist3a.generate())
-out["busy_poll"] = bpy.ops.vist3a.generate.poll()
-first_pid = ui.SESSION.worker_pid
-labels, previews, outcome = run_until(lambda: False)
-out["labels"], out["preview_seen"] = labels, previews > 0
-out["outcome"] = [outcome.kind, outcome.message, outcome.output_dir]
-out["status"] = ui.STATUS.message
-collections = [c for c in bpy.data.collections if c.name.startswith("VIST3A")]
-out["collections"] = [c.name for c in collections]
-collection = collections[0]
-cloud = next(o for o in collection.objects if o.type == "POINTCLOUD")
-root = cloud.parent
-out["kinds"] = sorted(o.type for o in collection.objects)
-out["count"] = len(cloud.data.points)
-out["root_location"] = list(root.matrix_world.translation)
-out["sources"] = sorted({{o["vist3a_source"] for o in collection.objects}})
-arrays = {{}}
-for name, width, key in (("position", 3, "vector"), ("base_color", 4, "color"), ("opacity", 1, "value"),
-                         ("scale", 3, "vector"), ("rotation", 4, "value"), ("radius", 1, "value")):
-    values = np.empty(len(cloud.data.points) * width, dtype=np.float32)
-    cloud.data.attributes[name].data.foreach_get(key, values)
-    arrays[name] = values.reshape(-1, width)
-np.savez({str(dump)!r}, **arrays)
-
-# 2. history and re-import
-ui.refresh_history(bpy.context, force=True)
-out["history"] = [[run.prompt, run.path, run.label] for run in ui.STATUS.runs]
-out["reimport"] = sorted(bpy.ops.vist3a.import_run(directory=ui.STATUS.runs[0].path))
-out["collections_after_reimport"] = sorted(c.name for c in bpy.data.collections if c.name.startswith("VIST3A"))
-
-# 3. cancel during denoising
-settings.steps = 1000
-after_import = inventory()
-bpy.ops.vist3a.generate()
-run_until(lambda: ui.SESSION.job is not None and ui.SESSION.job.stage == "denoise")
-out["cancel_label_before"] = ui.SESSION.job.label
-bpy.ops.vist3a.cancel_generation()
-labels, _, outcome = run_until(lambda: False, timeout=120)
-out["cancel"] = [outcome.kind, ui.STATUS.message, inventory() == after_import]
-out["runs_after_cancel"] = sorted(os.listdir({str(outputs)!r}))
-out["same_worker"] = ui.SESSION.worker_pid == first_pid
-
-# 4. the worker is killed in the middle of a run
-bpy.ops.vist3a.generate()
-run_until(lambda: ui.SESSION.job is not None and ui.SESSION.job.stage == "denoise")
-os.kill(ui.SESSION.worker_pid, signal.SIGKILL)
-labels, _, outcome = run_until(lambda: False, timeout=60)
-out["killed"] = [outcome.kind, outcome.message, ui.STATUS.level, inventory() == after_import]
-out["worker_after_kill"] = ui.SESSION.worker_running
-
-# 5. the next Generate works with a fresh worker; Release stops it
-settings.steps, settings.seed = 2, 8
-bpy.ops.vist3a.generate()
-out["new_pid"] = ui.SESSION.worker_pid not in (None, first_pid)
-outcome = ui.wait_for_generation(bpy.context, timeout=300)
-out["recovered"] = [outcome.kind, len([c for c in bpy.data.collections if c.name.startswith("VIST3A")])]
-out["release"] = sorted(bpy.ops.vist3a.release_engine())
-out["worker_after_release"] = ui.SESSION.worker_running
-emit_result(out)
-"""
-    result = run_in_blender(script, tmp_path=tmp_path, timeout=900, env={"OMP_NUM_THREADS": "1"}).result
+    parameters = {
+        "root": str(ROOT),
+        "zip": str(extension_zip),
+        "python": sys.executable,
+        "bundle": str(bundle),
+        "outputs": str(outputs),
+        "dump": str(dump),
+    }
+    result = run_in_blender(
+        "generate_end_to_end", parameters, tmp_path=tmp_path, timeout=900, env={"OMP_NUM_THREADS": "1"}
+    ).result
 
     assert result["generate"] == ["FINISHED"]
     assert result["busy_poll"] is False, "Generate must be greyed out while a generation runs"

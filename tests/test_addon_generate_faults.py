@@ -20,7 +20,6 @@ import pytest
 from blender_env import run_in_blender
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULE = "bl_ext.user_default.vist3a"
 
 
 def _load(name):
@@ -33,38 +32,14 @@ def _load(name):
 setup_env = _load("setup_env")
 history = _load("history")
 
-# A fake engine worker: speaks the protocol just enough, then misbehaves as its mode says.
-FAKE_WORKER = r"""
-import json, os, sys, time
-mode = sys.argv[1]
-def send(message):
-    sys.stdout.write(json.dumps(message) + "\n"); sys.stdout.flush()
-if mode == "garbage-start":
-    sys.stdout.write("Traceback (most recent call last): not a protocol line\n"); sys.stdout.flush()
-    time.sleep(60); sys.exit(0)
-with open(sys.argv[2], "w") as file:  # what the add-on started it with
-    json.dump({"offline": os.environ.get("HF_HUB_OFFLINE"), "pythonpath": os.environ.get("PYTHONPATH", ""),
-               "cwd": os.getcwd(), "args": sys.argv[3:]}, file)
-send({"type": "hello", "protocol": 1, "engine_version": "fake", "pid": 0})
-for line in sys.stdin:
-    request = json.loads(line)
-    if request["type"] != "generate":
-        if mode != "hang":
-            send({"type": "done", "id": request["id"], "command": request["type"]})
-        continue
-    send({"type": "progress", "id": request["id"], "stage": "load", "step": 1, "total": 1})
-    if mode == "garbage-mid":
-        sys.stdout.write("\x00\x01 some library printed this\n"); sys.stdout.flush()
-    # "hang": answers nothing from now on, not even pings
-"""
+FAKE_WORKER = Path(__file__).resolve().parent / "blender_scripts" / "fake_worker.py"
 
 
 def _wrapper(tmp_path, mode):
     """An executable that stands in for an engine Python: it runs the fake worker in ``mode``."""
-    worker = tmp_path / "fake_worker.py"
-    worker.write_text(FAKE_WORKER)
     path = tmp_path / f"python-{mode}"
-    path.write_text(f'#!/bin/sh\nexec {sys.executable} {worker} {mode} {tmp_path / f"started-{mode}.json"} "$@"\n')
+    started = tmp_path / f"started-{mode}.json"
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_WORKER}" {mode} "{started}" "$@"\n')
     path.chmod(0o755)
     return str(path)
 
@@ -83,94 +58,14 @@ def test_generate_faults_leave_the_scene_and_blender_intact(extension_zip, tmp_p
     }
     (bundle / "vist3a.json").write_text(json.dumps(manifest))
     wrappers = {mode: _wrapper(tmp_path, mode) for mode in ("garbage-start", "garbage-mid", "hang")}
-    script = f"""
-import sys
-sys.path[:] = [p for p in sys.path if p not in ("", {str(ROOT)!r})]  # only the installed extension's code
-import os
-import bpy
-bpy.ops.extensions.package_install_files(filepath={str(extension_zip)!r}, repo="user_default", enable_on_install=True)
-import importlib
-ui = importlib.import_module("{MODULE}.generate_ui")
-prefs = bpy.context.preferences.addons["{MODULE}"].preferences
-scene = bpy.context.scene
-settings = scene.vist3a_generate
-settings.prompt = "a small red house"
-out = {{"engine_in_sys_modules": "engine" in sys.modules}}
-
-def inventory():
-    return {{name: len(getattr(bpy.data, name)) for name in ("objects", "collections", "pointclouds", "meshes")}}
-
-def generate():
-    try:
-        return sorted(bpy.ops.vist3a.generate()), ""
-    except RuntimeError as error:  # an operator that fails raises in background mode
-        return ["CANCELLED"], str(error)
-
-before = inventory()
-
-# 1. nothing set up: Generate is greyed out with the reason, and a direct start says where to fix it
-out["missing_poll"] = generate()
-prefs.engine_python = "/nonexistent/engine/python"
-prefs.bundle_path = {str(bundle)!r}
-out["missing_python"] = generate()
-prefs.bundle_path = ""
-prefs.engine_python = {wrappers["hang"]!r}
-out["missing_model"] = generate()
-prefs.bundle_path = {str(bundle)!r}
-
-# 2. a worker whose first line is garbage
-prefs.engine_python = {wrappers["garbage-start"]!r}
-out["garbage_start"] = generate()
-out["garbage_start_busy"] = ui.SESSION.busy
-
-# 3. garbage in the middle of a run
-prefs.engine_python = {wrappers["garbage-mid"]!r}
-out["garbage_mid"] = generate()
-pid = ui.SESSION.worker_pid
-outcome = ui.wait_for_generation(bpy.context, timeout=30)
-out["garbage_mid_outcome"] = [outcome.kind, outcome.message]
-out["garbage_mid_status"] = [ui.STATUS.level, ui.STATUS.message]
-out["garbage_mid_worker_gone"] = not os.path.exists(f"/proc/{{pid}}") or open(f"/proc/{{pid}}/stat").read().split()[2] == "Z"
-
-# 4. a worker that stops answering: declared hung after the (shortened) timeout and stopped
-ui.SESSION.hang_timeout, ui.SESSION.ping_after = 1.5, 0.5
-prefs.engine_python = {wrappers["hang"]!r}
-out["hang"] = generate()
-pid = ui.SESSION.worker_pid
-started = __import__("time").monotonic()
-outcome = ui.wait_for_generation(bpy.context, timeout=30)
-out["hang_outcome"] = [outcome.kind, outcome.message, __import__("time").monotonic() - started]
-out["hang_worker_running"] = ui.SESSION.worker_running
-
-# 5. after all that, the same session starts a fresh worker for the next request
-prefs.engine_python = {wrappers["garbage-mid"]!r}
-out["again"] = generate()
-out["again_new_pid"] = ui.SESSION.worker_pid not in (None, pid)
-ui.SESSION.cancel()
-ui.wait_for_generation(bpy.context, timeout=30)
-out["unchanged"] = inventory() == before
-
-# 6. offline (bpy's default): setting up and downloading are greyed out with the reason
-for name in ("setup_engine", "download_models"):
-    try:
-        getattr(bpy.ops.vist3a, name)()
-        out[name] = "ran"
-    except RuntimeError as error:
-        out[name] = str(error)
-out["extension_dir"] = os.path.dirname(ui.__file__)
-
-# 7. Check engine on the project's Python (it has every package)
-prefs.engine_python = {sys.executable!r}
-try:
-    out["check"] = sorted(bpy.ops.vist3a.check_engine())
-except RuntimeError as error:
-    out["check"] = str(error)
-out["check_lines"] = ui.SETUP.check_lines
-bpy.ops.preferences.addon_disable(module="{MODULE}")
-out["disabled_cleanly"] = not hasattr(bpy.types.Scene, "vist3a_generate")
-emit_result(out)
-"""
-    result = run_in_blender(script, tmp_path=tmp_path, timeout=240).result
+    parameters = {
+        "root": str(ROOT),
+        "zip": str(extension_zip),
+        "bundle": str(bundle),
+        "wrappers": wrappers,
+        "python": sys.executable,
+    }
+    result = run_in_blender("generate_faults", parameters, tmp_path=tmp_path, timeout=240).result
 
     assert not result["engine_in_sys_modules"], "the add-on left a top-level 'engine' module in Blender"
     outcome, message = result["missing_poll"]

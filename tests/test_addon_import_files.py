@@ -4,8 +4,6 @@ Runs the installed extension in Blender (bpy) and checks the objects, their attr
 operator tells the artist.
 """
 
-import json
-
 import numpy as np
 import pytest
 from blender_env import run_in_blender
@@ -14,47 +12,6 @@ from plyfile import PlyData, PlyElement
 
 from engine.io import GaussianArrays, gaussian_property_names, read_gaussians, write_gaussians
 from engine.io.point_ply import DEFAULT_POINT_COLOR
-
-INSTALL = """
-import bpy
-import numpy as np
-bpy.ops.extensions.package_install_files(filepath={zip!r}, repo="user_default", enable_on_install=True)
-"""
-
-SCRIPT = """
-import io, contextlib
-
-def inventory():
-    return {name: len(getattr(bpy.data, name)) for name in ("objects", "collections", "pointclouds", "materials")}
-
-def run_import(path, **options):
-    before = inventory()
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer):
-            outcome = sorted(bpy.ops.vist3a.import_result(filepath=path, **options))
-        message = buffer.getvalue()
-    except RuntimeError as error:  # an operator that reports an error raises in background mode
-        outcome, message = ["CANCELLED"], str(error)
-    record = {"outcome": outcome, "message": message, "unchanged": inventory() == before}
-    if outcome == ["FINISHED"]:
-        obj = bpy.context.view_layer.objects.active.children[0]
-        count = len(obj.data.points)
-        arrays = {}
-        for name, width, key in (("position", 3, "vector"), ("base_color", 4, "color"), ("radius", 1, "value"),
-                                 ("opacity", 1, "value"), ("scale", 3, "vector")):
-            if name in obj.data.attributes:
-                values = np.empty(count * width, dtype=np.float32)
-                obj.data.attributes[name].data.foreach_get(key, values)
-                arrays[name] = values.reshape(count, width).tolist()
-        record.update(kind=obj["vist3a_kind"], count=count, arrays=arrays)
-    return record
-
-out = {}
-for label, path, options in JOBS:
-    out[label] = run_import(path, **options)
-emit_result(out)
-"""
 
 
 def splats_with_huge_scale(path):
@@ -104,9 +61,8 @@ def test_import_of_invalid_compressed_splat_spz_and_point_files(extension_zip, t
         ("rgb short", str(cases / "point-ply-variants" / "xyz_rgb_short.ply"), {}),
         ("rgba normals", str(cases / "point-ply-variants" / "xyz_rgba_normals.ply"), {}),
     ]
-    script = INSTALL.format(zip=str(extension_zip)) + f"JOBS = json.loads({json.dumps(json.dumps(jobs))})\n"
-    script = "import json\n" + script + SCRIPT
-    result = run_in_blender(script, tmp_path=tmp_path, timeout=240).result
+    parameters = {"zip": str(extension_zip), "jobs": jobs}
+    result = run_in_blender("import_files", parameters, tmp_path=tmp_path, timeout=240).result
 
     # Invalid splats: skipped by default, with the count said; every value that reaches Blender is finite.
     for label, bad, total in (("nan default", 3, 10), ("neginf default", 2, 10), ("huge scale", 1, 5)):

@@ -21,7 +21,6 @@ from engine.io import GaussianArrays, write_gaussian_ply
 
 ROOT = Path(__file__).resolve().parents[1]
 SH_C0 = 0.28209479177387814
-MODULE = "bl_ext.user_default.vist3a"
 
 
 def _write(folder, means, colour, opacity, sigma, camera):
@@ -42,32 +41,6 @@ def _write(folder, means, colour, opacity, sigma, camera):
     (folder / "cameras.json").write_text(json.dumps(document))
 
 
-RENDER = """
-import bpy
-import numpy as np
-bpy.ops.extensions.package_install_files(filepath={zip!r}, repo="user_default", enable_on_install=True)
-out = {{}}
-for name, folder, mode, world in {jobs!r}:
-    bpy.ops.wm.read_homefile(use_empty=True)
-    scene = bpy.context.scene
-    scene.world = bpy.data.worlds.new("world")
-    scene.world.use_nodes = True
-    scene.world.node_tree.nodes["Background"].inputs["Color"].default_value = (*world, 1.0)
-    bpy.ops.vist3a.import_result(directory=folder, splat_mode=mode)
-    path = {tmp!r} + "/" + name + ".png"
-    bpy.ops.vist3a.render_camera(camera_name=scene.camera.name, samples=4, filepath=path, show=False)
-    image = bpy.data.images.load(path)
-    w, h = image.size
-    pixels = np.empty(w * h * 4, dtype=np.float32)
-    image.pixels.foreach_get(pixels)
-    pixels = pixels.reshape(h, w, 4)
-    out[name] = {{"centre": pixels[h // 2 - 1 : h // 2 + 1, w // 2 - 1 : w // 2 + 1, :3].mean(axis=(0, 1)).tolist(),
-                  "bounces": scene.cycles.transparent_max_bounces,
-                  "min_bounces": scene.cycles.min_transparent_bounces}}
-emit_result(out)
-"""
-
-
 @pytest.mark.blender
 @pytest.mark.slow
 def test_opacity_counts_once_and_deep_stacks_are_not_cut_off(extension_zip, tmp_path):
@@ -84,8 +57,8 @@ def test_opacity_counts_once_and_deep_stacks_are_not_cut_off(extension_zip, tmp_
         ("one_ELLIPSOIDS", str(tmp_path / "one_splat") + "/", "ELLIPSOIDS", (1.0, 1.0, 1.0)),
         ("stack_POINTS", str(tmp_path / "stack") + "/", "POINTS", (0.0, 0.0, 0.0)),
     ]
-    script = RENDER.format(zip=str(extension_zip), jobs=jobs, tmp=str(tmp_path))
-    result = run_in_blender(script, tmp_path=tmp_path, timeout=400).result
+    parameters = {"zip": str(extension_zip), "jobs": jobs, "tmp": str(tmp_path)}
+    result = run_in_blender("render_centres", parameters, tmp_path=tmp_path, timeout=400).result
 
     # The footprint at the centre pixels (0.5 px off the centre, sigma 6 px) is 0.993.
     alpha = 0.5 * np.exp(-0.5 * 0.5 / (6.0**2 + 0.3))
@@ -104,14 +77,8 @@ def test_more_layers_than_cycles_allows_are_reported(extension_zip, tmp_path):
     depth = 1100
     camera = {"c2w": np.eye(4).tolist(), "fx": 40.0, "fy": 40.0, "cx": 16.0, "cy": 16.0, "w": 32, "h": 32}
     _write(tmp_path / "deep", [[0.0, 0.0, 3.0 + i / depth] for i in range(depth)], (1, 1, 1), 0.01, 0.3, camera)
-    script = f"""
-import bpy
-bpy.ops.extensions.package_install_files(filepath={str(extension_zip)!r}, repo="user_default", enable_on_install=True)
-import {MODULE}.importer as importer
-result = importer.import_result(bpy.context, {str(tmp_path / "deep") + "/"!r}, splat_mode=importer.SplatMode.POINTS)
-emit_result({{"warning": result.warning, "bounces": bpy.context.scene.cycles.transparent_max_bounces}})
-"""
-    result = run_in_blender(script, tmp_path=tmp_path).result
+    parameters = {"zip": str(extension_zip), "folder": str(tmp_path / "deep") + "/"}
+    result = run_in_blender("deep_stack_warning", parameters, tmp_path=tmp_path).result
     assert result["bounces"] == 1024
     assert "1024" in result["warning"] and "black" in result["warning"]
 

@@ -11,8 +11,6 @@ from blender_env import run_in_blender
 from engine.io import GaussianArrays, write_gaussian_ply
 from engine.pipeline_settings import MAX_SEED, GenerationSettings, SettingsError
 
-MODULE = "bl_ext.user_default.vist3a"
-
 
 def test_engine_seeds_fit_blenders_int_properties():
     assert MAX_SEED == 2**31 - 1
@@ -67,83 +65,14 @@ def test_failures_become_reports_and_leave_the_scene_as_before(extension_zip, tm
         "wan": "wan",
         "decoder": {"kind": "fake", "checkpoint": "decoder.safetensors"},
     }
-    script = f"""
-import importlib, json, sys
-import bpy
-bpy.ops.extensions.package_install_files(filepath={str(extension_zip)!r}, repo="user_default", enable_on_install=True)
-ui = importlib.import_module("{MODULE}.generate_ui")
-client = importlib.import_module("{MODULE}.client")
-importer = importlib.import_module("{MODULE}.importer")
-prefs = bpy.context.preferences.addons["{MODULE}"].preferences
-scene = bpy.context.scene
-out = {{}}
-
-def inventory():
-    return {{name: len(getattr(bpy.data, name)) for name in
-            ("objects", "collections", "meshes", "pointclouds", "materials", "cameras", "node_groups")}}
-
-# 1. The automatic import after Generate fails (a broken scene.ply): a message, no exception, no data.
-before = inventory()
-try:
-    ui.finish(bpy.context, client.Outcome("result", "r1", output_dir={str(broken)!r}, seed=2**31 - 1))
-    out["finish_raised"] = ""
-except Exception as error:
-    out["finish_raised"] = repr(error)
-out["finish_status"] = [ui.STATUS.level, ui.STATUS.message]
-out["finish_unchanged"] = inventory() == before
-out["seed_field"] = scene.vist3a_generate.seed
-out["seed_max"] = scene.vist3a_generate.bl_rna.properties["seed"].hard_max
-
-# 2. The timer itself never raises: a failing poll becomes a message and the timer stops.
-def broken_poll():
-    raise OSError("the pipe broke")
-ui.SESSION.poll = broken_poll
-try:
-    out["timer_return"] = ui._timer()
-    out["timer_raised"] = ""
-except Exception as error:
-    out["timer_raised"] = repr(error)
-out["timer_status"] = [ui.STATUS.level, ui.STATUS.message]
-
-# 3. An unforeseen error inside an import operator: one-line report, scene unchanged.
-real_build = importer.build_result
-def exploding_build(context, loaded, **options):
-    raise TypeError("unexpected keyword")
-importer.build_result = exploding_build
-before = inventory()
-try:
-    out["op"] = sorted(bpy.ops.vist3a.import_result(directory={str(good) + "/"!r}))
-    out["op_message"] = ""
-except RuntimeError as error:
-    out["op"], out["op_message"] = ["CANCELLED"], str(error)
-importer.build_result = real_build
-out["op_unchanged"] = inventory() == before
-
-# 4. A good import preselects the render camera and clears the earlier import failure.
-ui.STATUS.report("ERROR", "Import failed: earlier")
-out["import_run"] = sorted(bpy.ops.vist3a.import_run(directory={str(good)!r}))
-out["render_camera"] = scene.vist3a.render_camera.name if scene.vist3a.render_camera else ""
-out["after_import_status"] = ui.STATUS.message
-
-# 5. "No model" says what to do and clears itself once a model bundle is in place.
-prefs.engine_python = sys.executable
-prefs.model_source = "BUNDLE"
-prefs.bundle_path = {str(bundle)!r}
-scene.vist3a_generate.prompt = "a chair"
-try:
-    out["generate"] = sorted(bpy.ops.vist3a.generate())
-except RuntimeError as error:
-    out["generate"] = ["CANCELLED"]
-out["no_model"] = ui.STATUS.message
-ui.STATUS.refresh(bpy.context, force=True)
-out["no_model_still"] = ui.STATUS.message
-with open({str(bundle / "vist3a.json")!r}, "w") as file:
-    json.dump({manifest!r}, file)
-ui.STATUS.refresh(bpy.context, force=True)
-out["no_model_after_fix"] = ui.STATUS.message
-emit_result(out)
-"""
-    result = run_in_blender(script, tmp_path=tmp_path, timeout=300).result
+    parameters = {
+        "zip": str(extension_zip),
+        "broken": str(broken),
+        "good": str(good),
+        "bundle": str(bundle),
+        "manifest": manifest,
+    }
+    result = run_in_blender("ui_faults", parameters, tmp_path=tmp_path, timeout=300).result
     assert result["finish_raised"] == ""
     assert result["finish_status"][0] == "ERROR" and result["finish_status"][1].startswith("Import failed")
     assert "scene.ply" in result["finish_status"][1] and "Traceback" not in result["finish_status"][1]

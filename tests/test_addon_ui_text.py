@@ -2,6 +2,7 @@
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -41,3 +42,32 @@ def test_long_paths_break_after_separators():
 def test_wider_regions_take_longer_lines():
     assert ui_text.label_width(600) > ui_text.label_width(300) >= 12
     assert ui_text.wrap_text("", 30) == []
+
+
+class _Layout:
+    """Records what ``wrapped_label`` draws (Blender's UILayout calls it makes)."""
+
+    def __init__(self):
+        self.labels = []
+        self.scale_y = 1.0
+
+    def column(self, align=False):
+        return self
+
+    def label(self, text, icon="NONE"):
+        self.labels.append((text, icon))
+
+
+def test_wrapped_label_draws_one_label_per_line_with_the_icon_first():
+    context = SimpleNamespace(
+        region=SimpleNamespace(width=300), preferences=SimpleNamespace(system=SimpleNamespace(ui_scale=1.0))
+    )
+    layout = _Layout()
+    ui_text.wrapped_label(layout, context, MESSAGES[0], icon="INFO")
+    lines = ui_text.wrap_text(MESSAGES[0], ui_text.label_width(300, 1.0, icon=True))
+    assert [text for text, _ in layout.labels] == lines and len(lines) > 1
+    assert [icon for _, icon in layout.labels] == ["INFO"] + ["BLANK1"] * (len(lines) - 1)
+    plain = _Layout()
+    ui_text.wrapped_label(plain, SimpleNamespace(region=None, preferences=None), MESSAGES[0])
+    assert {icon for _, icon in plain.labels} == {"NONE"}
+    assert [text for text, _ in plain.labels] == ui_text.wrap_text(MESSAGES[0], ui_text.label_width(None, 1.0, False))

@@ -53,95 +53,6 @@ def _write_case(folder):
     return run, n
 
 
-SCRIPT = """
-import sys
-import bpy
-import numpy as np
-bpy.ops.extensions.package_install_files(filepath={zip!r}, repo="user_default", enable_on_install=True)
-import bl_ext.user_default.vist3a as addon
-
-scene = bpy.context.scene
-world = bpy.data.worlds.new("grey")
-world.use_nodes = True
-world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.0, 0.3, 0.0, 1.0)
-scene.world = world
-
-def clear():
-    # Objects and then every data-block left without users (the startup cube's mesh, earlier imports).
-    for obj in list(bpy.data.objects):
-        bpy.data.objects.remove(obj)
-    for name in ("meshes", "pointclouds", "materials", "cameras", "node_groups", "lights"):
-        blocks = getattr(bpy.data, name)
-        for block in [b for b in blocks if b.users == 0]:
-            blocks.remove(block)
-
-clear()
-
-def inventory():
-    return {{name: len(getattr(bpy.data, name)) for name in
-            ("objects", "collections", "meshes", "pointclouds", "materials", "cameras", "node_groups")}}
-
-def run_import(**kwargs):
-    try:
-        return sorted(bpy.ops.vist3a.import_result(**kwargs)), ""
-    except RuntimeError as error:  # an operator that reports an error raises in background mode
-        return ["CANCELLED"], str(error)
-
-out = {{"version": list(bpy.app.version)}}
-before = inventory()
-out["garbage"] = run_import(filepath={garbage!r})
-out["garbage_unchanged"] = inventory() == before
-out["modes"] = [item[0] for item in addon.operators.splat_mode_items()]
-out["native_detected"] = addon.importer.native_splat_type() is not None
-if not out["native_detected"]:
-    before = inventory()
-    loaded = addon.importer.load_result({run!r})
-    try:
-        addon.importer.build_result(bpy.context, loaded, splat_mode=addon.importer.SplatMode.NATIVE)
-        out["native_refused"] = ""
-    except addon.importer.ResultImportError as error:
-        out["native_refused"] = str(error)
-    out["native_unchanged"] = inventory() == before
-
-out["renders"] = {{}}
-for mode in ("POINTS", "ELLIPSOIDS"):
-    clear()
-    outcome = run_import(directory={run!r}, splat_mode=mode)
-    cloud = next(o for o in bpy.data.objects if o.type == "POINTCLOUD")
-    camera = scene.vist3a.render_camera
-    path = {tmp!r} + "/render_" + mode + ".png"
-    rendered = sorted(bpy.ops.vist3a.render_camera(camera_name=camera.name, samples=4, filepath=path, show=False))
-    image = bpy.data.images.load(path)
-    pixels = np.empty(image.size[0] * image.size[1] * 4, dtype=np.float32)
-    image.pixels.foreach_get(pixels)
-    pixels = pixels.reshape(image.size[1], image.size[0], 4)
-    out["renders"][mode] = {{
-        "import": outcome[0], "render": rendered, "points": len(cloud.data.points),
-        "camera": camera.name, "scene_camera": scene.camera == camera,
-        "centre": pixels[20:28, 20:28, :3].mean(axis=(0, 1)).tolist(),
-        "corner": pixels[:3, :3, :3].mean(axis=(0, 1)).tolist(),
-        "orphan_meshes": sum(1 for m in bpy.data.meshes if m.users == 0),
-    }}
-
-outcome = run_import(filepath={points!r})
-points = next(o for o in bpy.data.objects if o.get("vist3a_kind") == "points")
-out["points"] = [outcome[0], len(points.data.points)]
-out["orphans"] = {{name: sum(1 for block in getattr(bpy.data, name) if block.users == 0)
-                  for name in ("meshes", "pointclouds", "node_groups", "objects")}}
-bpy.ops.preferences.addon_disable(module="bl_ext.user_default.vist3a")
-out["disabled"] = "bl_ext.user_default.vist3a" not in bpy.context.preferences.addons and not hasattr(
-    bpy.types.Scene, "vist3a")
-emit_result(out)
-if bpy.app.version < (4, 3, 0):
-    # The 4.2 bpy module segfaults while the interpreter shuts down once this add-on has run (a
-    # trivial extension does not; bisected to any class registered from generate_ui.py, unexplained).
-    # Everything above has been checked by then; real Blender quits through its own exit path.
-    import os
-    sys.stdout.flush()
-    os._exit(0)
-"""
-
-
 @pytest.mark.blender
 @pytest.mark.slow
 @pytest.mark.parametrize(("version", "python"), _matrix(), ids=[v for v, _ in _matrix()])
@@ -151,14 +62,14 @@ def test_install_import_render_on_every_supported_blender(version, python, exten
     if python.startswith("ERROR:") or not python:
         pytest.fail(f"Blender {version} could not be set up: {python[len('ERROR:') :]}")
     run, n = _write_case(tmp_path)
-    script = SCRIPT.format(
-        zip=str(extension_zip),
-        garbage=str(tmp_path / "garbage.ply"),
-        run=str(run) + os.sep,
-        points=str(tmp_path / "points.ply"),
-        tmp=str(tmp_path),
-    )
-    result = run_in_blender(script, tmp_path=tmp_path, timeout=400, python=python).result
+    parameters = {
+        "zip": str(extension_zip),
+        "garbage": str(tmp_path / "garbage.ply"),
+        "run": str(run) + os.sep,
+        "points": str(tmp_path / "points.ply"),
+        "tmp": str(tmp_path),
+    }
+    result = run_in_blender("install_import_render", parameters, tmp_path=tmp_path, timeout=400, python=python).result
 
     assert ".".join(map(str, result["version"][:2])) == version
     assert result["garbage"][0] == ["CANCELLED"] and "garbage.ply" in result["garbage"][1]

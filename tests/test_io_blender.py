@@ -24,30 +24,7 @@ def test_blender_ply_importer_reads_every_vertex_with_attributes(tmp_path):
     path = tmp_path / "splats.ply"
     write_gaussian_ply(path, g)
 
-    run = run_in_blender(
-        f"""
-        import bpy
-        import numpy as np
-
-        bpy.ops.wm.ply_import(filepath={str(path)!r})
-        mesh = bpy.context.selected_objects[0].data
-        count = len(mesh.vertices)
-        positions = np.empty(count * 3, dtype=np.float32)
-        mesh.attributes["position"].data.foreach_get("vector", positions)
-        values = {{}}
-        for name in ("opacity", "f_dc_0", "f_dc_2", "f_rest_8", "scale_0", "rot_0", "rot_3"):
-            column = np.empty(count, dtype=np.float32)
-            mesh.attributes[name].data.foreach_get("value", column)
-            values[name] = column.tolist()
-        emit_result({{
-            "count": count,
-            "positions": positions.reshape(-1, 3).tolist(),
-            "attributes": sorted(a.name for a in mesh.attributes),
-            "values": values,
-        }})
-        """,
-        tmp_path=tmp_path,
-    )
+    run = run_in_blender("ply_importer_attributes", {"ply": str(path)}, tmp_path=tmp_path)
     result = run.result
     assert result["count"] == n
     assert {"opacity", "f_dc_0", "f_rest_8", "scale_0", "rot_0"} <= set(result["attributes"])
@@ -71,21 +48,18 @@ def test_blender_ply_importer_reads_every_vertex_with_attributes(tmp_path):
 def test_run_in_blender_reports_script_failures(tmp_path):
     """The helper fails the test with the child's stderr when the script raises."""
     outcome = pytest.raises(
-        pytest.fail.Exception, run_in_blender, "raise SystemExit('boom from blender')", tmp_path=tmp_path
+        pytest.fail.Exception,
+        run_in_blender,
+        "exit_with_message",
+        {"message": "boom from blender"},
+        tmp_path=tmp_path,
     )
     assert "exited with code 1" in str(outcome.value) and "boom from blender" in str(outcome.value)
 
 
 @pytest.mark.blender
 def test_run_in_blender_uses_a_throwaway_profile(tmp_path):
-    run = run_in_blender(
-        """
-        import os
-        import bpy
-        emit_result({"env": os.environ["BLENDER_USER_RESOURCES"], "config": bpy.utils.user_resource("CONFIG")})
-        """,
-        tmp_path=tmp_path,
-    )
+    run = run_in_blender("throwaway_profile", tmp_path=tmp_path)
     profile = str(tmp_path / "blender_user")
     assert run.result["env"] == profile
     assert run.result["config"].startswith(profile)

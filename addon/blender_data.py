@@ -1,8 +1,9 @@
-"""VIST3A results -> Blender data: splats, coloured points, cameras, their materials and render settings.
+"""VIST3A results -> Blender data: collections, splats, coloured points, cameras and render settings.
 
-Reading and checking files happens first and completely (``load_result``); only then is any Blender
-data created (``build_result``), so a bad file leaves the scene untouched. Everything per point is done
-with NumPy and ``foreach_set``; there are no per-point Python loops.
+The Blender-data layer: it creates objects, point clouds, cameras and (through ``materials``) their
+materials from a ``reading.LoadedResult`` that has been read and checked completely before, so a bad
+file leaves the scene untouched. Everything per point is done with NumPy and ``foreach_set``; there are
+no per-point Python loops.
 
 Placement: every import gets its own collection and one parent empty at the 3D cursor. The children
 keep the engine's coordinates as their local transforms, so the result can be moved, rotated or scaled
@@ -30,16 +31,9 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from . import conversions
-from .engine.io import (
-    CameraArrays,
-    FormatError,
-    GaussianArrays,
-    InvalidValuesError,
-    PointArrays,
-    read_cameras_json,
-    read_scene_file,
-)
+from . import conversions, materials, reading
+from .engine.io import CameraArrays
+from .materials import AXIS_ATTRIBUTES, COLOR_ATTRIBUTE, OPACITY_ATTRIBUTE
 
 SOURCE_PROPERTY = "vist3a_source"  # the folder or file an object was imported from
 KIND_PROPERTY = "vist3a_kind"  # "result", "splats", "points" or "camera"
@@ -47,13 +41,6 @@ RESOLUTION_PROPERTY = "vist3a_resolution"  # on cameras: (width, height) in pixe
 PIXEL_ASPECT_PROPERTY = "vist3a_pixel_aspect"  # on cameras: Blender's (pixel_aspect_x, pixel_aspect_y)
 LAYERS_PROPERTY = "vist3a_layers"  # on splats: how many splat surfaces one ray may cross at most
 
-# Point attribute names. The colour is not called "color": Cycles reads a point-cloud attribute of that
-# name as black (checked with bpy 5.0.1).
-COLOR_ATTRIBUTE = "base_color"
-OPACITY_ATTRIBUTE = "opacity"
-
-RESULT_SCENE_FILE = "scene.ply"
-RESULT_CAMERAS_FILE = "cameras.json"
 
 # Cycles stops a ray after this many transparent hits; a splat scene stacks dozens along one ray.
 TRANSPARENT_BOUNCES = 64
@@ -75,101 +62,10 @@ class SplatMode(enum.Enum):
     NATIVE = "NATIVE"
 
 
-class ResultImportError(ValueError):
-    """A result cannot be imported; the message says which file and why (shown to the user)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading (no Blender data is created here)
-
-
-@dataclass
-class LoadedResult:
-    """Everything one import needs, read and checked.
-
-    At most one of ``gaussians`` / ``points`` is set (neither for a cameras JSON on its own).
-    ``skipped_invalid`` counts the splats or points left out for invalid values (NaN, infinite or
-    out-of-range numbers) when the import was asked to skip them.
-    """
-
-    name: str
-    source: str
-    gaussians: Optional[GaussianArrays] = None
-    points: Optional[PointArrays] = None
-    cameras: Optional[CameraArrays] = None
-    skipped_invalid: int = 0
-
-
-# Files the import reads: splats (standard or compressed PLY, .splat, .spz), point PLYs, cameras JSON.
-SCENE_EXTENSIONS = (".ply", ".splat", ".spz")
-SKIP_INVALID_LABEL = "Skip Invalid Splats"
-
-
-def load_result(path: str, *, skip_invalid: bool = True) -> LoadedResult:
-    """Reads a result folder (scene.ply [+ cameras.json]), a splat file (standard or compressed PLY,
-    .splat, .spz), a point PLY, or a cameras JSON.
-
-    With ``skip_invalid`` (the default) splats or points holding invalid values are left out and
-    counted in ``LoadedResult.skipped_invalid``; without it such a file is refused.
-
-    Raises ResultImportError with a message naming the file for anything that cannot be imported.
-    """
-    path = os.path.abspath(bpy.path.abspath(path))
-    if os.path.isdir(path):
-        scene_file = os.path.join(path, RESULT_SCENE_FILE)
-        cameras_file = os.path.join(path, RESULT_CAMERAS_FILE)
-        if not os.path.isfile(scene_file):
-            raise ResultImportError(f"{path}: not a VIST3A result folder (no {RESULT_SCENE_FILE} in it)")
-        result = LoadedResult(name=os.path.basename(path.rstrip(os.sep)), source=path)
-        _read_scene_file(scene_file, result, skip_invalid)
-        if os.path.isfile(cameras_file):
-            result.cameras = _read_cameras(cameras_file)
-        return result
-    if not os.path.isfile(path):
-        raise ResultImportError(f"{path}: no such file or folder")
-    result = LoadedResult(name=os.path.splitext(os.path.basename(path))[0], source=path)
-    extension = os.path.splitext(path)[1].lower()
-    if extension in SCENE_EXTENSIONS:
-        _read_scene_file(path, result, skip_invalid)
-    elif extension == ".json":
-        result.cameras = _read_cameras(path)
-    else:
-        raise ResultImportError(
-            f"{path}: expected a result folder, a splat or point file (.ply, .splat, .spz) or a cameras .json file"
-        )
-    return result
-
-
-def _read_scene_file(path: str, result: LoadedResult, skip_invalid: bool) -> None:
-    """Fills ``result.gaussians`` or ``result.points`` from any splat or point file the engine reads."""
-    try:
-        scene = read_scene_file(path, non_finite="drop" if skip_invalid else "error")
-    except InvalidValuesError as exc:
-        raise ResultImportError(f"{exc}. Turn on '{SKIP_INVALID_LABEL}' to import the others") from exc
-    except (FormatError, OSError) as exc:
-        raise ResultImportError(str(exc)) from exc
-    if len(scene) == 0 and scene.dropped_non_finite:
-        noun = "splats" if isinstance(scene, GaussianArrays) else "points"
-        raise ResultImportError(
-            f"{path}: all {scene.dropped_non_finite} {noun} have invalid values (not a number, infinite or out of "
-            "range); there is nothing to import"
-        )
-    if isinstance(scene, GaussianArrays):
-        result.gaussians = scene
-    else:
-        result.points = scene
-    result.skipped_invalid = scene.dropped_non_finite
-
-
-def _read_cameras(path: str) -> CameraArrays:
-    try:
-        return read_cameras_json(path)
-    except (FormatError, OSError) as exc:
-        raise ResultImportError(str(exc)) from exc
-
-
-# ---------------------------------------------------------------------------------------------------
-# Building Blender data
+def absolute_path(path: str) -> str:
+    """``path`` made absolute, with Blender's ``//`` (relative to the .blend file) resolved: what the
+    reading layer (``reading``) takes."""
+    return os.path.abspath(bpy.path.abspath(path))
 
 
 @dataclass
@@ -185,7 +81,7 @@ class ImportedResult:
 
 def build_result(
     context,
-    loaded: LoadedResult,
+    loaded: reading.LoadedResult,
     *,
     splat_mode: SplatMode = SplatMode.AUTO,
     z_up: bool = True,
@@ -205,8 +101,9 @@ def build_result(
 
 
 def import_result(context, path: str, **options) -> ImportedResult:
-    """``load_result`` then ``build_result``: the whole import of one folder or file."""
-    return build_result(context, load_result(path), **options)
+    """``reading.load_result`` then ``build_result``: the whole import of one folder or file (``//`` paths
+    are resolved against the .blend file)."""
+    return build_result(context, reading.load_result(absolute_path(path)), **options)
 
 
 class _CreatedData:
@@ -360,11 +257,7 @@ def _rgba(rgb: np.ndarray) -> np.ndarray:
     return np.concatenate([rgb, np.ones((len(rgb), 1), dtype=np.float32)], axis=1)
 
 
-AXIS_ATTRIBUTES = ("splat_axis_0", "splat_axis_1", "splat_axis_2")  # unit axes (object space)
-PIXEL_ANGLE_NODE = "VIST3A pixel angle"
-
-
-class NativeSplatsUnavailable(ResultImportError):
+class NativeSplatsUnavailable(reading.ResultImportError):
     """The running Blender has no Gaussian-splat point clouds (the message says what to choose instead)."""
 
 
@@ -393,10 +286,10 @@ def _build_splats(context, loaded, collection, created, splat_mode):
 
     material = created.add(bpy.data.materials, bpy.data.materials.new(f"{loaded.name} splat"))
     if splat_mode is SplatMode.ELLIPSOIDS:
-        _build_ellipsoid_material(material, context.scene)
-        _add_ellipsoid_modifier(obj, material, created)
+        materials.build_ellipsoid_material(material, context.scene)
+        materials.add_ellipsoid_modifier(obj, material, created)
     else:
-        _build_sphere_material(material, context.scene)
+        materials.build_sphere_material(material, context.scene)
     cloud.materials.append(material)
     # A ray crosses each ellipsoid twice (front and back face); a point-cloud sphere once.
     obj[LAYERS_PROPERTY] = splat_layers(g.means, attrs.radius, loaded.cameras) * (
@@ -458,7 +351,7 @@ def _build_points(context, loaded, collection, created, point_radius):
     radius = point_radius if point_radius > 0 else automatic_point_radius(positions)
     set_point_attribute(obj.data, "radius", "FLOAT", np.full(len(positions), radius, dtype=np.float32))
     material = created.add(bpy.data.materials, bpy.data.materials.new(f"{loaded.name} points"))
-    _build_point_material(material)
+    materials.build_point_material(material)
     obj.data.materials.append(material)
     return obj
 
@@ -472,224 +365,6 @@ def automatic_point_radius(positions: np.ndarray) -> float:
         return 0.01
     diagonal = float(np.linalg.norm(positions.max(axis=0) - positions.min(axis=0)))
     return max(diagonal / math.sqrt(len(positions)) / 2, 1e-6)
-
-
-# --- materials
-
-
-class _NodeBuilder:
-    """Small helper for readable shader graphs: nodes, math, and links in one place."""
-
-    def __init__(self, material, scene=None):
-        self.scene = scene
-        if material.node_tree is None:  # Blender < 5.0 makes materials without a node tree
-            material.use_nodes = True
-        self.tree = material.node_tree
-        self.tree.nodes.clear()
-        self.x = 0
-
-    def node(self, kind, **settings):
-        node = self.tree.nodes.new(kind)
-        for key, value in settings.items():
-            setattr(node, key, value)
-        node.location = (self.x, 0)
-        self.x += 200
-        return node
-
-    def link(self, output, node_input):
-        self.tree.links.new(output, node_input)
-
-    def math(self, operation, a, b=None, kind="ShaderNodeMath"):
-        node = self.node(kind, operation=operation)
-        for socket_index, value in ((0, a), (1, b)):
-            if value is None:
-                continue
-            if isinstance(value, (int, float)) and kind == "ShaderNodeVectorMath":
-                node.inputs[socket_index].default_value = (value, value, value)
-            elif isinstance(value, (int, float, tuple)):
-                node.inputs[socket_index].default_value = value
-            else:
-                self.link(value, node.inputs[socket_index])
-        output = "Value" if kind == "ShaderNodeVectorMath" and operation in ("DOT_PRODUCT", "LENGTH") else 0
-        return node.outputs[output]
-
-    def attribute(self, name, attribute_type="GEOMETRY"):
-        return self.node("ShaderNodeAttribute", attribute_name=name, attribute_type=attribute_type)
-
-    def footprint_alpha(self, p, q, inverse_variance, opacity):
-        """opacity * exp(-0.5 * d^2), d^2 = |x|^2 - (x.y)^2 / |y|^2 with x = p / s, y = q / s.
-
-        ``p`` (offset from the centre) and ``q`` (ray direction) are vectors of components along the
-        Gaussian's own axes, ``inverse_variance`` is 1 / s^2 per axis. d is the distance of the ray from
-        the centre in units of the Gaussian: its peak along the ray (conversions.ray_footprint_alpha).
-        """
-        u = inverse_variance
-        vector = "ShaderNodeVectorMath"
-        xx = self.math("DOT_PRODUCT", self.math("MULTIPLY", p, p, kind=vector), u, kind=vector)
-        xy = self.math("DOT_PRODUCT", self.math("MULTIPLY", p, q, kind=vector), u, kind=vector)
-        yy = self.math("DOT_PRODUCT", self.math("MULTIPLY", q, q, kind=vector), u, kind=vector)
-        d2 = self.math("SUBTRACT", xx, self.math("DIVIDE", self.math("MULTIPLY", xy, xy), yy))
-        exponent = self.math("MULTIPLY", self.math("MAXIMUM", d2, 0.0), -0.5)
-        return self.math("MULTIPLY", self.math("EXPONENT", exponent), opacity)
-
-    def along_axes(self, axes, vector):
-        """The components of ``vector`` along three axes (each an output)."""
-        combine = self.node("ShaderNodeCombineXYZ")
-        for name, axis in zip("XYZ", axes):
-            self.link(self.math("DOT_PRODUCT", axis, vector, kind="ShaderNodeVectorMath"), combine.inputs[name])
-        return combine.outputs[0]
-
-    def dilated_variance(self, scale):
-        """sigma^2 + e per axis: the 3DGS screen-space dilation (EPS2D pixels^2) as a world-space variance
-        e = EPS2D * (depth * pixel angle)^2 at the shading point, with the render camera's pixel angle
-        (``pixel_angle_value``)."""
-        camera = self.node("ShaderNodeCameraData")
-        angle = self.pixel_angle_value()
-        size = self.math("MULTIPLY", camera.outputs["View Z Depth"], angle)
-        dilation = self.math("MULTIPLY", self.math("MULTIPLY", size, size), conversions.EPS2D)
-        vector = "ShaderNodeVectorMath"
-        return self.math("ADD", self.math("MULTIPLY", scale, scale, kind=vector), dilation, kind=vector)
-
-    def pixel_angle_value(self):
-        """A Value node holding the render camera's pixel size per unit of depth, kept current by a driver
-        (a simple expression: no Python runs) on the scene's camera and resolution."""
-        node = self.node("ShaderNodeValue", name=PIXEL_ANGLE_NODE, label="Pixel size per depth")
-        node.outputs[0].default_value = 0.0
-        if self.scene is not None:
-            driver = node.outputs[0].driver_add("default_value").driver
-            driver.type = "SCRIPTED"
-            for name, path in (
-                ("sensor", "camera.data.sensor_width"),
-                ("lens", "camera.data.lens"),
-                ("width", "render.resolution_x"),
-                ("percent", "render.resolution_percentage"),
-            ):
-                variable = driver.variables.new()
-                variable.name = name
-                variable.type = "SINGLE_PROP"
-                variable.targets[0].id_type = "SCENE"
-                variable.targets[0].id = self.scene
-                variable.targets[0].data_path = path
-            driver.expression = "sensor / (lens * width * percent / 100)"
-        return node.outputs[0]
-
-    def to_object(self, vector):
-        """A world-space direction or offset in the object's (the splats' own) space."""
-        node = self.node("ShaderNodeVectorTransform", vector_type="VECTOR", convert_from="WORLD", convert_to="OBJECT")
-        self.link(vector, node.inputs["Vector"])
-        return node.outputs["Vector"]
-
-    def emission_over_transparent(self, color, alpha):
-        emission = self.node("ShaderNodeEmission")
-        emission.inputs["Strength"].default_value = 1.0
-        self.link(color, emission.inputs["Color"])
-        transparent = self.node("ShaderNodeBsdfTransparent")
-        mix = self.node("ShaderNodeMixShader")
-        self.link(alpha, mix.inputs["Fac"])
-        self.link(transparent.outputs[0], mix.inputs[1])
-        self.link(emission.outputs[0], mix.inputs[2])
-        output = self.node("ShaderNodeOutputMaterial")
-        self.link(mix.outputs[0], output.inputs["Surface"])
-
-
-def _build_sphere_material(material, scene):
-    """Cycles point-cloud spheres (radius K * largest sigma) showing each anisotropic Gaussian as 3DGS does.
-
-    Cycles shades a sphere once per ray (its front), at P; v = P - centre and the incoming direction
-    are taken into object space and onto the splat's axes, and the footprint is the Gaussian's own
-    (dilated by the 3DGS screen-space term), whatever its shape. The colour is emitted, not lit.
-    """
-    b = _NodeBuilder(material, scene)
-    point = b.node("ShaderNodePointInfo")
-    geometry = b.node("ShaderNodeNewGeometry")
-    offset = b.math("SUBTRACT", geometry.outputs["Position"], point.outputs["Position"], kind="ShaderNodeVectorMath")
-    axes = [b.attribute(name).outputs["Vector"] for name in AXIS_ATTRIBUTES]
-    p = b.along_axes(axes, b.to_object(offset))
-    q = b.along_axes(axes, b.to_object(geometry.outputs["Incoming"]))
-    variance = b.dilated_variance(b.attribute("scale").outputs["Vector"])
-    inverse = b.math("DIVIDE", (1.0, 1.0, 1.0), variance, kind="ShaderNodeVectorMath")
-    alpha = b.footprint_alpha(p, q, inverse, b.attribute(OPACITY_ATTRIBUTE).outputs["Fac"])
-    b.emission_over_transparent(b.attribute(COLOR_ATTRIBUTE).outputs["Color"], alpha)
-    _transparent_material_settings(material)
-
-
-def _build_ellipsoid_material(material, scene):
-    """Instanced unit spheres (scaled to K sigmas): the footprint is evaluated in instance space.
-
-    Object coordinates of an instance are its unit-sphere coordinates, along the splat's axes; there
-    the variance per axis is (sigma^2 + e) / (K sigma)^2 (e: the 3DGS dilation, see
-    ``dilated_variance``). A ray passes an instance twice (in and out): only the front face shows the
-    splat and the back face is fully transparent, so the opacity counts once. Colour, opacity and
-    scale are per-instance attributes (Attribute node, type INSTANCER).
-    """
-    b = _NodeBuilder(material, scene)
-    coords = b.node("ShaderNodeTexCoord")
-    geometry = b.node("ShaderNodeNewGeometry")
-    vector = "ShaderNodeVectorMath"
-    scale = b.attribute("scale", "INSTANCER").outputs["Vector"]
-    k2 = conversions.FOOTPRINT_K**2
-    # 1 / variance = K^2 sigma^2 / (sigma^2 + e)
-    inverse = b.math(
-        "DIVIDE",
-        b.math("MULTIPLY", b.math("MULTIPLY", scale, scale, kind=vector), k2, kind=vector),
-        b.dilated_variance(scale),
-        kind=vector,
-    )
-    front = b.math("SUBTRACT", 1.0, geometry.outputs["Backfacing"])
-    opacity = b.math("MULTIPLY", b.attribute(OPACITY_ATTRIBUTE, "INSTANCER").outputs["Fac"], front)
-    alpha = b.footprint_alpha(coords.outputs["Object"], b.to_object(geometry.outputs["Incoming"]), inverse, opacity)
-    b.emission_over_transparent(b.attribute(COLOR_ATTRIBUTE, "INSTANCER").outputs["Color"], alpha)
-    _transparent_material_settings(material)
-
-
-def _build_point_material(material):
-    """Coloured points: their colour is emitted, as it already carries the scene's lighting."""
-    b = _NodeBuilder(material)
-    emission = b.node("ShaderNodeEmission")
-    b.link(b.attribute(COLOR_ATTRIBUTE).outputs["Color"], emission.inputs["Color"])
-    output = b.node("ShaderNodeOutputMaterial")
-    b.link(emission.outputs[0], output.inputs["Surface"])
-
-
-def _transparent_material_settings(material):
-    # EEVEE needs blended rendering for partial transparency; Cycles ignores this.
-    if hasattr(material, "surface_render_method"):
-        material.surface_render_method = "BLENDED"
-
-
-def _add_ellipsoid_modifier(obj, material, created):
-    """Geometry Nodes: one ico-sphere instance per point, rotated by ``rotation``, scaled by K * ``scale``."""
-    tree = created.add(bpy.data.node_groups, bpy.data.node_groups.new(f"{obj.name} ellipsoids", "GeometryNodeTree"))
-    tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
-    nodes, links = tree.nodes, tree.links
-    group_in = nodes.new("NodeGroupInput")
-    group_out = nodes.new("NodeGroupOutput")
-    sphere = nodes.new("GeometryNodeMeshIcoSphere")
-    sphere.inputs["Radius"].default_value = 1.0
-    sphere.inputs["Subdivisions"].default_value = 2
-    set_material = nodes.new("GeometryNodeSetMaterial")
-    set_material.inputs["Material"].default_value = material
-    rotation = nodes.new("GeometryNodeInputNamedAttribute")
-    rotation.data_type = "QUATERNION"
-    rotation.inputs["Name"].default_value = "rotation"
-    scale = nodes.new("GeometryNodeInputNamedAttribute")
-    scale.data_type = "FLOAT_VECTOR"
-    scale.inputs["Name"].default_value = "scale"
-    scale_k = nodes.new("ShaderNodeVectorMath")
-    scale_k.operation = "SCALE"
-    scale_k.inputs["Scale"].default_value = conversions.FOOTPRINT_K
-    instance = nodes.new("GeometryNodeInstanceOnPoints")
-
-    links.new(sphere.outputs["Mesh"], set_material.inputs["Geometry"])
-    links.new(group_in.outputs[0], instance.inputs["Points"])
-    links.new(set_material.outputs["Geometry"], instance.inputs["Instance"])
-    links.new(rotation.outputs["Attribute"], instance.inputs["Rotation"])
-    links.new(scale.outputs["Attribute"], scale_k.inputs[0])
-    links.new(scale_k.outputs["Vector"], instance.inputs["Scale"])
-    links.new(instance.outputs["Instances"], group_out.inputs[0])
-    modifier = obj.modifiers.new("VIST3A ellipsoids", "NODES")
-    modifier.node_group = tree
 
 
 # --- cameras
@@ -784,3 +459,10 @@ def configure_render_settings(scene) -> Optional[str]:
             f"{MAX_TRANSPARENT_BOUNCES} transparent bounces: the deepest parts may render black"
         )
     return None
+
+
+def preselect_render_camera(context, result: ImportedResult) -> None:
+    """After an import: the panel's render camera becomes the import's first camera (if it made any)."""
+    settings = getattr(context.scene, "vist3a", None)
+    if result.cameras and settings is not None:
+        settings.render_camera = result.cameras[0]
