@@ -133,6 +133,23 @@ class DistributedContext:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+class Forward(nn.Module):
+    """A module whose forward runs a given function: the training forward of a model that is not its own
+    ``forward`` (a VAE's encode + decode, a loss over several sub-models), in a form DDP can wrap.
+
+    ``Forward(model)(fn, *args)`` returns ``fn(*args)``; ``fn`` uses ``model`` (whose parameters this module
+    holds, so DDP averages their gradients). Its state dict is ``model``'s with a ``module.`` prefix: save
+    ``model`` itself, not this wrapper.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+
 def launched_distributed() -> bool:
     """True when a launcher (torchrun, accelerate launch) started this process as one of several."""
     return all(key in os.environ for key in ENV_KEYS) and int(os.environ["WORLD_SIZE"]) > 1
