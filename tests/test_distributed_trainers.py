@@ -7,13 +7,17 @@ Each test runs the real command line (tiny models, a few steps) as one process a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import test_alignment_cli
 import torch
 from safetensors.torch import load_file
 from test_distributed import run_engine
 from test_generator_train import TINY_VAE
+
+reward_models = test_alignment_cli.reward_models  # the tiny reward models, as a fixture here too
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -113,3 +117,66 @@ def test_teacher_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path)
     one, two = read_jsonl(single / "loss_log.jsonl"), read_jsonl(double / "loss_log.jsonl")
     assert [r["step"] for r in two] == [1, 2, 3, 4, 5]
     assert_same_curve(one[3:], two[3:], rel=1e-3)
+
+
+def test_fsdp_units_are_the_transformer_blocks_and_only_lora_may_train():
+    from engine.alignment.lora import add_video_lora, lora_parameters
+    from engine.distributed import fsdp_units, shard_transformer
+    from engine.tiny import build_wan_pipeline
+
+    transformer = build_wan_pipeline().transformer
+    model = add_video_lora(transformer, 4, 4.0)
+    units = fsdp_units(model)
+    assert units == list(transformer.blocks) and len(units) == 2
+    with pytest.raises(TypeError, match="no transformer blocks"):
+        fsdp_units(torch.nn.Linear(2, 2))
+    trainable = lora_parameters(model)
+    transformer.proj_out.weight.requires_grad_(True)  # a frozen weight made trainable: FSDP here refuses
+    with pytest.raises(ValueError, match="proj_out.weight"):
+        shard_transformer(model, trainable.values())
+
+
+@pytest.mark.slow
+def test_align_train_fsdp_on_two_processes_follows_ddp_and_resumes_on_one(tmp_path, reward_models):
+    from engine.tiny import build_tiny_bundle
+
+    bundle = build_tiny_bundle(tmp_path / "bundle", visible=True)
+    train = ["align", "train", "--model", str(bundle), "--batch-size", "2", *test_alignment_cli.SMALL, "--seed", "5"]
+    train += ["--rollout-steps", "2", "2", "--eval-every", "2", "--eval-steps", "2"]
+    train += ["--dfn-clip", str(reward_models["dfn"]), "--hps", str(reward_models["hps"])]
+    train += ["--clip-tokenizer", str(reward_models["tokenizer"]), "--lpips-backbone", str(reward_models["backbone"])]
+    train += ["--lpips-lin", str(reward_models["lin"])]
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    run_engine([*train, "--out", str(ddp), "--steps", "2"], 2, tmp_path)
+    sharded = run_engine([*train, "--out", str(fsdp), "--steps", "2", "--fsdp"], 2, tmp_path)
+    held = [(int(a), int(b)) for a, b in re.findall(r"this one holds (\d+) of (\d+) values", sharded.stderr)]
+    # the two processes hold complementary halves of the frozen transformer weights
+    assert len(held) == 2 and held[0][1] == held[1][1] and held[0][0] + held[1][0] == held[0][1], held
+    assert all(0.4 * total < part < 0.6 * total for part, total in held), held
+
+    one, two = read_jsonl(ddp / "reward_log.jsonl"), read_jsonl(fsdp / "reward_log.jsonl")
+    assert [r["step"] for r in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert b["rollouts"] == a["rollouts"] and len(a["rollouts"]) == 2
+        for key in ("loss", "fm_loss", "reward"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    evals = read_jsonl(ddp / "eval_log.jsonl"), read_jsonl(fsdp / "eval_log.jsonl")
+    assert len(evals[1]) == 1 and evals[1][0]["reward"] == pytest.approx(evals[0][0]["reward"], rel=1e-4, abs=1e-7)
+    lora = Path("checkpoints") / "step_00000002" / "lora.safetensors"
+    assert_same_weights(ddp / lora, fsdp / lora)
+    assert (fsdp / "adapter_ema" / "adapter_model.safetensors").is_file()
+
+    # the FSDP checkpoint holds whole LoRA tensors: it continues in a single process
+    for run in (ddp, fsdp):
+        run_engine([*train, "--out", str(run), "--steps", "3", "--resume"], 1, tmp_path)
+    one, two = read_jsonl(ddp / "reward_log.jsonl"), read_jsonl(fsdp / "reward_log.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3]
+    assert two[2]["loss"] == pytest.approx(one[2]["loss"], rel=1e-3, abs=1e-6)
+
+
+def test_align_train_fsdp_needs_several_processes(tmp_path):
+    from engine.cli import main as engine_main
+
+    with pytest.raises(SystemExit, match="launch with torchrun"):
+        engine_main(["align", "train", "--model", str(tmp_path), "--out", str(tmp_path / "run"), "--fsdp"])
