@@ -180,3 +180,50 @@ def test_align_train_fsdp_needs_several_processes(tmp_path):
 
     with pytest.raises(SystemExit, match="launch with torchrun"):
         engine_main(["align", "train", "--model", str(tmp_path), "--out", str(tmp_path / "run"), "--fsdp"])
+
+
+@pytest.mark.slow
+def test_caption_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
+    from dataclasses import asdict
+
+    from engine.teachers.caption import CaptionTrainConfig, build_caption_cache
+
+    data = tmp_path / "data"
+    build_caption_cache(data, "train", 8, views=2, size=32, progress=False)
+    build_caption_cache(data, "heldout", 4, views=1, size=32, progress=False)
+    config = CaptionTrainConfig(
+        data_dir=str(data),
+        steps=3,
+        batch_size=8,
+        hidden=32,
+        layers=1,
+        image_size=32,
+        eval_every=3,
+        save_every=3,
+        retrieval_pool=4,
+        heldout_scenes=4,
+        warmup_steps=1,
+    )
+    single, double = tmp_path / "single", tmp_path / "double"
+    for run in (single, double):  # the tiny scorer is set in the run's config; the command picks it up
+        run.mkdir()
+        (run / "train_config.json").write_text(json.dumps(asdict(config)))
+    train = ["teacher", "caption", "train", "--data", str(data), "--resume"]
+    run_engine([*train, "--out", str(single), "--steps", "3"], 1, tmp_path)
+    run_engine([*train, "--out", str(double), "--steps", "3"], 2, tmp_path)
+
+    one, two = read_jsonl(single / "loss_log.jsonl"), read_jsonl(double / "loss_log.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two):  # the contrastive loss over the whole batch (gathered features)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["batch_top1"] == a["batch_top1"]
+        assert b["logit_scale"] == pytest.approx(a["logit_scale"], rel=1e-5)
+    assert [r["step"] for r in read_jsonl(double / "eval_log.jsonl")] == [3]
+    checkpoint = Path("checkpoints") / "step_00000003" / "model.safetensors"
+    assert_same_weights(single / checkpoint, double / checkpoint)
+
+    for run in (single, double):
+        run_engine([*train, "--out", str(run), "--steps", "5"], 1, tmp_path)
+    one, two = read_jsonl(single / "loss_log.jsonl"), read_jsonl(double / "loss_log.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3, 4, 5]
+    for a, b in zip(one[3:], two[3:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
