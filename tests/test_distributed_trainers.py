@@ -15,7 +15,7 @@ import test_alignment_cli
 import torch
 from safetensors.torch import load_file
 from test_distributed import run_engine
-from test_generator_train import TINY_VAE
+from test_generator_train import TINY_VAE, TINY_VIDEO
 
 reward_models = test_alignment_cli.reward_models  # the tiny reward models, as a fixture here too
 
@@ -26,6 +26,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def assert_same_curve(one: list[dict], two: list[dict], keys=("loss",), rel=1e-4) -> None:
     assert [r["step"] for r in two] == [r["step"] for r in one]  # written once, by rank 0
+    worst = {k: max(abs(b[k] - a[k]) / abs(a[k]) for a, b in zip(one, two)) for k in (*keys, "grad_norm")}
+    print("largest relative difference, 1 vs 2 processes:", {k: f"{v:.1e}" for k, v in worst.items()})  # pytest -s
     for a, b in zip(one, two):
         for key in keys:
             assert b[key] == pytest.approx(a[key], rel=rel), (a["step"], key)
@@ -56,6 +58,37 @@ def test_train_vae_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
     assert (double / "vae" / "diffusion_pytorch_model.safetensors").is_file() and (double / "loss.png").is_file()
 
     # the 2-process checkpoint continues on 1 process as the 1-process run does
+    for run in (single, double):
+        run_engine([*train, "--out", str(run), "--steps", "5", "--resume"], 1, tmp_path)
+    one, two = read_jsonl(single / "train_log.jsonl"), read_jsonl(double / "train_log.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3, 4, 5]
+    assert_same_curve(one[3:], two[3:], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_train_video_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
+    from engine.cli import main as engine_main
+
+    clips = tmp_path / "clips"
+    vae_run = tmp_path / "vae_run"
+    vae = ["train", "vae", "--out", str(vae_run), "--steps", "1", "--eval-every", "0", "--clip-cache", str(clips)]
+    assert engine_main([*vae, *TINY_VAE]) == 0
+    train = ["train", "video", *TINY_VIDEO, "--vae", str(vae_run / "vae"), "--clip-cache", str(clips)]
+    train += ["--eval-every", "3", "--save-every", "3", "--caption-dropout", "0.5"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    run_engine([*train, "--out", str(single), "--steps", "3"], 1, tmp_path)
+    run_engine([*train, "--out", str(double), "--steps", "3"], 2, tmp_path)
+
+    one, two = read_jsonl(single / "train_log.jsonl"), read_jsonl(double / "train_log.jsonl")
+    assert [r["clips"] for r in two] == [r["clips"] for r in one] == [2, 3, 3]
+    assert_same_curve(one, two)
+    evals = read_jsonl(single / "eval_log.jsonl"), read_jsonl(double / "eval_log.jsonl")
+    assert [r["step"] for r in evals[1]] == [0, 3]
+    assert evals[1][1]["heldout_loss"] == pytest.approx(evals[0][1]["heldout_loss"], rel=1e-4)
+    checkpoint = Path("checkpoints") / "step_00000003" / "model.safetensors"
+    assert_same_weights(single / checkpoint, double / checkpoint)
+    assert (double / "pipeline" / "model_index.json").is_file()
+
     for run in (single, double):
         run_engine([*train, "--out", str(run), "--steps", "5", "--resume"], 1, tmp_path)
     one, two = read_jsonl(single / "train_log.jsonl"), read_jsonl(double / "train_log.jsonl")
