@@ -148,6 +148,9 @@ def _run_vae(args, context) -> int:
     if args.export_only:
         from engine.generator.vae import export_run_checkpoint
 
+        if not context.is_main:  # launched on several processes: one export is enough
+            return 0
+
         if args.export is None:
             log.error("--export-only needs --export DIR (where to write the VAE)")
             return 2
