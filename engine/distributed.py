@@ -129,8 +129,81 @@ class DistributedContext:
             broadcast_buffers=False,
         )
 
+    def average_gradients_(self, parameters) -> None:
+        """Replaces each parameter's gradient by its mean over the processes (one all-reduce; a missing
+        gradient counts as zeros). For parameters outside DDP / FSDP (the replicated LoRA weights of an
+        FSDP-sharded transformer); every process must pass the same parameters in the same order."""
+        if not self.is_distributed:
+            return
+        parameters = list(parameters)
+        for param in parameters:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+        flat = torch.cat([param.grad.reshape(-1) for param in parameters])
+        self.all_reduce_sum_(flat).div_(self.world_size)
+        offset = 0
+        for param in parameters:
+            count = param.grad.numel()
+            param.grad.copy_(flat[offset : offset + count].view_as(param.grad))
+            offset += count
+
     def _collective_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+class Forward(nn.Module):
+    """A module whose forward runs a given function: the training forward of a model that is not its own
+    ``forward`` (a VAE's encode + decode, a loss over several sub-models), in a form DDP can wrap.
+
+    ``Forward(model)(fn, *args)`` returns ``fn(*args)``; ``fn`` uses ``model`` (whose parameters this module
+    holds, so DDP averages their gradients). Its state dict is ``model``'s with a ``module.`` prefix: save
+    ``model`` itself, not this wrapper.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+
+def fsdp_units(transformer: nn.Module) -> list[nn.Module]:
+    """The modules FSDP shards one at a time (the wrap policy): the transformer blocks of a diffusers
+    ``WanTransformer3DModel`` (its ``blocks``; a PEFT model is looked through). Raises TypeError for a
+    model without them."""
+    inner = transformer.get_base_model() if hasattr(transformer, "get_base_model") else transformer
+    blocks = getattr(inner, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+        raise TypeError(f"{type(inner).__name__} has no transformer blocks ('blocks') for FSDP to shard")
+    return list(blocks)
+
+
+def shard_transformer(transformer: nn.Module, trainable) -> nn.Module:
+    """Shards ``transformer``'s frozen weights over the processes with FSDP2 (``fully_shard``).
+
+    Each block of :func:`fsdp_units` is one FSDP unit (its weights gathered for its forward and backward,
+    then freed), the rest of the transformer (embeddings, output head) the root unit. The ``trainable``
+    parameters (the LoRA weights: they must be the only parameters with gradients) stay whole on every
+    process, outside FSDP: after the backward, :meth:`DistributedContext.average_gradients_` averages their
+    gradients. FSDP2 keeps the original parameters (what FSDP1 calls ``use_orig_params=True``), so frozen
+    and trainable weights can share a block. Every process must then run the same sequence of
+    transformer forwards and backwards (each gathers weights on all processes together).
+
+    Returns the (now sharded, modified in place) inner transformer. Raises ValueError if a parameter
+    outside ``trainable`` requires gradients.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    trainable = set(trainable)
+    inner = transformer.get_base_model() if hasattr(transformer, "get_base_model") else transformer
+    others = [name for name, param in inner.named_parameters() if param.requires_grad and param not in trainable]
+    if others:
+        raise ValueError(f"FSDP here shards frozen weights only, but {others[0]} (and {len(others) - 1} more) train")
+    for block in fsdp_units(inner):
+        fully_shard(block, ignored_params=trainable)
+    fully_shard(inner, ignored_params=trainable)
+    return inner
 
 
 def launched_distributed() -> bool:

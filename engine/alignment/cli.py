@@ -65,6 +65,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="held-out reward every N steps (0: never)")
     p.add_argument("--eval-steps", type=int, default=50, help="sampler steps of the held-out rollouts")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun / accelerate launch: shard the transformer's frozen weights over the processes "
+        "(FSDP) instead of a full copy on each; needs one number of --rollout-steps",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -102,6 +108,10 @@ def _train(args: argparse.Namespace, context) -> int:
     from engine.pipeline import Vist3aPipeline
     from engine.pipeline_settings import ModelBundle, ModelLoadError, ModelNotFoundError, RuntimeOptions
 
+    if args.fsdp and not context.is_distributed:
+        raise SystemExit(
+            "--fsdp shards the transformer over several processes: launch with torchrun or accelerate launch"
+        )
     if not args.resume and any((args.out / "checkpoints").glob("step_*")):
         raise SystemExit(f"{args.out} already holds checkpoints of a run: pass --resume, or choose another --out")
     try:
@@ -162,16 +172,20 @@ def _train(args: argparse.Namespace, context) -> int:
         context.per_rank(config.batch_size)
     except ValueError as error:
         raise SystemExit(f"invalid setting: {error}") from None
-    trainer = AlignmentTrainer(
-        config,
-        pipeline,
-        reward,
-        prompts=prompts,
-        heldout_prompts=heldout,
-        base_bundle=bundle,
-        out_dir=args.out,
-        context=context,
-    )
+    try:
+        trainer = AlignmentTrainer(
+            config,
+            pipeline,
+            reward,
+            prompts=prompts,
+            heldout_prompts=heldout,
+            base_bundle=bundle,
+            out_dir=args.out,
+            context=context,
+            fsdp=args.fsdp,
+        )
+    except ValueError as error:
+        raise SystemExit(f"invalid setting: {error}") from None
     if args.resume:
         latest = trainer.latest_checkpoint()
         if latest is None:

@@ -185,6 +185,11 @@ class AlignmentTrainer:
             the finetuned model is written next to the adapters.
         out_dir: run folder; None keeps everything in memory.
         context: this process's place in a data-parallel run (default: a single process).
+        fsdp: shard the transformer's frozen weights over the processes (FSDP2, one unit per block;
+            see ``engine.distributed.shard_transformer``) instead of a full copy per process under DDP.
+            Needs a data-parallel run, and when rollouts are trained, one number of sampler steps
+            (``steps_range`` T1 == T2: every process must run as many transformer forwards); ValueError
+            otherwise.
     """
 
     def __init__(
@@ -197,6 +202,7 @@ class AlignmentTrainer:
         base_bundle: Optional[ModelBundle] = None,
         out_dir: Optional[Union[str, Path]] = None,
         context: Optional[DistributedContext] = None,
+        fsdp: bool = False,
     ):
         from engine.decoders import StitchedSceneDecoder
 
@@ -211,6 +217,18 @@ class AlignmentTrainer:
             raise ValueError("reward finetuning keeps every model on the device: turn cpu_offload off")
         self.config = config
         self.context = context or DistributedContext()
+        self.fsdp = fsdp
+        if fsdp and not self.context.is_distributed:
+            raise ValueError(
+                "FSDP shards the transformer over the processes of a torchrun / accelerate launch; "
+                "this run has a single process"
+            )
+        if fsdp and config.reward_weight and config.steps_range[0] != config.steps_range[1]:
+            raise ValueError(
+                f"with FSDP every process must run as many transformer forwards per step: give one number of "
+                f"sampler steps (rollout steps {config.steps_range[0]} {config.steps_range[0]}), not the "
+                f"range {config.steps_range[0]}-{config.steps_range[1]}"
+            )
         self.local_samples = self.context.local_indices(config.batch_size)
         self.pipe = pipeline
         self.device = pipeline.device
@@ -231,7 +249,20 @@ class AlignmentTrainer:
             self.model.base_model.model.enable_gradient_checkpointing()
             pipeline.decoder.decoder.set_gradient_checkpointing(True)
         self.trainable = lora_parameters(self.model)
-        self.ddp_model = self.context.wrap(self.model)  # every training forward goes through it
+        if fsdp:  # the frozen weights sharded, the LoRA weights whole; their gradients averaged by hand
+            from engine.distributed import shard_transformer
+
+            inner = shard_transformer(self.model, self.trainable.values())
+            frozen = [p for p in inner.parameters() if not p.requires_grad]
+            log.info(
+                "FSDP: the transformer's frozen weights are sharded over %d processes; this one holds %d of %d values",
+                self.context.world_size,
+                sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in frozen),
+                sum(p.numel() for p in frozen),
+            )
+            self.ddp_model = self.model
+        else:
+            self.ddp_model = self.context.wrap(self.model)  # every training forward goes through it
         self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
         self.ema = LoraEMA(self.trainable, decay=config.ema_decay)
         self.rollout_config = config.rollout_config()
@@ -344,7 +375,7 @@ class AlignmentTrainer:
             for part in parts:
                 remaining -= 1
                 # gradients are exchanged once per step, in the last backward
-                skip_sync = remaining > 0 and self.context.is_distributed
+                skip_sync = remaining > 0 and self.context.is_distributed and not self.fsdp
                 with self.ddp_model.no_sync() if skip_sync else contextlib.nullcontext():
                     if part == "fm":
                         fm = self.flow_matching_loss(generator)
@@ -359,6 +390,8 @@ class AlignmentTrainer:
                         for name, value in output.terms.items():
                             terms[name] = terms.get(name, 0.0) + weight * float(value)
                         rollouts.append(plan.to_dict())
+        if self.fsdp:
+            self.context.average_gradients_(self.trainable.values())
         if not math.isfinite(totals["loss"]):
             raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {totals}, {terms}")
         grads = [p.grad for p in self.trainable.values() if p.grad is not None]
@@ -445,10 +478,12 @@ class AlignmentTrainer:
             if self.writes_files:
                 with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
-            if self.config.eval_every and self.step % self.config.eval_every == 0 and self.context.is_main:
+            # with FSDP every process takes part in the evaluation's forwards; rank 0 writes
+            evaluates = self.context.is_main or self.fsdp
+            if self.config.eval_every and self.step % self.config.eval_every == 0 and evaluates:
                 result = self.evaluate()
                 log.info("step %d: held-out reward %.5f", self.step, result["reward"])
-                if self.out_dir is not None:
+                if self.writes_files:
                     with open(self.out_dir / EVAL_FILE, "a", encoding="utf-8") as f:
                         f.write(json.dumps(result) + "\n")
             if self.writes_files and (self.step % self.config.save_every == 0 or self.step == total):

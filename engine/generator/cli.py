@@ -3,6 +3,9 @@
 Each stage writes a run folder (see :mod:`engine.generator.runs`) and, when its steps are done, its
 exported part: ``RUN/vae`` (diffusers ``AutoencoderKLWan`` folder) or ``RUN/pipeline`` (a whole
 ``WanPipeline`` folder). ``--export DIR`` also writes that part to DIR (e.g. into models/default/).
+
+Both stages run data-parallel under ``torchrun`` / ``accelerate launch`` (:mod:`engine.distributed`):
+``--batch-size`` is the global batch, rank 0 writes the run folder and the export.
 """
 
 from __future__ import annotations
@@ -114,13 +117,39 @@ def _copy_export(source: Path, target: Path | None) -> None:
     log.info("exported to %s", target)
 
 
+def _data_parallel(run):
+    """``run(args, context)`` inside the process group of a torchrun / accelerate launch (if any)."""
+
+    def command(args) -> int:
+        from engine.distributed import close_distributed, init_distributed
+
+        context = init_distributed()
+        try:
+            return run(args, context)
+        finally:
+            close_distributed()
+
+    return command
+
+
 def run_vae(args) -> int:
+    return _data_parallel(_run_vae)(args)
+
+
+def run_video(args) -> int:
+    return _data_parallel(_run_video)(args)
+
+
+def _run_vae(args, context) -> int:
     from engine.generator.runs import RunExistsError
     from engine.generator.vae import VAE_FOLDER, VAEConfig, VAETrainer
 
     _setup_threads(args)
     if args.export_only:
         from engine.generator.vae import export_run_checkpoint
+
+        if not context.is_main:  # launched on several processes: one export is enough
+            return 0
 
         if args.export is None:
             log.error("--export-only needs --export DIR (where to write the VAE)")
@@ -134,17 +163,19 @@ def run_vae(args) -> int:
         return 0
     try:
         config = _config_from_args(args, VAEConfig)
-        trainer = VAETrainer(config, args.out, resume=args.resume, clip_cache=args.clip_cache)
+        trainer = VAETrainer(config, args.out, resume=args.resume, clip_cache=args.clip_cache, context=context)
     except (ValueError, RunExistsError) as error:
         log.error("%s", error)
         return 2
     trainer.train(progress=not args.no_progress)
+    if not context.is_main:
+        return 0
     folder = trainer.export(args.out / VAE_FOLDER)
     _copy_export(folder, args.export)
     return 0
 
 
-def run_video(args) -> int:
+def _run_video(args, context) -> int:
     from engine.generator.runs import RunExistsError
     from engine.generator.video import PIPELINE_FOLDER, VideoConfig, VideoTrainer
 
@@ -152,12 +183,20 @@ def run_video(args) -> int:
     try:
         config = _config_from_args(args, VideoConfig)
         trainer = VideoTrainer(
-            config, args.out, vae=args.vae, text=args.text, resume=args.resume, clip_cache=args.clip_cache
+            config,
+            args.out,
+            vae=args.vae,
+            text=args.text,
+            resume=args.resume,
+            clip_cache=args.clip_cache,
+            context=context,
         )
     except (ValueError, FileNotFoundError, RunExistsError) as error:
         log.error("%s", error)
         return 2
     trainer.train(progress=not args.no_progress)
+    if not context.is_main:
+        return 0
     folder = trainer.export(args.out / PIPELINE_FOLDER)
     _copy_export(folder, args.export)
     return 0

@@ -11,6 +11,13 @@ A run folder holds::
 ``--resume`` continues from the newest checkpoint exactly: the same batches and noise follow, because
 every random draw comes from one generator whose state is in the checkpoint; log records of steps after
 the checkpoint (redone) are dropped first.
+
+Data-parallel runs (torchrun / accelerate launch, :mod:`engine.distributed`): every process keeps the same
+generator and draws the whole global batch (indices, crops, noise: cheap), then computes only its share
+(``context.local_indices``); the training forward goes through DDP, which averages the gradients. So a
+run draws the same samples as a 1-process run with the same ``batch_size`` (and a 1-process run draws
+exactly what it drew before data parallelism existed), logged losses are means over all processes, and
+only rank 0 writes the run folder. Checkpoints are unchanged, so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from engine.distributed import DistributedContext, Forward
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.training import (
     checkpoint_dir,
@@ -59,15 +67,24 @@ class RunExistsError(RuntimeError):
 class Trainer:
     """Base of the trainers: subclasses set ``self.model`` (the trained module), ``self.config`` (a
     dataclass with seed, steps, lr, warmup_steps, log_every, eval_every, save_every, keep_checkpoints,
-    grad_clip) and implement :meth:`loss` and :meth:`evaluate`."""
+    grad_clip, batch_size) and implement :meth:`loss` and :meth:`evaluate`. ``loss`` runs the trained
+    module through :meth:`forward` (so that DDP sees the forward) and computes only this process's share
+    of the batch (:meth:`local_indices`)."""
 
     name = "train"
     eval_metric = "loss"  # the held-out metric drawn in loss.png
 
-    def setup(self, out_dir: Optional[Path], resume: bool) -> None:
-        """Optimizer, schedule and the run folder; restores the newest checkpoint when ``resume``."""
+    def setup(self, out_dir: Optional[Path], resume: bool, context: Optional[DistributedContext] = None) -> None:
+        """Optimizer, schedule and the run folder; restores the newest checkpoint when ``resume``.
+
+        ``context``: this process's place in a data-parallel run (default: a single process); the batch
+        size must split evenly over its processes (ValueError otherwise)."""
         cfg = self.config
+        self.context = context or DistributedContext()
+        self.context.per_rank(cfg.batch_size)  # raises if the processes cannot share the batch
+        self.ddp = self.context.wrap(Forward(self.model))
         self.out_dir = None if out_dir is None else Path(out_dir)
+        self.writes = self.out_dir is not None and self.context.is_main
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
@@ -86,18 +103,33 @@ class Trainer:
             if changed:
                 details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
                 raise ValueError(f"{self.out_dir} was started with other settings ({details}); use a new folder")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(config_file, "w") as f:
-            f.write(json.dumps(asdict(cfg), indent=1))
+        self.context.barrier()  # every process has checked the folder before rank 0 writes into it
+        if self.writes:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(config_file, "w") as f:
+                f.write(json.dumps(asdict(cfg), indent=1))
         found = latest_checkpoint(self.out_dir) if resume else None
         if found is not None:
             self.load_checkpoint(found)
-        for log in (TRAIN_LOG, EVAL_LOG):
-            truncate_log(self.out_dir / log, self.step)
+        if self.writes:
+            for log in (TRAIN_LOG, EVAL_LOG):
+                truncate_log(self.out_dir / log, self.step)
+
+    def local_indices(self) -> range:
+        """Indices (in the step's global batch of ``config.batch_size``) of the samples this process computes."""
+        return self.context.local_indices(self.config.batch_size)
+
+    def forward(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, the training forward, run through DDP when data-parallel (``fn`` uses
+        ``self.model``); returns what ``fn`` returns."""
+        if not self.context.is_distributed:
+            return fn(*args, **kwargs)
+        return self.ddp(fn, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------------------
     def loss(self) -> tuple[torch.Tensor, dict]:
-        """The training loss of one batch drawn with ``self.generator``, and extra log fields."""
+        """The training loss of this process's share of one global batch drawn with ``self.generator``
+        (the mean over its samples), and extra log fields (float fields are averaged over processes)."""
         raise NotImplementedError
 
     def evaluate(self) -> dict:
@@ -119,6 +151,9 @@ class Trainer:
         self.step += 1
         record = {"step": self.step, "loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm)}
         record.update(extra)
+        if self.context.is_distributed:  # each process's share is the same size: the mean of the means
+            averaged = {k: v for k, v in record.items() if k == "loss" or (k in extra and isinstance(v, float))}
+            record.update(self.context.mean(averaged))
         record["seconds"] = round(time.perf_counter() - start, 3)
         return record
 
@@ -128,30 +163,34 @@ class Trainer:
         with torch.no_grad():
             metrics = self.evaluate()
         record = {"step": self.step, **metrics, "seconds": round(time.perf_counter() - start, 3)}
-        if self.out_dir is not None:
+        if self.writes:
             self._append(EVAL_LOG, record)
         return record
 
     def train(self, progress: bool = True) -> list[dict]:
-        """Runs to ``config.steps``: logs, evaluates on held-out data, checkpoints, plots; returns the records."""
+        """Runs to ``config.steps``: logs, evaluates on held-out data, checkpoints, plots; returns the records.
+        In a data-parallel run only rank 0 evaluates and writes (the others go on to the next step and
+        wait for it in the gradient all-reduce)."""
         from tqdm import tqdm
 
         cfg = self.config
         records = []
+        main = self.context.is_main
+        progress = progress and main
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc=self.name, unit="step")
-        if self.step == 0 and cfg.eval_every > 0:
+        if self.step == 0 and cfg.eval_every > 0 and main:
             bar.set_postfix(self.run_evaluation())
         while self.step < cfg.steps:
             record = self.train_step()
             records.append(record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
-            if self.out_dir is not None and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+            if self.writes and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 self._append(TRAIN_LOG, record)
-            if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+            if main and cfg.eval_every > 0 and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
                 evaluation = self.run_evaluation()
                 bar.write(f"{self.name} step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
-            if self.out_dir is not None and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+            if self.writes and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
                 self.save_checkpoint()
                 self.plot()
         bar.close()

@@ -116,6 +116,7 @@ class VAETrainer(Trainer):
         out_dir: run folder (None: nothing is written).
         resume: continue the run in ``out_dir`` from its newest checkpoint.
         clip_cache: folder of the rendered clips (default ``out_dir/clips``; may be shared by runs).
+        context: this process's place in a data-parallel run (default: a single process).
     """
 
     name = "train vae"
@@ -128,6 +129,7 @@ class VAETrainer(Trainer):
         *,
         resume: bool = False,
         clip_cache: Optional[Path] = None,
+        context=None,
     ):
         self.config = config
         self.model = build_vae(config)
@@ -135,27 +137,36 @@ class VAETrainer(Trainer):
         common = dict(seed=config.data_seed, num_frames=config.num_frames, height=config.size, width=config.size)
         self.train_clips = ClipCache(cache, "train", config.train_clips, **common)
         self.eval_clips = ClipCache(cache, "heldout", config.eval_clips, **common)
-        self.setup(out_dir, resume)
+        self.setup(out_dir, resume, context)
 
-    def sample_crops(self) -> torch.Tensor:
-        """(B, 3, crop_frames, crop_size, crop_size) random crops (and mirror images) of training clips."""
+    def sample_crops(self, indices: Optional[range] = None) -> torch.Tensor:
+        """(B', 3, crop_frames, crop_size, crop_size) random crops (and mirror images) of training clips:
+        samples ``indices`` (default: all) of a global batch of ``batch_size``. Every sample's draws are
+        made, so the generator advances the same whichever samples are returned."""
         cfg, g = self.config, self.generator
+        indices = range(cfg.batch_size) if indices is None else indices
         crops = []
-        for _ in range(cfg.batch_size):
+        for j in range(cfg.batch_size):
             index = int(torch.randint(len(self.train_clips), (1,), generator=g))
-            frames = self.train_clips.frames(index)  # (T, 3, H, W)
             t0 = int(torch.randint(cfg.num_frames - cfg.crop_frames + 1, (1,), generator=g))
             y0, x0 = (int(v) for v in torch.randint(cfg.size - cfg.crop_size + 1, (2,), generator=g))
+            flip = bool(torch.rand((), generator=g) < 0.5)
+            if j not in indices:
+                continue
+            frames = self.train_clips.frames(index)  # (T, 3, H, W)
             crop = frames[t0 : t0 + cfg.crop_frames, :, y0 : y0 + cfg.crop_size, x0 : x0 + cfg.crop_size]
-            if bool(torch.rand((), generator=g) < 0.5):
+            if flip:
                 crop = crop.flip(-1)
             crops.append(crop.permute(1, 0, 2, 3))
         return torch.stack(crops)
 
-    def loss(self):
-        video = self.sample_crops()
+    def _reconstruct(self, video: torch.Tensor):
         posterior = self.model.encode(video).latent_dist
-        reconstruction = self.model.decode(posterior.mode()).sample
+        return posterior, self.model.decode(posterior.mode()).sample
+
+    def loss(self):
+        video = self.sample_crops(self.local_indices())
+        posterior, reconstruction = self.forward(self._reconstruct, video)
         mse = F.mse_loss(reconstruction, video)
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
         extra = {"l1": float(F.l1_loss(reconstruction.detach(), video)), "kl": float(kl.detach())}

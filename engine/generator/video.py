@@ -142,6 +142,7 @@ class VideoTrainer(Trainer):
         text: optional WanPipeline-style folder with ``tokenizer/`` and ``text_encoder/`` to start from.
         resume: continue the run in ``out_dir``.
         clip_cache: folder of rendered clips (default ``out_dir/clips``).
+        context: this process's place in a data-parallel run (default: a single process).
     """
 
     name = "train video"
@@ -156,6 +157,7 @@ class VideoTrainer(Trainer):
         text: Optional[Path] = None,
         resume: bool = False,
         clip_cache: Optional[Path] = None,
+        context=None,
     ):
         from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE
 
@@ -186,7 +188,7 @@ class VideoTrainer(Trainer):
         shape = (1, 16, 1, 1, 1)
         self.latents_mean = torch.tensor(self.vae.config.latents_mean).view(shape)
         self.latents_std = torch.tensor(self.vae.config.latents_std).view(shape)
-        self.setup(out_dir, resume)
+        self.setup(out_dir, resume, context)
 
     # ----------------------------------------------------------------------------------------------
     def latent(self, split: str, index: int) -> torch.Tensor:
@@ -235,19 +237,24 @@ class VideoTrainer(Trainer):
     def loss(self):
         cfg, g = self.config, self.generator
         available = self.available_clips()
-        for index in range(available):  # encode the clips that became available (cheap when cached)
+        # encode the clips that became available (cheap when cached); data-parallel: each process its share
+        for index in self.context.shard(range(available)):
             self.latent("train", index)
+        # the whole global batch is drawn (the generator advances alike on every process), this process's
+        # samples are computed
         indices = torch.randint(available, (cfg.batch_size,), generator=g).tolist()
-        x0 = torch.stack([self.latent("train", i) for i in indices])
-        texts = []
-        for i in indices:
+        texts = []  # a caption, or None for the caption of the clip (read only for this process's samples)
+        for _ in indices:
             if float(torch.rand((), generator=g)) < cfg.caption_dropout:
                 texts.append(self.unconditional[int(torch.randint(2, (1,), generator=g))])
             else:
-                texts.append(self.caption("train", i))
+                texts.append(None)
         sigma = shifted_sigmas(torch.rand(cfg.batch_size, generator=g), cfg.flow_shift)
-        noise = torch.randn(x0.shape, generator=g)
-        loss = self.flow_loss(x0, texts, sigma, noise).mean()
+        local = self.local_indices()
+        x0 = torch.stack([self.latent("train", indices[j]) for j in local])
+        noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=g)[local.start : local.stop]
+        texts = [self.caption("train", indices[j]) if texts[j] is None else texts[j] for j in local]
+        loss = self.forward(self.flow_loss, x0, texts, sigma[local.start : local.stop], noise).mean()
         return loss, {"clips": available}
 
     def evaluate(self) -> dict:

@@ -18,6 +18,11 @@ first frames of the 13-frame clip's path at twice its angular density) into shar
 come from the world's training split, held-out scenes from its held-out split (seeds disjoint, colour-shape
 pairs never drawn for training). Held-out metric: image -> caption top-1 among ``retrieval_pool``
 (32) held-out scenes, using each scene's reference view.
+
+Data-parallel (``teacher caption train`` under torchrun / accelerate launch, :mod:`engine.distributed`):
+every process draws the whole global batch (scenes, views, jitter), encodes its share through DDP and
+all-gathers the features (with their gradients), so the contrastive loss has the negatives of the
+whole batch and equals a single process's; rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.alignment.scorers import CAPTION_SCORER_FILE
+from engine.distributed import DistributedContext, Forward
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.training import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
 
@@ -264,29 +270,37 @@ def _warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 
 class CaptionTrainer:
-    """Contrastive training of the caption scorer; run folder like the teachers' (resumable)."""
+    """Contrastive training of the caption scorer; run folder like the teachers' (resumable).
+    ``context``: this process's place in a data-parallel run (default: a single process); ValueError if
+    the batch cannot be split evenly over its processes."""
 
-    def __init__(self, config: CaptionTrainConfig, out_dir: Path, data=None, heldout=None):
-        from transformers import CLIPModel
+    def __init__(
+        self, config: CaptionTrainConfig, out_dir: Path, data=None, heldout=None, context: DistributedContext = None
+    ):
+        from transformers import CLIPModel, CLIPTokenizer
 
         self.config = config
+        self.context = context or DistributedContext()
+        self.context.per_rank(config.batch_size)
         self.out_dir = Path(out_dir)
         self.frames, self.captions = data if data is not None else load_caption_cache(config.data_dir, "train")
         self.heldout_frames, self.heldout_captions = (
             heldout if heldout is not None else load_caption_cache(config.data_dir, "heldout", config.heldout_scenes)
         )
         self.tokenizer_dir = self.out_dir / "tokenizer"
-        if (self.tokenizer_dir / "vocab.json").is_file():
-            from transformers import CLIPTokenizer
-
-            self.tokenizer = CLIPTokenizer.from_pretrained(str(self.tokenizer_dir))
-        else:
+        built = not (self.tokenizer_dir / "vocab.json").is_file()
+        self.context.barrier()  # every process has looked before rank 0 writes the tokenizer
+        if built and self.context.is_main:
             self.tokenizer = build_world_tokenizer(self.tokenizer_dir, caption_words(self.captions))
+        self.context.barrier()
+        if not (built and self.context.is_main):
+            self.tokenizer = CLIPTokenizer.from_pretrained(str(self.tokenizer_dir))
         torch.manual_seed(config.seed)
         self.model = CLIPModel(
             caption_clip_config(len(self.tokenizer), config.image_size, config.hidden, config.layers)
         )
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.ddp = self.context.wrap(Forward(self.model))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _warmup_cosine(s, config.warmup_steps, config.steps)
@@ -303,16 +317,22 @@ class CaptionTrainer:
         out = out if isinstance(out, Tensor) else out.pooler_output
         return F.normalize(out, dim=-1)
 
-    def _encode_images(self, frames_uint8: Tensor, augment: bool) -> Tensor:
+    def _encode_images(
+        self, frames_uint8: Tensor, augment: bool, rows: Optional[range] = None, batch: Optional[int] = None
+    ) -> Tensor:
+        """Normalised image features of (N, H, W, 3) uint8 frames. ``augment``: brightness / contrast
+        jitter, drawn for a whole batch of ``batch`` images of which the frames are the ``rows``
+        (default: the frames are the whole batch)."""
         from engine.alignment.scorers import CLIP_MEAN, CLIP_STD
 
         x = frames_uint8.permute(0, 3, 1, 2).float() / 255.0
         if augment:  # brightness / contrast jitter (colour names must survive: no hue changes)
-            n = x.shape[0]
+            n = x.shape[0] if rows is None else batch
+            rows = slice(None) if rows is None else slice(rows.start, rows.stop)
             gain = 1 + 0.15 * (2 * torch.rand(n, 1, 1, 1, generator=self.generator) - 1)
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             contrast = 1 + 0.15 * (2 * torch.rand(n, 1, 1, 1, generator=self.generator) - 1)
-            x = ((x - mean) * contrast + mean) * gain
+            x = ((x - mean) * contrast[rows] + mean) * gain[rows]
         if x.shape[-1] != self.config.image_size:
             x = F.interpolate(
                 x, size=(self.config.image_size,) * 2, mode="bicubic", antialias=True, align_corners=False
@@ -329,10 +349,26 @@ class CaptionTrainer:
         n, views = self.frames.shape[:2]
         index = torch.randperm(n, generator=self.generator)[: self.config.batch_size]
         view = torch.randint(views, (len(index),), generator=self.generator)
-        images = self.frames[index, view]
         captions = [self.captions[i] for i in index.tolist()]
-        image_features = self._encode_images(images, augment=True)
-        text_features = self._encode_text(captions)
+        if self.context.is_distributed:
+            # this process encodes its rows of the global batch; the features of all rows are gathered
+            # with their gradients (each process then computes the same, whole-batch loss)
+            from torch.distributed.nn.functional import all_gather
+
+            local = self.context.local_indices(len(index))
+            images = self.frames[index[local.start : local.stop], view[local.start : local.stop]]
+
+            def encode():
+                return (
+                    self._encode_images(images, augment=True, rows=local, batch=len(index)),
+                    self._encode_text(captions[local.start : local.stop]),
+                )
+
+            image_features, text_features = (torch.cat(all_gather(f)) for f in self.ddp(encode))
+        else:
+            images = self.frames[index, view]
+            image_features = self._encode_images(images, augment=True)
+            text_features = self._encode_text(captions)
         scale = self.model.logit_scale.exp().clamp(max=100)
         logits = scale * image_features @ text_features.T
         # identical captions in a batch are positives of each other
@@ -371,24 +407,29 @@ class CaptionTrainer:
         from tqdm import tqdm
 
         began = time.perf_counter()
+        main = self.context.is_main  # rank 0 evaluates and writes; the others train on
+        progress = progress and main
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="caption scorer")
         while self.step < self.config.steps:
             record = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3g}", top1=f"{record['batch_top1']:.2f}")
-            with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            if main:
+                with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
             done = self.step == self.config.steps
-            if self.step % self.config.eval_every == 0 or done:
+            if main and (self.step % self.config.eval_every == 0 or done):
                 metrics = self.evaluate()
                 with open(self.out_dir / EVAL_FILE, "a", encoding="utf-8") as f:
                     f.write(json.dumps({"step": self.step, **metrics}) + "\n")
                 log.info("step %d held-out: %s", self.step, json.dumps(metrics))
-            if self.step % self.config.save_every == 0 or done:
+            if main and (self.step % self.config.save_every == 0 or done):
                 self.save_checkpoint()
                 plot_caption_run(self.out_dir)
-            if max_minutes is not None and (time.perf_counter() - began) / 60 > max_minutes:
-                self.save_checkpoint()
+            # rank 0's clock decides, so that all processes stop after the same step
+            if max_minutes is not None and self.context.broadcast((time.perf_counter() - began) / 60 > max_minutes):
+                if main:
+                    self.save_checkpoint()
                 break
         bar.close()
 
@@ -422,8 +463,9 @@ class CaptionTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         restore_rng(state["rng"], self.generator)
-        truncate_log(self.out_dir / LOG_FILE, self.step)
-        truncate_log(self.out_dir / EVAL_FILE, self.step)
+        if self.context.is_main:
+            truncate_log(self.out_dir / LOG_FILE, self.step)
+            truncate_log(self.out_dir / EVAL_FILE, self.step)
         return True
 
     def export(self, directory: Path) -> Path:
@@ -533,6 +575,17 @@ def _run_data(args) -> int:
 
 
 def _run_train(args) -> int:
+    from engine.distributed import close_distributed, init_distributed
+
+    context = init_distributed()
+    try:
+        return _train(args, context)
+    finally:
+        close_distributed()
+
+
+def _train(args, context) -> int:
+    """``teacher caption train`` in one process of a data-parallel run (or alone)."""
     torch.set_num_threads(args.threads)
     out = args.out
     if args.resume:
@@ -542,7 +595,6 @@ def _run_train(args) -> int:
         if out.exists() and any(out.iterdir()):
             log.error("%s already holds a run; pass --resume to continue it or choose another --out", out)
             return 2
-        out.mkdir(parents=True, exist_ok=True)
         config = CaptionTrainConfig(
             data_dir=str(args.data),
             steps=args.steps,
@@ -552,9 +604,18 @@ def _run_train(args) -> int:
             eval_every=args.eval_every,
             seed=args.seed,
         )
-    with atomic_write(out / CONFIG_FILE, "w") as f:
-        f.write(json.dumps(asdict(config), indent=1))
-    trainer = CaptionTrainer(config, out)
+    try:
+        context.per_rank(config.batch_size)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    context.barrier()  # every process has read or checked the folder before rank 0 writes into it
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / CONFIG_FILE, "w") as f:
+            f.write(json.dumps(asdict(config), indent=1))
+    context.barrier()
+    trainer = CaptionTrainer(config, out, context=context)
     if args.resume and trainer.resume():
         log.info("resumed %s at step %d", out, trainer.step)
     trainer.train(max_minutes=args.max_minutes)

@@ -51,6 +51,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="also train on orbits run backwards (off: the world's orbits all run counter-clockwise)",
     )
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="scenes per step, over all processes of a torchrun / accelerate launch (a multiple of their number)",
+    )
     train.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     train.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) after this much wall time")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -83,6 +89,17 @@ def run_data(args) -> int:
 
 
 def run_train(args) -> int:
+    from engine.distributed import close_distributed, init_distributed
+
+    context = init_distributed()
+    try:
+        return _run_train(args, context)
+    finally:
+        close_distributed()
+
+
+def _run_train(args, context) -> int:
+    """``teacher train`` in one process of a data-parallel run (or alone): rank 0 writes the run folder."""
     import torch
 
     from engine.teachers.train import TeacherTrainConfig, TeacherTrainer, load_config, save_config
@@ -94,14 +111,16 @@ def run_train(args) -> int:
             log.error("%s is not a teacher run folder (no train_config.json); drop --resume to start one", out)
             return 2
         config = load_config(out)
+        context.barrier()  # every process has read the config before rank 0 rewrites it
         if args.steps != config.steps:
             config.steps = args.steps
-            save_config(config, out)
+            if context.is_main:
+                save_config(config, out)
     else:
         if out.exists() and any(out.iterdir()):
             log.error("%s already holds a run; pass --resume to continue it or choose another --out", out)
             return 2
-        out.mkdir(parents=True, exist_ok=True)
+        context.barrier()  # every process has checked the folder before rank 0 writes into it
         config = TeacherTrainConfig(
             model_type=args.model_type,
             data_dir=str(args.data),
@@ -113,9 +132,22 @@ def run_train(args) -> int:
             render_start=args.render_start,
             reverse_augment=args.reverse_augment,
             seed=args.seed,
+            batch_size=args.batch_size,
         )
-        save_config(config, out)
-    trainer = TeacherTrainer(config, out)
+        try:
+            context.per_rank(config.batch_size)
+        except ValueError as error:
+            log.error("%s", error)
+            return 2
+        if context.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(config, out)
+    try:
+        trainer = TeacherTrainer(config, out, context=context)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    context.barrier()  # the run folder exists for every process
     if args.resume and trainer.resume():
         log.info("resumed %s at step %d", out, trainer.step)
     trainer.train(max_minutes=args.max_minutes)

@@ -17,6 +17,13 @@ grad norm, seconds), ``eval_log.jsonl`` (every ``eval_every`` steps: held-out me
 ``eval_scenes`` scenes), ``loss_curve.png``, ``eval/step_<n>.png`` (held-out frames above their
 renders), ``checkpoints/step_<n>/`` (``model.safetensors`` fp32 + ``state.pt``: optimizer, scheduler,
 step, RNG; ``--resume`` continues exactly), and ``final/`` (the model, ``save_pretrained`` layout).
+
+A step trains on ``batch_size`` scenes (default 1), drawn one after the other from the run's generator
+(scene, direction, rendered views), their gradients accumulated. Data-parallel (torchrun / accelerate
+launch, :mod:`engine.distributed`): every process draws the whole global batch, computes its share
+(``batch_size`` must be a multiple of the number of processes) and DDP averages the gradients, so N
+processes train as one process with the same ``batch_size`` does; rank 0 writes the run folder, and a
+run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -32,6 +40,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from engine.distributed import DistributedContext, Forward
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.teachers import losses
 from engine.teachers.data import TeacherBatch, gt_pose_encoding, load_cache, normalise, random_reverse
@@ -74,6 +83,8 @@ class TeacherTrainConfig:
     weights: dict = field(default_factory=lambda: {"camera": 1.0, "depth": 1.0, "points": 1.0, "render": 1.0})
     seed: int = 0
     model_config: Optional[dict] = None  # None: the default teacher configuration of model_type
+    # Scenes per step, over all processes of a data-parallel run (a multiple of their number).
+    batch_size: int = 1
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -128,7 +139,9 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 
 class TeacherTrainer:
-    """Trains one teacher; see the module doc. ``out_dir`` None keeps nothing on disk (tests)."""
+    """Trains one teacher; see the module doc. ``out_dir`` None keeps nothing on disk (tests).
+    ``context``: this process's place in a data-parallel run (default: a single process); ValueError
+    if ``config.batch_size`` cannot be split evenly over its processes."""
 
     def __init__(
         self,
@@ -136,11 +149,18 @@ class TeacherTrainer:
         out_dir: Optional[Path] = None,
         train_samples: Optional[list[dict]] = None,
         eval_samples: Optional[list[dict]] = None,
+        context: Optional[DistributedContext] = None,
     ):
         self.config = config
+        self.context = context or DistributedContext()
+        self.context.per_rank(config.batch_size)
         self.out_dir = None if out_dir is None else Path(out_dir)
+        self.writes = self.out_dir is not None and self.context.is_main
         self.model = build_teacher(config)
         self.model.train()
+        # the training forward (network + losses) runs through DDP; some parameters may get no gradient
+        # in a step (AnySplat's Gaussian head before render_start)
+        self.ddp = self.context.wrap(Forward(self.model), find_unused_parameters=True)
         self._refresh = train_samples is None
         if train_samples is None:
             train_samples = self._available_train_samples()
@@ -167,7 +187,8 @@ class TeacherTrainer:
         samples = load_cache(self.config.data_dir, "train")[: self.config.train_scenes]
         if not samples:
             raise FileNotFoundError(f"no cached training scenes in {self.config.data_dir}/train; run 'teacher data'")
-        return samples
+        # data-parallel: the scenes every process has read (`teacher data` may be writing meanwhile)
+        return samples[: min(self.context.gather(len(samples)))]
 
     # ------------------------------------------------------------------------------------------------
     def sample_batch(self) -> TeacherBatch:
@@ -175,7 +196,37 @@ class TeacherTrainer:
         reverse = self.config.reverse_augment and random_reverse(self.generator)
         return normalise(self.train_samples[index], reverse=reverse)
 
-    def loss(self, batch: TeacherBatch) -> tuple[torch.Tensor, dict]:
+    def sample_batches(self) -> list[tuple[TeacherBatch, Optional[tuple[list[int], list[int]]]]]:
+        """This process's share of a step's ``batch_size`` scenes: (batch, rendered views) pairs.
+
+        Every scene's draws are made in order (scene, direction, then for AnySplat's rendering loss the
+        held-out and input views to render), so the generator advances alike on every process, and with
+        one scene per step it draws what :meth:`sample_batch` followed by :meth:`loss` draws."""
+        cfg, g = self.config, self.generator
+        renders = cfg.model_type == "anysplat" and self.step >= cfg.render_start
+        local = self.context.local_indices(cfg.batch_size)
+        batches = []
+        for j in range(cfg.batch_size):
+            index = int(torch.randint(len(self.train_samples), (), generator=g))
+            reverse = cfg.reverse_augment and random_reverse(g)
+            views = None
+            if renders:
+                count = self.train_samples[index]["frames"].shape[0]  # 2T - 1: T inputs, T - 1 held out
+                views = self._render_views(count // 2, (count + 1) // 2)
+            if j in local:
+                batches.append((normalise(self.train_samples[index], reverse=reverse), views))
+        return batches
+
+    def _render_views(self, held_out: int, inputs: int) -> tuple[list[int], list[int]]:
+        cfg = self.config
+        held = torch.randperm(held_out, generator=self.generator)[: cfg.render_heldout].tolist()
+        return held, torch.randperm(inputs, generator=self.generator)[: cfg.render_inputs].tolist()
+
+    def loss(
+        self, batch: TeacherBatch, views: Optional[tuple[list[int], list[int]]] = None
+    ) -> tuple[torch.Tensor, dict]:
+        """The loss of one scene and its terms; ``views``: the (held-out, input) views of the rendering
+        loss (default: drawn now)."""
         cfg = self.config
         w = cfg.weights
         prediction = self.model(batch.images)
@@ -188,12 +239,12 @@ class TeacherTrainer:
             terms["points"] = losses.points_loss(prediction.world_points, batch)
         else:
             if self.step >= cfg.render_start:
-                terms["render"], mse = self._render_terms(prediction, batch)
+                terms["render"], mse = self._render_terms(prediction, batch, views)
                 terms["render_psnr"] = torch.tensor(losses.psnr_from_mse(float(mse)))
         total = sum(w.get(k, 0.0) * v for k, v in terms.items() if k != "render_psnr")
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
-    def _render_terms(self, prediction, batch: TeacherBatch):
+    def _render_terms(self, prediction, batch: TeacherBatch, chosen=None):
         """Rendering loss at ``render_heldout`` held-out and ``render_inputs`` input views.
 
         Each target view is rendered from the Gaussians of the input views next to it (held-out view
@@ -206,8 +257,7 @@ class TeacherTrainer:
         gaussians = prediction.gaussians()
         views = batch.images.shape[1]
         pixels = batch.images.shape[-1] * batch.images.shape[-2]
-        held = torch.randperm(len(batch.target_cameras), generator=self.generator)[: cfg.render_heldout].tolist()
-        inputs = torch.randperm(views, generator=self.generator)[: cfg.render_inputs].tolist()
+        held, inputs = self._render_views(len(batch.target_cameras), views) if chosen is None else chosen
         jobs = [(batch.target_cameras, i, [i, i + 1], batch.target_images[i]) for i in held]
         jobs += [
             (
@@ -240,18 +290,37 @@ class TeacherTrainer:
         return total / len(jobs), torch.tensor(mse_sum / len(jobs))
 
     def train_step(self, batch: Optional[TeacherBatch] = None) -> dict:
+        """One optimisation step on ``batch`` (one scene) or on this process's share of ``batch_size``
+        drawn scenes; returns the log record (losses averaged over all the step's scenes)."""
         start = time.perf_counter()
-        batch = batch if batch is not None else self.sample_batch()
+        work = [(batch, None)] if batch is not None else self.sample_batches()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, terms = self.loss(batch)
+        distributed = self.context.is_distributed
+        total, sums, finite = 0.0, {}, True
+        for k, (scene, views) in enumerate(work):
+            # gradients accumulate over this process's scenes; DDP all-reduces in the last backward
+            sync = self.ddp.no_sync() if distributed and k < len(work) - 1 else nullcontext()
+            with sync:
+                loss, terms = self.ddp(self.loss, scene, views) if distributed else self.loss(scene, views)
+                scene_finite = bool(torch.isfinite(loss))
+                if scene_finite or distributed:  # every process runs the backward the all-reduce waits for
+                    (loss / len(work)).backward()
+            finite = finite and scene_finite
+            total += float(loss.detach())
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+        terms = {key: value / len(work) for key, value in sums.items()}
+        terms["loss"] = total / len(work)
+        if distributed:
+            terms = self.context.mean(terms)
+            finite = self.context.sum({"bad": 0.0 if finite else 1.0})["bad"] == 0
         lr = self.optimizer.param_groups[0]["lr"]
-        record = {"step": self.step + 1, "loss": float(loss.detach()), "lr": lr, **terms}
-        if not torch.isfinite(loss):
+        record = {"step": self.step + 1, "loss": terms.pop("loss"), "lr": lr, **terms}
+        if not finite:
             log.warning("step %d: non-finite loss %s, step skipped", self.step + 1, terms)
             record["skipped"] = True
         else:
-            loss.backward()
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if all(torch.isfinite(g).all() for g in grads):
                 record["grad_norm"] = float(
@@ -279,33 +348,39 @@ class TeacherTrainer:
 
         total = self.config.steps if steps is None else steps
         began = time.perf_counter()
+        writes = self.writes
+        progress = progress and self.context.is_main
         bar = tqdm(total=total, initial=self.step, disable=not progress, desc=f"{self.config.model_type} teacher")
         while self.step < total:
             record = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3g}", s=f"{record['seconds']:.1f}")
-            if self.out_dir is not None:
+            if writes:
                 with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
             if self.out_dir is not None and (self.step % self.config.eval_every == 0 or self.step == total):
-                self.save_checkpoint()
-                if self._refresh and len(self.train_samples) < self.config.train_scenes:
-                    self.train_samples = self._available_train_samples()
-                    log.info("%d training scenes", len(self.train_samples))
-                metrics = self.evaluate(sheet=self.out_dir / "eval" / f"step_{self.step:08d}.png")
-                with open(self.out_dir / EVAL_FILE, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": self.step, **metrics}) + "\n")
-                log.info("step %d held-out: %s", self.step, json.dumps(metrics))
-                self.plot()
-            elif self.out_dir is not None and self.step % self.config.save_every == 0:
-                self.save_checkpoint()
-            if max_minutes is not None and (time.perf_counter() - began) / 60 > max_minutes:
-                if self.out_dir is not None:
+                if writes:
                     self.save_checkpoint()
-                log.info("stopping at step %d after %.1f minutes (--max-minutes)", self.step, max_minutes)
-                break
+                if self._refresh and len(self.train_samples) < self.config.train_scenes:
+                    self.train_samples = self._available_train_samples()  # on every process alike
+                    log.info("%d training scenes", len(self.train_samples))
+                if writes:
+                    metrics = self.evaluate(sheet=self.out_dir / "eval" / f"step_{self.step:08d}.png")
+                    with open(self.out_dir / EVAL_FILE, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+                    log.info("step %d held-out: %s", self.step, json.dumps(metrics))
+                    self.plot()
+            elif writes and self.step % self.config.save_every == 0:
+                self.save_checkpoint()
+            if max_minutes is not None:
+                # rank 0's clock decides, so that all processes stop after the same step
+                if self.context.broadcast((time.perf_counter() - began) / 60 > max_minutes):
+                    if writes:
+                        self.save_checkpoint()
+                    log.info("stopping at step %d after %.1f minutes (--max-minutes)", self.step, max_minutes)
+                    break
         bar.close()
-        if self.out_dir is not None:
+        if writes:
             self.plot()
 
     # ------------------------------------------------------------------------------------------------
@@ -350,8 +425,9 @@ class TeacherTrainer:
         if found is None:
             return False
         self.load_checkpoint(found)
-        truncate_log(self.out_dir / LOG_FILE, self.step)
-        truncate_log(self.out_dir / EVAL_FILE, self.step)
+        if self.writes:
+            truncate_log(self.out_dir / LOG_FILE, self.step)
+            truncate_log(self.out_dir / EVAL_FILE, self.step)
         return True
 
     def plot(self) -> None:
