@@ -26,7 +26,7 @@ import bpy
 import bpy.utils.previews
 
 from . import client, history, importer, operators, preferences, setup_env
-from .engine.pipeline_settings import (
+from .engine.pipeline.settings import (
     MAX_SEED,
     GenerationSettings,
     ModelBundle,

@@ -11,7 +11,7 @@ import os
 import bpy
 
 from . import client, setup_env
-from .engine.pipeline_settings import ModelBundle, ModelBundleError, ModelNotFoundError
+from .engine.pipeline.settings import ModelBundle, ModelBundleError, ModelNotFoundError
 
 ENGINE_ENV_FOLDER = "engine-env"
 DEFAULT_BUNDLE_FOLDER = os.path.join("models", "default")

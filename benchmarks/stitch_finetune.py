@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/stitch_finetune.py [--steps 60] [--views 5 9]
 
-Tiny Wan VAE (diffusers config) + the visible tiny AnySplat of ``engine.tiny.build_visible_anysplat``
+Tiny Wan VAE (diffusers config) + the visible tiny AnySplat of ``engine.testing.tiny.build_visible_anysplat``
 as teacher, synthetic clips (``engine.stitching.train_tiny.tiny_trainer``). A held-out batch (a clip the
 run does not train on) is evaluated before and after finetuning: the weighted L1 to the teacher and the
 PSNR of the stitched decoder's Gaussians against the teacher's, both rendered at the teacher's cameras

@@ -136,11 +136,11 @@ def test_video_run_needs_a_trained_vae(tmp_path):
 
 
 def test_generation_with_the_trained_pipeline_reports_unknown_words(tiny_video_run, tmp_path):
-    from engine.pipeline import Vist3aPipeline
-    from engine.pipeline_outputs import write_outputs
-    from engine.pipeline_settings import GenerationSettings, ModelBundle
+    from engine.pipeline.run_folder import write_outputs
+    from engine.pipeline.settings import GenerationSettings, ModelBundle
+    from engine.pipeline.vist3a import Vist3aPipeline
     from engine.stitching.checkpoint import save_stitched_decoder
-    from engine.tiny import TINY_DECODER_KIND, build_stitched_decoder
+    from engine.testing.tiny import TINY_DECODER_KIND, build_stitched_decoder
 
     root = tmp_path / "bundle"
     shutil.copytree(tiny_video_run / "pipeline", root / "wan")

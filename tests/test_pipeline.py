@@ -18,13 +18,7 @@ from test_pipeline_tiny import (
 )
 
 from engine.io import read_cameras_json, read_gaussian_ply, read_point_ply
-from engine.pipeline import (
-    GenerationCancelled,
-    ModelLoadError,
-    Vist3aPipeline,
-    apply_lora_adapter,
-)
-from engine.pipeline_outputs import (
+from engine.pipeline.run_folder import (
     OUTPUT_FILES,
     interpolate_cameras,
     quaternion_to_rotation,
@@ -33,13 +27,19 @@ from engine.pipeline_outputs import (
     rotation_to_quaternion,
     write_outputs,
 )
-from engine.pipeline_settings import (
+from engine.pipeline.settings import (
     BUNDLE_MANIFEST,
     ModelBundle,
     ModelBundleError,
     ModelNotFoundError,
     RuntimeOptions,
     SettingsError,
+)
+from engine.pipeline.vist3a import (
+    GenerationCancelled,
+    ModelLoadError,
+    Vist3aPipeline,
+    apply_lora_adapter,
 )
 from engine.scene import Cameras, look_at
 

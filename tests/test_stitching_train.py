@@ -187,16 +187,17 @@ def test_cli_search_then_train_then_resume_end_to_end(tmp_path):
     from safetensors import safe_open
 
     from engine.cli import main
-    from engine.models.loading import load_model, save_model
+    from engine.models.checkpoint import save_checkpoint
+    from engine.models.loading import load_model
     from engine.stitching.checkpoint import load_stitched_decoder
     from engine.stitching.decoder import StitchedDecoder
     from engine.stitching.losses import PRESETS, distillation_loss
     from engine.stitching.train_cli import _stitching_init
     from engine.stitching.train_tiny import TINY_SPEC, tiny_wan_vae
     from engine.stitching.vae import load_video_vae
-    from engine.tiny import build_visible_anysplat
+    from engine.testing.tiny import build_visible_anysplat
 
-    model_dir, vae_dir = save_model(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
+    model_dir, vae_dir = save_checkpoint(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
     tiny_wan_vae().save_pretrained(str(vae_dir))
     search, run = tmp_path / "search", tmp_path / "run"
     assert (

@@ -43,6 +43,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_TOKENIZER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 TEXT_CACHE_SIZE = 256
 CAPTION_SCORER_FILE = "caption_scorer.json"  # marks a folder of the default model's caption scorer
+CAPTION_SCORER_KIND = "vist3a-caption-scorer"
 
 
 class RewardWeightsMissing(FileNotFoundError):
@@ -162,6 +163,73 @@ class CLIPScorer(QualityScorer):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self._text_cache: dict[str, Tensor] = {}
         self.eval()
+
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, Path], *, device="cpu", dtype: torch.dtype = torch.float32):
+        """The scorer saved in ``folder`` by :meth:`save_pretrained` (the default model's caption scorer).
+
+        The folder holds transformers' ``config.json`` + ``model.safetensors``, the tokenizer files and
+        ``caption_scorer.json`` (kind, input size, crop, output). Weights must fit the config exactly.
+
+        Raises:
+            ValueError: ``folder`` is not such a folder, or its weights do not fit its config.
+        """
+        from safetensors.torch import load_file
+        from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+        folder = Path(folder)
+        meta_file = folder / CAPTION_SCORER_FILE
+        if not meta_file.is_file():
+            raise ValueError(f"{folder} is not a caption-scorer folder ({CAPTION_SCORER_FILE} is missing)")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if meta.get("kind") != CAPTION_SCORER_KIND:
+            raise ValueError(f"{meta_file}: kind must be {CAPTION_SCORER_KIND!r}, got {meta.get('kind')!r}")
+        model = CLIPModel(CLIPConfig.from_pretrained(str(folder)))
+        state = load_file(str(folder / "model.safetensors"))
+        own = {k for k in model.state_dict() if not k.endswith("position_ids")}
+        got = {k for k in state if not k.endswith("position_ids")}
+        if own != got:
+            raise ValueError(
+                f"{folder}/model.safetensors does not fit its config: missing {sorted(own - got)[:3]}, "
+                f"unexpected {sorted(got - own)[:3]}"
+            )
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+        scorer = cls(
+            model.to(dtype),
+            tokenizer,
+            name="caption-scorer",
+            image_size=int(meta["image_size"]),
+            crop=bool(meta.get("crop", False)),
+            output=meta.get("output", "cosine"),
+        )
+        return scorer.to(device)
+
+    def save_pretrained(self, directory: Union[str, Path]) -> Path:
+        """Writes the scorer folder read by :meth:`from_pretrained` (fp16 weights), atomically."""
+        from safetensors.torch import save_file
+
+        from engine.io.atomic import atomic_directory
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            k: v.detach().half().contiguous()
+            for k, v in self.model.state_dict().items()
+            if not k.endswith("position_ids")
+        }
+        with atomic_directory(directory, replace=True) as tmp:
+            self.model.config.save_pretrained(str(tmp))
+            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            self.tokenizer.save_pretrained(str(tmp))
+            meta = {
+                "kind": CAPTION_SCORER_KIND,
+                "image_size": self.image_size,
+                "crop": self.crop,
+                "output": self.output,
+            }
+            (tmp / CAPTION_SCORER_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        return directory
 
     def train(self, mode: bool = True):  # the scorer always stays in eval mode
         return super().train(False)
@@ -502,15 +570,13 @@ def load_scorer(
     """
     from transformers import CLIPConfig, CLIPModel
 
-    from engine.models.loading import CheckpointError, read_state_dict
+    from engine.models.checkpoint import CheckpointError, read_state_dict
 
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
     if source is not None and (Path(str(source)).expanduser() / CAPTION_SCORER_FILE).is_file():
         # the default model's caption scorer (engine.teachers.caption) stands in for any CLIP-family scorer
-        from engine.teachers.caption import load_caption_scorer
-
-        return load_caption_scorer(Path(str(source)).expanduser(), device=device, dtype=dtype)
+        return CLIPScorer.from_pretrained(Path(str(source)).expanduser(), device=device, dtype=dtype)
     spec = SCORERS[name]
     source = str(source or spec.source)
     patterns = [*spec.files, "open_clip_config.json", "config.json"]

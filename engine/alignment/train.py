@@ -49,8 +49,8 @@ from engine.alignment.rewards import RewardOutput, SceneReward
 from engine.alignment.rollout import RolloutConfig, RolloutPlan, rollout, sample_plan
 from engine.distributed import DistributedContext, sample_generator
 from engine.io.atomic import atomic_directory, atomic_write
-from engine.pipeline import Vist3aPipeline, flow_scheduler
-from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE, ModelBundle
+from engine.pipeline.settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE, ModelBundle
+from engine.pipeline.vist3a import Vist3aPipeline, flow_scheduler
 from engine.render import rasterize
 from engine.training import checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
 
@@ -198,7 +198,7 @@ class AlignmentTrainer:
         out_dir: Optional[Union[str, Path]] = None,
         context: Optional[DistributedContext] = None,
     ):
-        from engine.decoders import StitchedSceneDecoder
+        from engine.pipeline.decoders import StitchedSceneDecoder
 
         if not isinstance(pipeline.decoder, StitchedSceneDecoder):
             raise TypeError(

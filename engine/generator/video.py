@@ -157,7 +157,7 @@ class VideoTrainer(Trainer):
         resume: bool = False,
         clip_cache: Optional[Path] = None,
     ):
-        from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE
+        from engine.pipeline.settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE
 
         self.config = config
         self.vae_folder = Path(vae)

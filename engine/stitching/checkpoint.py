@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from engine.io.atomic import atomic_directory
+from engine.models.checkpoint import listing, state_dict_problems
 from engine.models.config import config_from_dict
-from engine.models.loading import listing, state_dict_problems
 from engine.stitching.decoder import StitchedDecoder, VAEReference
 
 FORMAT = "vist3a-stitched-decoder"

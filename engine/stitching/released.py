@@ -288,7 +288,7 @@ def load_released_stitched(
 
     Raises:
         ReleasedCheckpointError: the file is missing, unreadable or does not fit the base model.
-        engine.models.loading.CheckpointError: the base model cannot be found or loaded.
+        engine.models.checkpoint.CheckpointError: the base model cannot be found or loaded.
         rank, alpha: the LoRA settings (scaling alpha/rank).
     """
     source = "<dict>"

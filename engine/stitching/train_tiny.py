@@ -2,7 +2,7 @@
 
 :func:`tiny_trainer` builds a :class:`DistillationTrainer` that runs a step in about a second on a CPU:
 a tiny diffusers ``AutoencoderKLWan`` (4 latent channels, 4x spatial, 4x temporal), the visible tiny
-AnySplat of :func:`engine.tiny.build_visible_anysplat` as teacher, synthetic clips of 5 views at 32 px
+AnySplat of :func:`engine.testing.tiny.build_visible_anysplat` as teacher, synthetic clips of 5 views at 32 px
 for the VAE and 56 px (4x4 tokens) for the network, stitched after DINOv2 block 0.
 """
 
@@ -59,7 +59,7 @@ def tiny_wan_adapter(seed: int = 0):
 
 def tiny_trainer(out_dir: Optional[Union[str, Path]] = None, seed: int = 0, **overrides) -> DistillationTrainer:
     """A trainer on tiny random models and synthetic clips; ``overrides`` replace ``TrainConfig`` fields."""
-    from engine.tiny import build_visible_anysplat
+    from engine.testing.tiny import build_visible_anysplat
 
     teacher = build_visible_anysplat(seed)
     vae = tiny_wan_adapter(seed)

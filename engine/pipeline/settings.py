@@ -217,11 +217,11 @@ class RuntimeOptions:
 
     Attributes:
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:N" or "mps"; "meta" is a dry
-            run that emulates CUDA with shapes and dtypes only (no values; ``engine.dry_run``).
+            run that emulates CUDA with shapes and dtypes only (no values; ``engine.testing.dry_run``).
         dtype: "auto" (bfloat16 on CUDA, float32 elsewhere), "float32", "bfloat16" or "float16"; used
             for the text encoder and the transformer. The VAE always runs in float32.
         cpu_offload: keep models in CPU memory and move each to the GPU only while it runs (CUDA only);
-            None: decided from the free GPU memory when the models load (``engine.memory``).
+            None: decided from the free GPU memory when the models load (``engine.pipeline.memory``).
         vae_tiling: decode the video in overlapping tiles to bound the VAE's memory; None: decided
             from the free GPU memory.
     """

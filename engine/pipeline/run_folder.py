@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from engine.io import atomic_directory, atomic_write
-from engine.pipeline import (
+from engine.pipeline.settings import GenerationSettings, ModelNotFoundError, RuntimeOptions
+from engine.pipeline.vist3a import (
     CancelCheck,
     GenerationResult,
     ProgressCallback,
@@ -35,7 +36,6 @@ from engine.pipeline import (
     check_cancel,
     software_versions,
 )
-from engine.pipeline_settings import GenerationSettings, ModelNotFoundError, RuntimeOptions
 from engine.scene import Cameras, GaussianScene, PointScene
 
 logger = logging.getLogger(__name__)

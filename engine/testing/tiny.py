@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from engine.pipeline_settings import ModelBundle
+from engine.pipeline.settings import ModelBundle
 
 TEXT_DIM = 32
 TINY_DECODER_KIND = "stitched"
@@ -276,8 +276,8 @@ def build_tiny_released_layout(cache: str | Path, bundle: str | Path, seed: int 
     Returns the bundle folder.
     """
     from engine.models.anysplat import AnySplat
+    from engine.models.checkpoint import save_checkpoint
     from engine.models.config import tiny_anysplat_config
-    from engine.models.loading import save_model
     from engine.stitching.decoder import RELEASED_CUT_STAGE, WAN_VAE, StitchedDecoder
 
     cache, bundle = Path(cache), Path(bundle)
@@ -287,7 +287,7 @@ def build_tiny_released_layout(cache: str | Path, bundle: str | Path, seed: int 
     torch.manual_seed(seed)
     network = AnySplat(tiny_anysplat_config(embed_dim=32)).eval()
     _make_cameras_valid(network.encoder.camera_head, seed)
-    save_model(network, _hub_snapshot(cache, RELEASED_ANYSPLAT_ID, "0" * 39 + "2"))
+    save_checkpoint(network, _hub_snapshot(cache, RELEASED_ANYSPLAT_ID, "0" * 39 + "2"))
 
     decoder = StitchedDecoder.from_network(
         copy.deepcopy(network), RELEASED_CUT_STAGE, TINY_SPEC_TEMPLATE.format(dim=32), WAN_VAE

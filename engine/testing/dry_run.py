@@ -26,7 +26,7 @@ Configurations (public, cited):
   either as our ``stitched`` checkpoint folder or as the released ``anysplat_stitched.pth`` on
   ``lhjiang/anysplat`` (LoRA rank 64 on every Linear/Conv2d, merged).
 
-The tokenizer is the tiny one of ``engine.tiny`` (the UMT5 tokenizer is data, not shape: on meta only
+The tokenizer is the tiny one of ``engine.testing.tiny`` (the UMT5 tokenizer is data, not shape: on meta only
 the padded length, 512, matters). The meta run skips voxel merging (its output size depends on values),
 so the Gaussian count is the upper bound, one per pixel.
 """
@@ -45,7 +45,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.pipeline_settings import ModelBundle
+from engine.pipeline.settings import ModelBundle
 
 UMT5_XXL = {
     "vocab_size": 256384,
@@ -141,7 +141,7 @@ WAN_SCHEDULER = {
     "timestep_spacing": "linspace",
 }
 DECODER_KINDS = ("anysplat-stitched", "stitched")
-_PLACEHOLDER = "no weights: a meta-device dry-run bundle (engine.dry_run)\n"
+_PLACEHOLDER = "no weights: a meta-device dry-run bundle (engine.testing.dry_run)\n"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -158,7 +158,7 @@ def write_dry_run_bundle(root: str | Path, kind: str = "anysplat-stitched", tran
     from engine.models.config import AnySplatConfig
     from engine.stitching.decoder import RELEASED_CUT_STAGE, RELEASED_SPEC
     from engine.stitching.decoder import WAN_VAE as WAN_VAE_REF
-    from engine.tiny import build_tokenizer
+    from engine.testing.tiny import build_tokenizer
 
     if kind not in DECODER_KINDS or transformer not in WAN_TRANSFORMERS:
         raise ValueError(f"kind must be one of {DECODER_KINDS} and transformer one of {sorted(WAN_TRANSFORMERS)}")
@@ -262,7 +262,7 @@ def meta_weight_loading() -> Iterator[None]:
 
     Patched (and nothing else): the ``from_pretrained`` of ``UMT5EncoderModel``, ``WanTransformer3DModel``
     and ``AutoencoderKLWan``; ``safetensors.torch.load_file`` for stitched-decoder folders;
-    ``engine.models.loading.read_state_dict`` for AnySplat weights; ``torch.load`` for the released
+    ``engine.models.checkpoint.read_state_dict`` for AnySplat weights; ``torch.load`` for the released
     stitched checkpoint. Every config is still read from the bundle's files.
     """
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -334,7 +334,7 @@ def meta_weight_loading() -> Iterator[None]:
                 mock.patch.object(model_cls, "from_pretrained", classmethod(diffusers_model(model_cls)))
             )
         stack.enter_context(mock.patch("safetensors.torch.load_file", load_file))
-        stack.enter_context(mock.patch("engine.models.loading.read_state_dict", read_state_dict))
+        stack.enter_context(mock.patch("engine.models.checkpoint.read_state_dict", read_state_dict))
         stack.enter_context(mock.patch("torch.load", load_checkpoint))
         yield
 
@@ -399,8 +399,8 @@ def dry_run(
     (pipeline, result). Defaults: the released recipe's 13 frames at 512², 1 step, the CUDA default
     dtype and the automatic memory policy for a 12 GB card (``device_memory``).
     """
-    from engine.pipeline import Vist3aPipeline
-    from engine.pipeline_settings import GenerationSettings, RuntimeOptions
+    from engine.pipeline.settings import GenerationSettings, RuntimeOptions
+    from engine.pipeline.vist3a import Vist3aPipeline
 
     settings = settings or GenerationSettings(prompt="a red chair in a sunny garden", num_steps=1, seed=0)
     runtime = runtime or RuntimeOptions(device="meta")

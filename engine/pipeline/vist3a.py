@@ -1,7 +1,7 @@
 """Text -> 3D scene with VIST3A: Wan 2.1 text-to-video latent -> stitched 3D decoder -> Gaussians + cameras.
 
 ``Vist3aPipeline.from_pretrained(bundle)`` loads the parts named by a model bundle (see
-``engine.pipeline_settings.ModelBundle``): the Wan diffusers components (UMT5 tokenizer and text
+``engine.pipeline.settings.ModelBundle``): the Wan diffusers components (UMT5 tokenizer and text
 encoder, Wan transformer, Wan VAE, scheduler config), an optional PEFT LoRA adapter merged into the
 transformer, and the stitched 3D decoder. ``generate(settings)`` then runs
 
@@ -23,8 +23,8 @@ Any callable ``decoder(latent, frames) -> DecodedScene`` where
   resizes them to its own input size);
 - the result holds Gaussians and/or points, one camera per frame and optionally a depth map per frame.
 
-Decoders are built from a bundle by a loader registered for the bundle's ``decoder.kind``
-(``register_decoder_loader``), or passed ready-made to ``from_pretrained(decoder=...)``.
+Decoders are built from a bundle by the loader of its ``decoder.kind`` (``engine.pipeline.decoders``:
+``DECODER_LOADERS``), or passed ready-made to ``from_pretrained(decoder=...)``.
 """
 
 from __future__ import annotations
@@ -42,14 +42,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from engine.generator.text import unknown_words, unknown_words_message
-from engine.pipeline_settings import (
+from engine.pipeline.decoders import DecodedScene, SceneDecoder, load_decoder
+from engine.pipeline.settings import (
     MAX_SEED,
     OWN_CONDITIONING,
     RELEASED_CONDITIONING,
@@ -67,7 +68,6 @@ from engine.scene import Cameras, GaussianScene, PointScene
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DecodedScene",
     "GenerationCancelled",
     "GenerationResult",
     "GenerationSettings",
@@ -75,11 +75,8 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "RuntimeOptions",
-    "SceneDecoder",
     "SettingsError",
     "Vist3aPipeline",
-    "decoder_kinds",
-    "register_decoder_loader",
     "resolve_device",
     "resolve_dtype",
     "software_versions",
@@ -91,70 +88,10 @@ MAX_TEXT_TOKENS = 512
 TEXT_CACHE_SIZE = 8
 
 ProgressCallback = Callable[[str, int, int, Optional[np.ndarray]], None]
-"""progress(stage, step, total, preview): stage from engine.protocol.STAGES, step in 1..total,
+"""progress(stage, step, total, preview): stage from engine.worker.protocol.STAGES, step in 1..total,
 preview an (h, w, 3) uint8 image or None."""
 
 CancelCheck = Union[threading.Event, Callable[[], bool], None]
-
-
-# ----------------------------------------------------------------------------- decoder interface
-
-
-@dataclass
-class DecodedScene:
-    """What a 3D decoder returns for one video.
-
-    Attributes:
-        cameras: V cameras, one per video frame.
-        gaussians: the Gaussians, or None for a points-only decoder.
-        points: coloured points, or None (then they are derived from the Gaussians when asked for).
-        depth: (V, H, W) z-depth per camera at the cameras' image size, or None.
-    """
-
-    cameras: Cameras
-    gaussians: Optional[GaussianScene] = None
-    points: Optional[PointScene] = None
-    depth: Optional[Tensor] = None
-
-    def __post_init__(self):
-        if self.gaussians is None and self.points is None:
-            raise ValueError("DecodedScene: a decoder must return Gaussians, points or both")
-        if self.depth is not None:
-            expected = (len(self.cameras), self.cameras.height, self.cameras.width)
-            if tuple(self.depth.shape) != expected:
-                raise ValueError(f"DecodedScene: depth has shape {tuple(self.depth.shape)}, expected {expected}")
-
-
-class SceneDecoder(Protocol):
-    def __call__(self, latent: Tensor, frames: Tensor) -> DecodedScene: ...
-
-
-DecoderLoader = Callable[[ModelBundle, torch.device, torch.dtype], SceneDecoder]
-_DECODER_LOADERS: dict[str, DecoderLoader] = {}
-
-
-def register_decoder_loader(kind: str, loader: DecoderLoader) -> None:
-    """Makes bundles whose ``decoder.kind`` is ``kind`` loadable: ``loader(bundle, device, dtype)``.
-
-    The built-in kinds (``engine.decoders``: ``stitched``, ``anysplat-stitched``) register themselves.
-    """
-    _DECODER_LOADERS[kind] = loader
-
-
-def decoder_kinds() -> list[str]:
-    import engine.decoders  # noqa: F401  (registers the built-in kinds; imports this module)
-
-    return sorted(_DECODER_LOADERS)
-
-
-def _load_decoder(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> SceneDecoder:
-    known = decoder_kinds()
-    loader = _DECODER_LOADERS.get(bundle.decoder_kind)
-    if loader is None:
-        raise ModelLoadError(
-            f"bundle {bundle.name!r}: unknown decoder kind {bundle.decoder_kind!r} (known: {', '.join(known)})"
-        )
-    return loader(bundle, device, dtype)
 
 
 # ----------------------------------------------------------------------------- results
@@ -176,7 +113,7 @@ class GenerationResult:
         model: identity of the model parts (paths, quick hashes, hub ids).
         timings: seconds per stage ("load" is the pipeline's load time).
         device, dtype: where the transformer ran, e.g. "cuda:0", "torch.bfloat16".
-        memory: the memory policy in force (``engine.memory.MemoryPolicy.to_dict()``), or None.
+        memory: the memory policy in force (``engine.pipeline.memory.MemoryPolicy.to_dict()``), or None.
         unknown_words: words of the prompt that the model's tokenizer does not know (it maps them to
             its unknown token); empty for open-vocabulary tokenizers such as the real UMT5's.
     """
@@ -256,8 +193,8 @@ def check_cancel(cancel: CancelCheck) -> None:
 
 def _memory_policy(runtime: RuntimeOptions, device: torch.device, loaded: dict, decoder, device_memory):
     """The memory policy for the loaded parts (explicit runtime choices kept, None decided)."""
-    from engine.memory import choose_memory_policy, module_bytes
-    from engine.memory import device_memory as query
+    from engine.pipeline.memory import choose_memory_policy, module_bytes
+    from engine.pipeline.memory import device_memory as query
 
     sizes = {name: module_bytes(loaded[name]) for name in ("text_encoder", "transformer", "vae")}
     sizes["decoder"] = module_bytes(decoder)
@@ -340,7 +277,7 @@ class Vist3aPipeline:
         self.load_seconds = load_seconds
         # the conditioning preset that settings with conditioning "auto" get (see GenerationSettings)
         self.default_conditioning = default_conditioning
-        # engine.memory.MemoryPolicy: the offload/tiling choice and its reasons (recorded in metadata)
+        # engine.pipeline.memory.MemoryPolicy: the offload/tiling choice and its reasons (recorded in metadata)
         self.memory_policy = memory_policy
         # True while free_gpu_memory has moved the resident models off the GPU (they return on next use)
         self._parked = False
@@ -372,7 +309,7 @@ class Vist3aPipeline:
             device_memory: (free, total) bytes to plan the automatic memory policy for, instead of
                 asking the device (a dry run on the meta device simulates a card with it).
 
-        Memory: options of ``runtime`` left None are decided by ``engine.memory.choose_memory_policy``
+        Memory: options of ``runtime`` left None are decided by ``engine.pipeline.memory.choose_memory_policy``
         from the free GPU memory and the models' sizes: the models are then loaded into CPU memory
         first, measured, and moved to the GPU unless CPU offload is chosen.
 
@@ -440,7 +377,7 @@ class Vist3aPipeline:
                 progress("load", step, total, None)
         check_cancel(cancel)
         if decoder is None:
-            decoder = _load_part("decoder", str(bundle.decoder_path), lambda: _load_decoder(bundle, home, dtype))
+            decoder = _load_part("decoder", str(bundle.decoder_path), lambda: load_decoder(bundle, home, dtype))
         if isinstance(decoder, torch.nn.Module):
             decoder = decoder.to(home).eval().requires_grad_(False)
         policy = _memory_policy(runtime, device, loaded, decoder, device_memory)
