@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine.cli import main
+from engine.geometry.rotations import rotation_angle_deg
 from engine.models.config import tiny_anysplat_config, tiny_vggt_config
 from engine.models.pose_encoding import ANYSPLAT_FOV_EPS, closed_form_inverse_se3, pose_encoding_to_extri_intri
 from engine.teachers import losses
@@ -18,7 +19,6 @@ from engine.teachers.data import (
     load_cache,
     normalise,
     render_sample,
-    rotation_angle_deg,
     split_seeds,
 )
 from engine.teachers.train import TeacherTrainConfig, TeacherTrainer, evaluate_model

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.geometry.rotations import quaternion_multiply
 from engine.models.gaussian_adapter import (
     MAX_SCALE,
     QUATERNION_EPS,
@@ -102,21 +103,6 @@ def rotate_sh(sh: Tensor, rotation: Tensor) -> Tensor:
     return torch.einsum("ij,njc->nic", matrix, sh)
 
 
-def _quat_multiply_wxyz(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a * b of (..., 4) quaternions in (w, x, y, z) order."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )
-
-
 def transform_gaussian_scene(scene: GaussianScene, transform: Tensor) -> GaussianScene:
     """Applies a rigid (4, 4) world transform to Gaussians: means, rotations and SH coefficients."""
     rotation = transform[:3, :3].to(scene.dtype)
@@ -125,7 +111,7 @@ def transform_gaussian_scene(scene: GaussianScene, transform: Tensor) -> Gaussia
     quat_wxyz = quat_xyzw.roll(1, dims=-1)
     return GaussianScene(
         means=scene.means @ rotation.T + translation,
-        rotations=_quat_multiply_wxyz(quat_wxyz.expand_as(scene.rotations), scene.rotations),
+        rotations=quaternion_multiply(quat_wxyz.expand_as(scene.rotations), scene.rotations),
         log_scales=scene.log_scales,
         opacity_logits=scene.opacity_logits,
         sh=rotate_sh(scene.sh, rotation) if scene.sh.shape[1] > 1 else scene.sh,
@@ -240,7 +226,7 @@ def gaussian_scene_from_raw(
         coeffs = (f[:, 8 : 8 + 3 * d_sh].unflatten(-1, (3, d_sh))[..., :k] * mask).transpose(-1, -2)
         if transform is not None:
             chunk_means = chunk_means @ rotation.T + translation
-            quats = _quat_multiply_wxyz(quat.expand_as(quats), quats)
+            quats = quaternion_multiply(quat.expand_as(quats), quats)
             if sh_matrix is not None:
                 coeffs = torch.einsum("ij,njc->nic", sh_matrix, coeffs)
         means[start:stop] = chunk_means

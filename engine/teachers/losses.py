@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.geometry.rotations import rotation_angle_deg
 from engine.render import rasterize
 from engine.scene import Cameras
-from engine.teachers.data import SKY_DEPTH, TeacherBatch, gt_pose_encoding, rotation_angle_deg
+from engine.teachers.data import SKY_DEPTH, TeacherBatch, gt_pose_encoding
 
 CAMERA_GAMMA = 0.6
 
