@@ -7,7 +7,7 @@ import torch
 
 from engine.alignment.lora import add_video_lora, lora_parameters
 from engine.alignment.rollout import RolloutConfig, RolloutPlan, rollout, sample_plan
-from engine.pipeline.vist3a import flow_scheduler
+from engine.pipeline.sampler import flow_scheduler
 from engine.testing.tiny import TEXT_DIM, build_wan_pipeline
 
 

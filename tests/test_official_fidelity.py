@@ -20,6 +20,7 @@ from test_pipeline_tiny import build_tiny_bundle, tiny_settings
 from engine.models.anysplat import AnySplat
 from engine.models.config import tiny_anysplat_config, tiny_vggt_config
 from engine.models.vggt import VGGT
+from engine.pipeline.sampler import flow_scheduler, official_flow_schedule
 from engine.pipeline.settings import (
     CONDITIONING_PRESETS,
     MAX_SEED,
@@ -28,7 +29,7 @@ from engine.pipeline.settings import (
     RuntimeOptions,
     SettingsError,
 )
-from engine.pipeline.vist3a import Vist3aPipeline, _clean_text, flow_scheduler, official_flow_schedule
+from engine.pipeline.vist3a import Vist3aPipeline, _clean_text
 
 CPU = RuntimeOptions(device="cpu")
 OFFICIAL_TEMPLATE = (

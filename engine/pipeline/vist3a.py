@@ -50,6 +50,7 @@ from torch import Tensor
 
 from engine.generator.text import unknown_words, unknown_words_message
 from engine.pipeline.decoders import DecodedScene, SceneDecoder, load_decoder
+from engine.pipeline.sampler import denoise, flow_scheduler
 from engine.pipeline.settings import (
     MAX_SEED,
     OWN_CONDITIONING,
@@ -64,6 +65,7 @@ from engine.pipeline.settings import (
     bundle_identity,
 )
 from engine.scene import Cameras, GaussianScene, PointScene
+from engine.stitching.vae import WanVAEAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +270,7 @@ class Vist3aPipeline:
         self.text_encoder = text_encoder
         self.transformer = transformer
         self.vae = vae
+        self.vae_adapter = WanVAEAdapter(vae)
         self.scheduler_config = dict(scheduler_config)
         self.decoder = decoder
         self.runtime = runtime
@@ -515,27 +518,24 @@ class Vist3aPipeline:
         noise = torch.randn(self.latent_shape(settings), generator=generator, dtype=torch.float32)
         return noise.to(self.device)
 
-    def _latent_scale(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        channels = self.vae.config.z_dim
-        mean = torch.tensor(self.vae.config.latents_mean, dtype=like.dtype, device=like.device)
-        std = torch.tensor(self.vae.config.latents_std, dtype=like.dtype, device=like.device)
-        return mean.view(1, channels, 1, 1, 1), std.view(1, channels, 1, 1, 1)
-
     def denormalize_latent(self, latent: Tensor) -> Tensor:
         """Sampler space -> VAE space: latent * latents_std + latents_mean (per channel)."""
-        mean, std = self._latent_scale(latent)
-        return latent * std + mean
+        return self.vae_adapter.denormalize(latent)
 
-    @torch.no_grad()
-    def decode_frames(self, vae_latent: Tensor) -> Tensor:
-        """(1, C, T_lat, h, w) un-normalised latent -> (1, T, 3, H, W) float32 RGB, (VAE output + 1) / 2.
+    def decode_video(self, vae_latent: Tensor) -> Tensor:
+        """(B, C, T_lat, h, w) un-normalised latent -> (B, T, 3, H, W) float32 RGB, (VAE output + 1) / 2.
 
+        Differentiable (the reward finetuning backpropagates through it); the VAE must be on the device.
         Not clamped here (the diffusers Wan VAE clamps its output to [-1, 1] itself); the released
         stitched decoder reads these values as they are, as in the official inference.
         """
-        with self._on_device(self.vae) as vae:
-            video = vae.decode(vae_latent.to(self.device, torch.float32), return_dict=False)[0]
-        return ((video.float() + 1) / 2).permute(0, 2, 1, 3, 4)
+        return self.vae_adapter.decode_raw(vae_latent.to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def decode_frames(self, vae_latent: Tensor) -> Tensor:
+        """:meth:`decode_video` without gradients, the VAE brought to the device for the call (CPU offload)."""
+        with self._on_device(self.vae):
+            return self.decode_video(vae_latent)
 
     @torch.no_grad()
     def preview(self, x0_estimate: Tensor) -> np.ndarray:
@@ -573,30 +573,29 @@ class Vist3aPipeline:
             progress("encode_prompt", 1, 1, None)
 
         scheduler = self.make_scheduler(settings)
-        latents = self.initial_noise(settings, seed)
         total = len(scheduler.timesteps)
+
+        def step_end(index: int, latents: Tensor, velocity: Tensor) -> None:
+            image = None
+            if preview_every and ((index + 1) % preview_every == 0 or index + 1 == total):
+                # Flow matching: x_t = (1 - sigma) x0 + sigma * noise, velocity = noise - x0.
+                sigma = scheduler.sigmas[index].to(latents.device)
+                image = self.preview(latents - sigma * velocity)
+            if progress:
+                progress("denoise", index + 1, total, image)
+
         with self._on_device(self.transformer) as transformer:
-            for index, timestep in enumerate(scheduler.timesteps):
-                check_cancel(cancel)
-                model_input = latents.to(self.dtype)
-                t = timestep.expand(latents.shape[0])
-                velocity = transformer(
-                    hidden_states=model_input, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False
-                )[0]
-                if negative_embeds is not None:
-                    velocity_uncond = transformer(
-                        hidden_states=model_input, timestep=t, encoder_hidden_states=negative_embeds, return_dict=False
-                    )[0]
-                    velocity = velocity_uncond + settings.guidance_scale * (velocity - velocity_uncond)
-                velocity = velocity.float()
-                image = None
-                if preview_every and ((index + 1) % preview_every == 0 or index + 1 == total):
-                    # Flow matching: x_t = (1 - sigma) x0 + sigma * noise, velocity = noise - x0.
-                    sigma = scheduler.sigmas[index].to(latents.device)
-                    image = self.preview(latents - sigma * velocity)
-                latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
-                if progress:
-                    progress("denoise", index + 1, total, image)
+            latents = denoise(
+                transformer,
+                scheduler,
+                self.initial_noise(settings, seed),
+                prompt_embeds,
+                negative_embeds,
+                settings.guidance_scale,
+                dtype=self.dtype,
+                on_step_start=lambda index, with_grad: check_cancel(cancel),
+                on_step_end=step_end,
+            )
         if not latents.is_meta and not torch.isfinite(latents).all():
             raise FloatingPointError(
                 "the denoised latent contains NaN or infinity (try dtype float32 or bfloat16 instead of float16)"
@@ -745,58 +744,6 @@ def _scene_of_kind(decoded: DecodedScene, kind: str) -> Union[GaussianScene, Poi
 def default_conditioning_for(bundle: ModelBundle) -> str:
     """The conditioning preset a bundle's model was trained with: ``released`` for the released kind."""
     return RELEASED_CONDITIONING if bundle.decoder_kind == "anysplat-stitched" else OWN_CONDITIONING
-
-
-def official_flow_schedule(
-    num_steps: int, flow_shift: float, num_train_timesteps: int = 1000
-) -> tuple[np.ndarray, np.ndarray]:
-    """diffusers 0.33.1's UniPC flow schedule (``use_flow_sigmas=True``, no dynamic shifting).
-
-    Source: ``UniPCMultistepScheduler.set_timesteps`` of diffusers 0.33.1 (what the released VIST3A was
-    sampled with): ``alphas = linspace(1, 1/N, n + 1)``, ``sigmas = 1 - alphas``, shifted by
-    ``s·σ / (1 + (s - 1)·σ)``, reversed and the last (zero) dropped; timesteps ``int64(σ·N)`` from the
-    float64 sigmas; the final sigma 0 appended (``final_sigmas_type="zero"``) and the sigmas stored as
-    float32. Later releases take ``linspace(1, 1/N, n + 1)[:-1]`` instead, one step finer at the end: at
-    50 steps and shift 5 the last timesteps are 241/172/92 here and 244/175/96 there.
-
-    Returns (sigmas (n + 1,) float32, timesteps (n,) int64).
-    """
-    alphas = np.linspace(1, 1 / num_train_timesteps, num_steps + 1)
-    sigmas = 1.0 - alphas
-    sigmas = np.flip(flow_shift * sigmas / (1 + (flow_shift - 1) * sigmas))[:-1].copy()
-    timesteps = (sigmas * num_train_timesteps).astype(np.int64)
-    return np.concatenate([sigmas, [0.0]]).astype(np.float32), timesteps
-
-
-def flow_scheduler(
-    scheduler_config: dict, num_steps: int, flow_shift: float, device: torch.device, schedule: str = "installed"
-):
-    """A fresh diffusers UniPC scheduler in flow-matching mode, its timesteps set for ``num_steps``.
-
-    ``scheduler_config`` is the Wan pipeline's scheduler config (keys starting with ``_`` are ignored;
-    ``{}``: diffusers' defaults, as the official inference builds it). ``schedule``: "installed" keeps the
-    installed diffusers' sigmas, "diffusers-0.33.1" replaces them by ``official_flow_sigmas``.
-
-    The step index starts at 0 explicitly (``set_begin_index``): diffusers otherwise finds it by looking
-    the first timestep up in the schedule and, when the first two timesteps coincide (a large shift with
-    many steps, e.g. 11 steps at shift 100, 201 at shift 5), starts at the second and runs out of sigmas.
-    """
-    from diffusers import UniPCMultistepScheduler
-
-    if schedule not in ("installed", "diffusers-0.33.1"):
-        raise ValueError(f"schedule must be 'installed' or 'diffusers-0.33.1', got {schedule!r}")
-    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    config.update(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(flow_shift))
-    scheduler = UniPCMultistepScheduler.from_config(config)
-    scheduler.set_timesteps(int(num_steps), device=device)
-    if schedule == "diffusers-0.33.1":
-        sigmas, timesteps = official_flow_schedule(
-            int(num_steps), float(flow_shift), scheduler.config.num_train_timesteps
-        )
-        scheduler.sigmas = torch.from_numpy(sigmas)
-        scheduler.timesteps = torch.from_numpy(timesteps).to(device=device)
-    scheduler.set_begin_index(0)
-    return scheduler
 
 
 def _hub_offline() -> bool:
