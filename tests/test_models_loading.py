@@ -8,9 +8,10 @@ from safetensors.torch import save_file
 
 from engine.models.anysplat import AnySplat
 from engine.models.checkpoint import CheckpointError, config_from_official, load_state_dict_strict, resolve_source
-from engine.models.config import AnySplatConfig, VGGTConfig, tiny_anysplat_config, tiny_vggt_config
+from engine.models.config import AnySplatConfig, VGGTConfig
 from engine.models.loading import load_model
 from engine.models.vggt import VGGT
+from engine.testing.tiny import tiny_anysplat_config, tiny_vggt_config
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import torch
 from test_pipeline_tiny import build_tiny_bundle, tiny_settings
 
 from engine.models.anysplat import AnySplat
-from engine.models.config import tiny_anysplat_config, tiny_vggt_config
 from engine.models.vggt import VGGT
 from engine.pipeline.sampler import flow_scheduler, official_flow_schedule
 from engine.pipeline.settings import (
@@ -30,6 +29,7 @@ from engine.pipeline.settings import (
     SettingsError,
 )
 from engine.pipeline.vist3a import Vist3aPipeline, _clean_text
+from engine.testing.tiny import tiny_anysplat_config, tiny_vggt_config
 
 CPU = RuntimeOptions(device="cpu")
 OFFICIAL_TEMPLATE = (

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.models.anysplat import AnySplat
-from engine.models.config import tiny_anysplat_config, tiny_vggt_config
 from engine.models.vggt import VGGT
 from engine.stitching.checkpoint import (
     CONFIG_FILE,
@@ -27,6 +26,7 @@ from engine.stitching.released import (
     ours_to_released,
     released_to_ours,
 )
+from engine.testing.tiny import tiny_anysplat_config, tiny_vggt_config
 
 VIEWS, SIZE, DIM = 3, 56, 32
 # stand-in "VAE" whose latent is the token grid itself: one latent frame per frame, 14 px per latent pixel

@@ -13,7 +13,7 @@ from engine.stitching.clips import FolderClips, MixedClips, SyntheticClips
 from engine.stitching.decoder import VAEReference
 from engine.stitching.train import color_jitter, render_psnr, view_counts, warmup_cosine
 from engine.stitching.train_cli import add_train_parser
-from engine.stitching.train_tiny import tiny_trainer
+from engine.testing.tiny import tiny_trainer
 
 torch.set_num_threads(1)
 
@@ -193,9 +193,9 @@ def test_cli_search_then_train_then_resume_end_to_end(tmp_path):
     from engine.stitching.decoder import StitchedDecoder
     from engine.stitching.losses import PRESETS, distillation_loss
     from engine.stitching.train_cli import _stitching_init
-    from engine.stitching.train_tiny import TINY_SPEC, tiny_wan_vae
     from engine.stitching.vae import load_video_vae
-    from engine.testing.tiny import build_visible_anysplat
+    from engine.testing.tiny import FINETUNE_SPEC as TINY_SPEC
+    from engine.testing.tiny import build_visible_anysplat, tiny_wan_vae
 
     model_dir, vae_dir = save_checkpoint(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
     tiny_wan_vae().save_pretrained(str(vae_dir))
