@@ -324,6 +324,56 @@ def _layer_count(state: dict, prefix: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
+# open_clip key -> (transformers key, transposed); projections are stored transposed in open_clip
+_RENAMED = {
+    "visual.conv1.weight": ("vision_model.embeddings.patch_embedding.weight", False),
+    "visual.class_embedding": ("vision_model.embeddings.class_embedding", False),
+    "token_embedding.weight": ("text_model.embeddings.token_embedding.weight", False),
+    "visual.positional_embedding": ("vision_model.embeddings.position_embedding.weight", False),
+    "positional_embedding": ("text_model.embeddings.position_embedding.weight", False),
+    "visual.proj": ("visual_projection.weight", True),
+    "text_projection": ("text_projection.weight", True),
+}
+_NORMS = {
+    "visual.ln_pre.": "vision_model.pre_layrnorm.",
+    "visual.ln_post.": "vision_model.post_layernorm.",
+    "ln_final.": "text_model.final_layer_norm.",
+}
+_BLOCKS = {
+    "visual.transformer.resblocks.": "vision_model.encoder.layers.",
+    "transformer.resblocks.": "text_model.encoder.layers.",
+}
+
+
+def _convert_key(key: str, value: Tensor, out: dict[str, Tensor]) -> bool:
+    """Adds the transformers form of one open_clip tensor to ``out``; False if the key is unknown."""
+    if key == "logit_scale":
+        out["logit_scale"] = value.reshape(())
+        return True
+    if key in _RENAMED:
+        name, transposed = _RENAMED[key]
+        out[name] = value.t().contiguous() if transposed else value
+        return True
+    prefix = next((p for p in _NORMS if key.startswith(p)), None)
+    if prefix is not None:
+        out[_NORMS[prefix] + key[len(prefix) :]] = value
+        return True
+    prefix = next((p for p in _BLOCKS if key.startswith(p)), None)
+    if prefix is not None:
+        index, rest = key[len(prefix) :].split(".", 1)
+        return _convert_block(f"{_BLOCKS[prefix]}{index}.", rest, value, out)
+    return False
+
+
+def _openclip_keys_to_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The key mapping of :func:`openclip_to_transformers` (unknown keys raise ValueError, named)."""
+    out: dict[str, Tensor] = {}
+    unknown = [key for key, value in state.items() if key not in _DROPPED and not _convert_key(key, value, out)]
+    if unknown:
+        raise ValueError(f"open_clip state dict has keys this conversion does not know: {unknown[:5]} ({len(unknown)})")
+    return out
+
+
 def openclip_to_transformers(state_dict: dict, open_clip_config: Optional[dict] = None):
     """Converts an open_clip ViT CLIP state dict to transformers ``CLIPModel`` form.
 
@@ -346,47 +396,7 @@ def openclip_to_transformers(state_dict: dict, open_clip_config: Optional[dict] 
     from transformers import CLIPConfig
 
     state = _unwrap(state_dict)
-    out: dict[str, Tensor] = {}
-    unknown = []
-    fixed = {
-        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-        "visual.class_embedding": "vision_model.embeddings.class_embedding",
-        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-        "logit_scale": "logit_scale",
-    }
-    norms = {
-        "visual.ln_pre.": "vision_model.pre_layrnorm.",
-        "visual.ln_post.": "vision_model.post_layernorm.",
-        "ln_final.": "text_model.final_layer_norm.",
-    }
-    for key, value in state.items():
-        if key in _DROPPED:
-            continue
-        if key in fixed:
-            out[fixed[key]] = value.reshape(()) if key == "logit_scale" else value
-        elif key == "visual.positional_embedding":
-            out["vision_model.embeddings.position_embedding.weight"] = value
-        elif key == "positional_embedding":
-            out["text_model.embeddings.position_embedding.weight"] = value
-        elif key == "visual.proj":
-            out["visual_projection.weight"] = value.t().contiguous()
-        elif key == "text_projection":
-            out["text_projection.weight"] = value.t().contiguous()
-        elif any(key.startswith(p) for p in norms):
-            prefix = next(p for p in norms if key.startswith(p))
-            out[norms[prefix] + key[len(prefix) :]] = value
-        elif key.startswith("visual.transformer.resblocks."):
-            index, rest = key[len("visual.transformer.resblocks.") :].split(".", 1)
-            if not _convert_block(f"vision_model.encoder.layers.{index}.", rest, value, out):
-                unknown.append(key)
-        elif key.startswith("transformer.resblocks."):
-            index, rest = key[len("transformer.resblocks.") :].split(".", 1)
-            if not _convert_block(f"text_model.encoder.layers.{index}.", rest, value, out):
-                unknown.append(key)
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"open_clip state dict has keys this conversion does not know: {unknown[:5]} ({len(unknown)})")
+    out = _openclip_keys_to_transformers(state)
     needed_keys = (
         "visual.conv1.weight",
         "visual.positional_embedding",

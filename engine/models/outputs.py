@@ -135,6 +135,41 @@ def _row_chunks(views: int, height: int, width: int, chunk_size: int):
             yield view, top, bottom, (view * height + top) * width
 
 
+def _merged_chunks(raw: Tensor, points: Tensor, voxel_size: float, features, chunk_size: int):
+    """AnySplat's voxel merge of one batch element: (number of voxels, chunks()), chunks() yielding
+    (start, stop, merged means, merged raw features) per chunk of voxels (the official per-voxel softmax
+    of the confidence channel, the last one)."""
+    views, channels, height, width = raw.shape
+    device = raw.device
+    if voxel_size <= 0:
+        raise ValueError(f"voxel_size must be positive, got {voxel_size}")
+    count = views * height * width
+    flat_points = points.reshape(count, 3).float()
+    conf = raw[:, -1].reshape(count).float()
+    _, inverse = torch.unique((flat_points / voxel_size).round().int(), dim=0, return_inverse=True)
+    count = int(inverse.max()) + 1 if inverse.numel() else 0
+    voxel_max = torch.full((count,), float("-inf"), device=device).scatter_reduce(
+        0, inverse, conf, reduce="amax", include_self=True
+    )
+    conf_exp = torch.exp(conf - voxel_max[inverse])
+    voxel_sum = torch.zeros(count, device=device).index_add(0, inverse, conf_exp)
+    weights = (conf_exp / (voxel_sum[inverse] + SOFTMAX_DENOMINATOR_EPS)).unsqueeze(-1)
+    del conf, conf_exp, voxel_sum, voxel_max
+    merged_points = torch.zeros(count, 3, device=device).index_add(0, inverse, flat_points * weights)
+    merged = torch.zeros(count, channels - 1, device=device)
+    for view, top, bottom, start in _row_chunks(views, height, width, chunk_size):
+        stop = start + (bottom - top) * width
+        merged.index_add_(0, inverse[start:stop], features(view, top, bottom)[:, :-1] * weights[start:stop])
+    del weights, inverse, flat_points
+
+    def chunks():
+        for start in range(0, count, chunk_size):
+            stop = min(count, start + chunk_size)
+            yield start, stop, merged_points[start:stop], merged[start:stop]
+
+    return count, chunks
+
+
 def gaussian_scene_from_raw(
     raw: Tensor,
     points: Tensor,
@@ -173,35 +208,10 @@ def gaussian_scene_from_raw(
     def features(view, top, bottom):  # (rows·W, C) float32 raw channels of one chunk
         return raw[view, :, top:bottom].permute(1, 2, 0).reshape(-1, channels).float()
 
-    count = views * height * width
-    merge = voxel_size is not None and not raw.is_meta
-    if merge:
-        if voxel_size <= 0:
-            raise ValueError(f"voxel_size must be positive, got {voxel_size}")
-        flat_points = points.reshape(count, 3).float()
-        conf = raw[:, -1].reshape(count).float()
-        _, inverse = torch.unique((flat_points / voxel_size).round().int(), dim=0, return_inverse=True)
-        count = int(inverse.max()) + 1 if inverse.numel() else 0
-        voxel_max = torch.full((count,), float("-inf"), device=device).scatter_reduce(
-            0, inverse, conf, reduce="amax", include_self=True
-        )
-        conf_exp = torch.exp(conf - voxel_max[inverse])
-        voxel_sum = torch.zeros(count, device=device).index_add(0, inverse, conf_exp)
-        weights = (conf_exp / (voxel_sum[inverse] + SOFTMAX_DENOMINATOR_EPS)).unsqueeze(-1)
-        del conf, conf_exp, voxel_sum, voxel_max
-        merged_points = torch.zeros(count, 3, device=device).index_add(0, inverse, flat_points * weights)
-        merged = torch.zeros(count, channels - 1, device=device)
-        for view, top, bottom, start in _row_chunks(views, height, width, chunk_size):
-            stop = start + (bottom - top) * width
-            merged.index_add_(0, inverse[start:stop], features(view, top, bottom)[:, :-1] * weights[start:stop])
-        del weights, inverse, flat_points
-
-        def chunks():
-            for start in range(0, count, chunk_size):
-                stop = min(count, start + chunk_size)
-                yield start, stop, merged_points[start:stop], merged[start:stop]
-
+    if voxel_size is not None and not raw.is_meta:
+        count, chunks = _merged_chunks(raw, points, voxel_size, features, chunk_size)
     else:
+        count = views * height * width
 
         def chunks():
             for view, top, bottom, start in _row_chunks(views, height, width, chunk_size):

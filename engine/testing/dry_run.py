@@ -256,48 +256,46 @@ def meta_released_checkpoint(decoder) -> dict:
     }
 
 
-@contextlib.contextmanager
-def meta_weight_loading() -> Iterator[None]:
-    """Within the block, reading weights builds the models from their configs on the meta device.
+def _keep_in_float32(model: torch.nn.Module) -> None:
+    """As ``from_pretrained`` with a dtype: the model's ``_keep_in_fp32_modules`` go back to float32."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if any(part in keep for part in name.split(".")):
+            module.float()
 
-    Patched (and nothing else): the ``from_pretrained`` of ``UMT5EncoderModel``, ``WanTransformer3DModel``
-    and ``AutoencoderKLWan``; ``safetensors.torch.load_file`` for stitched-decoder folders;
-    ``engine.models.checkpoint.read_state_dict`` for AnySplat weights; ``torch.load`` for the released
-    stitched checkpoint. Every config is still read from the bundle's files.
-    """
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+def _meta_text_encoder(cls, source, subfolder=None, dtype=None, **kwargs):
+    """``UMT5EncoderModel.from_pretrained`` on the meta device (config read from the bundle)."""
     from transformers import UMT5Config, UMT5EncoderModel
 
+    config = UMT5Config.from_pretrained(str(Path(source) / (subfolder or "")))
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    model = model.to(dtype or torch.float32)
+    if dtype == torch.float16:  # as transformers' from_pretrained: T5 feed-forward outputs stay float32
+        _keep_in_float32(model)
+    return model
+
+
+def _meta_diffusers_loader(model_cls):
+    """``model_cls.from_pretrained`` (a diffusers model) on the meta device."""
+
+    def load(cls, source, subfolder=None, torch_dtype=None, **kwargs):
+        config = model_cls.load_config(str(source), subfolder=subfolder)
+        with torch.device("meta"):
+            model = model_cls.from_config(config)
+        model = model.to(torch_dtype or torch.float32)
+        _keep_in_float32(model)  # as diffusers' from_pretrained(torch_dtype=...)
+        return model
+
+    return load
+
+
+def _meta_decoder_readers():
+    """(load_file, read_state_dict, torch_load) stand-ins giving meta state dicts of the 3D decoders."""
     from engine.models.config import AnySplatConfig, config_from_dict
     from engine.models.loading import build_model
     from engine.stitching.decoder import RELEASED_CUT_STAGE, RELEASED_SPEC, WAN_VAE, StitchedDecoder
-
-    def text_encoder(cls, source, subfolder=None, dtype=None, **kwargs):
-        config = UMT5Config.from_pretrained(str(Path(source) / (subfolder or "")))
-        with torch.device("meta"):
-            model = UMT5EncoderModel(config)
-        model = model.to(dtype or torch.float32)
-        if dtype == torch.float16:  # as transformers' from_pretrained: T5 feed-forward outputs stay float32
-            keep = getattr(model, "_keep_in_fp32_modules", None) or []
-            for name, module in model.named_modules():
-                if any(part in keep for part in name.split(".")):
-                    module.float()
-        return model
-
-    def diffusers_model(model_cls):
-        def load(cls, source, subfolder=None, torch_dtype=None, **kwargs):
-            config = model_cls.load_config(str(source), subfolder=subfolder)
-            with torch.device("meta"):
-                model = model_cls.from_config(config)
-            model = model.to(torch_dtype or torch.float32)
-            # as diffusers' from_pretrained(torch_dtype=...): these modules stay float32
-            keep = getattr(model, "_keep_in_fp32_modules", None) or []
-            for name, module in model.named_modules():
-                if any(part in keep for part in name.split(".")):
-                    module.float()
-            return model
-
-        return load
 
     real_load_file = __import__("safetensors.torch", fromlist=["load_file"]).load_file
     real_torch_load = torch.load
@@ -327,11 +325,27 @@ def meta_weight_loading() -> Iterator[None]:
             return meta_released_checkpoint(decoder)
         return real_torch_load(path, *args, **kwargs)
 
+    return load_file, read_state_dict, load_checkpoint
+
+
+@contextlib.contextmanager
+def meta_weight_loading() -> Iterator[None]:
+    """Within the block, reading weights builds the models from their configs on the meta device.
+
+    Patched (and nothing else): the ``from_pretrained`` of ``UMT5EncoderModel``, ``WanTransformer3DModel``
+    and ``AutoencoderKLWan``; ``safetensors.torch.load_file`` for stitched-decoder folders;
+    ``engine.models.checkpoint.read_state_dict`` for AnySplat weights; ``torch.load`` for the released
+    stitched checkpoint. Every config is still read from the bundle's files.
+    """
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    load_file, read_state_dict, load_checkpoint = _meta_decoder_readers()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(UMT5EncoderModel, "from_pretrained", classmethod(text_encoder)))
+        stack.enter_context(mock.patch.object(UMT5EncoderModel, "from_pretrained", classmethod(_meta_text_encoder)))
         for model_cls in (WanTransformer3DModel, AutoencoderKLWan):
             stack.enter_context(
-                mock.patch.object(model_cls, "from_pretrained", classmethod(diffusers_model(model_cls)))
+                mock.patch.object(model_cls, "from_pretrained", classmethod(_meta_diffusers_loader(model_cls)))
             )
         stack.enter_context(mock.patch("safetensors.torch.load_file", load_file))
         stack.enter_context(mock.patch("engine.models.checkpoint.read_state_dict", read_state_dict))
