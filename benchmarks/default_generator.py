@@ -34,10 +34,9 @@ def load_pipeline(wan_folder: Path, workdir: Path):
     """A Vist3aPipeline over ``wan_folder`` with the tiny decoder (the decoder is not used here)."""
     from engine.pipeline.settings import ModelBundle, RuntimeOptions
     from engine.pipeline.vist3a import Vist3aPipeline
-    from engine.stitching.checkpoint import save_stitched_decoder
     from engine.testing.tiny import TINY_DECODER_KIND, build_stitched_decoder
 
-    save_stitched_decoder(build_stitched_decoder(0), workdir / "decoder")
+    build_stitched_decoder(0).save_pretrained(workdir / "decoder")
     bundle = ModelBundle(
         root=workdir,
         name="benchmark",

@@ -130,10 +130,9 @@ def test_missing_cache_entry_names_the_hub_id(layout, tmp_path, monkeypatch):
 
 def test_stitched_kind_with_hub_wan_and_lora(offline_cache, layout, tmp_path):
     """Our own decoder kind beside a Wan pipeline given by hub id and a LoRA folder."""
-    from engine.stitching.checkpoint import save_stitched_decoder
 
     _, released = layout
-    save_stitched_decoder(build_stitched_decoder(seed=2), tmp_path / "decoder")
+    build_stitched_decoder(seed=2).save_pretrained(tmp_path / "decoder")
     (tmp_path / "lora").symlink_to(released / "vist3a_1.3b_lora_ema", target_is_directory=True)
     ModelBundle(
         root=tmp_path,

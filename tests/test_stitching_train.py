@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from engine.stitching.clips import FolderClips, MixedClips, SyntheticClips
-from engine.stitching.decoder import VAEReference
+from engine.stitching.decoder import StitchedDecoder, VAEReference
 from engine.stitching.train import color_jitter, render_psnr, view_counts, warmup_cosine
 from engine.stitching.train_cli import add_train_parser
 from engine.testing.tiny import tiny_trainer
@@ -143,7 +143,6 @@ def test_finetuning_lowers_l1_raises_render_psnr_and_export_matches(tmp_path):
     """A few steps on one synthetic clip lower the L1 to the (visible) tiny teacher and raise the PSNR of
     the student's Gaussians against the teacher's, both rendered at the teacher's cameras; the merged
     export reproduces the LoRA student."""
-    from engine.stitching.checkpoint import load_stitched_decoder
 
     trainer = make_trainer(tmp_path / "run")
     batch = trainer.targets(trainer.sample_batch())
@@ -169,7 +168,7 @@ def test_finetuning_lowers_l1_raises_render_psnr_and_export_matches(tmp_path):
     assert psnr_after > psnr_before + 1.0
     assert render_psnr(teacher_prediction, teacher_prediction) >= 99  # identical renders hit the MSE floor
 
-    exported = load_stitched_decoder(trainer.export(tmp_path / "export"))
+    exported = StitchedDecoder.from_pretrained(trainer.export(tmp_path / "export"))
     assert exported.lora_info["rank"] == 4 and exported.lora_info["merged"]
     assert not any("lora" in k for k in exported.state_dict())
     merged_prediction = exported.predict(*batch[:2])
@@ -182,13 +181,12 @@ def _check_export_beats_the_search_init(run, search, model_dir, vae_dir, best_st
     """The merged export of a CLI run loads, predicts finite values and is closer to the teacher than the
     layer-search initialisation on unseen clips."""
     from engine.models.loading import load_model
-    from engine.stitching.checkpoint import load_stitched_decoder
     from engine.stitching.decoder import StitchedDecoder
     from engine.stitching.losses import PRESETS, distillation_loss
     from engine.stitching.train_cli import _stitching_init
     from engine.stitching.vae import load_video_vae
 
-    exported = load_stitched_decoder(run / "export")
+    exported = StitchedDecoder.from_pretrained(run / "export")
     assert exported.cut_stage == best_stage and exported.lora_info["steps"] == 5
     teacher, _ = load_model(model_dir)
     vae = load_video_vae(vae_dir)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+
+from engine.strict_config import dataclass_from_dict
 
 MODEL_TYPES = ("vggt", "anysplat")
 
@@ -179,7 +180,7 @@ class VGGTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> VGGTConfig:
-        return _from_dict(cls, data)
+        return dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class AnySplatConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AnySplatConfig:
-        return _from_dict(cls, data)
+        return dataclass_from_dict(cls, data)
 
 
 def _check_heads(aggregator: AggregatorConfig, camera: CameraHeadConfig, heads: dict) -> None:
@@ -242,25 +243,6 @@ def _to_dict(config) -> dict:
             value = list(value)
         out[f.name] = value
     return out
-
-
-def _from_dict(cls, data: dict[str, Any]):
-    """Builds a (nested) config dataclass; unknown keys are an error, missing keys take the defaults."""
-    if not isinstance(data, dict):
-        raise TypeError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config keys {unknown}")
-    kwargs = {}
-    for name, value in data.items():
-        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default):
-            value = _from_dict(type(default), value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
 
 
 def config_from_dict(data: dict) -> VGGTConfig | AnySplatConfig:

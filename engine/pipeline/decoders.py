@@ -2,7 +2,7 @@
 
 Two bundle decoder kinds are built in (``DECODER_LOADERS``; ``register_decoder_loader`` adds others):
 
-* ``stitched``: our checkpoint folder (``engine.stitching.checkpoint``: ``model.safetensors`` +
+* ``stitched``: our checkpoint folder (``StitchedDecoder.save_pretrained``: ``model.safetensors`` +
   ``stitched_config.json``), AnySplat or VGGT, LoRA already merged;
 * ``anysplat-stitched``: the released VIST3A ``anysplat_stitched.pth`` (LoRA + stitching conv + tokens),
   merged onto the base AnySplat named by the bundle's ``extra.anysplat`` (a folder or hub id, default
@@ -152,10 +152,10 @@ def _voxel_size(bundle: ModelBundle, default: Optional[float]) -> Optional[float
 
 def load_stitched(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> StitchedSceneDecoder:
     """Bundle kind ``stitched``: our checkpoint folder, with the official precision policy for ``dtype``."""
-    from engine.stitching.checkpoint import StitchedCheckpointError, load_stitched_decoder
+    from engine.stitching.checkpoint import StitchedCheckpointError
 
     try:
-        decoder = load_stitched_decoder(bundle.decoder_path, device=device, dtype=torch.float32)
+        decoder = StitchedDecoder.from_pretrained(bundle.decoder_path, device=device, dtype=torch.float32)
     except StitchedCheckpointError as error:
         raise ModelLoadError(f"bundle {bundle.name!r}: {error}") from error
     decoder.set_precision(dtype)

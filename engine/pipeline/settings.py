@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from engine.strict_config import dataclass_from_dict
+
 # Conditioning presets (prompt template, negative prompt, sampler schedule), kept as data with their
 # provenance in conditioning_presets.json: "released" is the official VIST3A inference's text verbatim,
 # "ours" this project's wording.
@@ -100,17 +102,15 @@ def _is_number(value) -> bool:
 
 
 def _from_dict(cls, data: dict, what: str):
-    """Builds a dataclass from a dict, refusing unknown keys (a typo must not pass silently)."""
-    if not isinstance(data, dict):
-        raise SettingsError(f"{what} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SettingsError(f"{what}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    """``engine.strict_config.dataclass_from_dict`` with its errors as ``SettingsError``."""
     try:
-        return cls(**data)
-    except TypeError as exc:  # a required field is missing
+        return dataclass_from_dict(cls, data, what)
+    except TypeError as exc:
         raise SettingsError(f"{what}: {exc}") from exc
+    except ValueError as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        raise SettingsError(str(exc)) from exc
 
 
 @dataclass(frozen=True)

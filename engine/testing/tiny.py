@@ -165,8 +165,6 @@ def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0, 
 
     ``visible``: use the visible tiny AnySplat as the decoder's network (see :func:`build_stitched_decoder`).
     """
-    from engine.stitching.checkpoint import save_stitched_decoder
-
     root = Path(root)
     pipe = build_wan_pipeline(seed)
     pipe.save_pretrained(str(root / "wan"))
@@ -174,7 +172,7 @@ def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0, 
     if with_lora:
         build_lora_adapter(pipe.transformer, root / "lora", seed=seed + 1)
         lora = "lora"
-    save_stitched_decoder(build_stitched_decoder(seed, visible=visible), root / "decoder")
+    build_stitched_decoder(seed, visible=visible).save_pretrained(root / "decoder")
     bundle = ModelBundle(
         root=root,
         name="tiny-random-lora" if with_lora else "tiny-random",
