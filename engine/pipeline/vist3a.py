@@ -409,6 +409,51 @@ class Vist3aPipeline:
             memory_policy=policy,
         )
 
+    def save_pretrained(self, directory: Union[str, Path], name: Optional[str] = None) -> Path:
+        """Writes this pipeline as a model bundle that :meth:`from_pretrained` loads; returns the folder.
+
+        Layout: ``wan/`` (a diffusers ``WanPipeline`` folder; a LoRA applied on load is saved merged into the
+        transformer), ``decoder/`` (``StitchedDecoder.save_pretrained``) and ``vist3a.json`` (decoder kind
+        ``stitched``; the decoder's default voxel size as ``extra.voxel_size``). Written atomically.
+
+        Raises:
+            ValueError: the 3D decoder is not a stitched decoder whose settings the ``stitched`` kind keeps
+                (a custom decoder, or the released kind, which reads unclamped frames).
+        """
+        from diffusers import UniPCMultistepScheduler, WanPipeline
+
+        from engine.io.atomic import atomic_directory
+        from engine.pipeline.decoders import STITCHED_KIND, StitchedSceneDecoder
+
+        scene_decoder = self.decoder
+        if not isinstance(scene_decoder, StitchedSceneDecoder) or not scene_decoder.clamp_frames:
+            raise ValueError(
+                f"only a pipeline with a stitched decoder of kind {STITCHED_KIND!r} can be saved, "
+                f"not {type(scene_decoder).__name__} (clamped frames: {getattr(scene_decoder, 'clamp_frames', None)})"
+            )
+        directory = Path(directory)
+        self._unpark()
+        with atomic_directory(directory) as tmp:
+            wan = WanPipeline(
+                tokenizer=self.tokenizer,
+                text_encoder=self.text_encoder,
+                transformer=self.transformer,
+                vae=self.vae,
+                scheduler=UniPCMultistepScheduler.from_config(self.scheduler_config),
+            )
+            wan.save_pretrained(str(tmp / "wan"))
+            scene_decoder.decoder.save_pretrained(tmp / "decoder")
+            extra = {} if scene_decoder.voxel_size is None else {"voxel_size": scene_decoder.voxel_size}
+            ModelBundle(
+                root=tmp,
+                name=name or self.model_identity.get("name", directory.name),
+                wan="wan",
+                decoder_kind=STITCHED_KIND,
+                decoder_checkpoint="decoder",
+                extra=extra,
+            ).save()
+        return directory
+
     # ------------------------------------------------------------------ geometry of the latent
 
     @property
