@@ -118,3 +118,27 @@ def test_addon_has_no_import_cycles():
     addon = {name for name in graph if name.split(".")[0] == "addon"}
     cycle = find_cycle(graph, addon)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_engine_modules_the_addon_imports_use_relative_imports():
+    """Inside Blender the engine is the add-on's subpackage (``<extension>.engine``): every engine module the
+    add-on reaches must import its siblings relatively, or it fails there with "No module named 'engine'"."""
+    graph = import_graph()
+    reached: set[str] = set()
+    todo = [m for name, targets in graph.items() if name.split(".")[0] == "addon" for m in targets]
+    while todo:
+        module = todo.pop()
+        if module.split(".")[0] == "engine" and module not in reached:
+            reached.add(module)
+            todo.extend(graph[module])
+    assert {"engine.pipeline.settings", "engine.worker.protocol", "engine.io"} <= reached
+    modules = {**module_names("engine")}
+    absolute = []
+    for name in sorted(reached):
+        tree = ast.parse(modules[name].read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "engine":
+                absolute.append(f"{name}: from {node.module} import ...")
+            elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "engine" for a in node.names):
+                absolute.append(f"{name}: import {', '.join(a.name for a in node.names)}")
+    assert not absolute, "absolute engine imports in modules the add-on loads: " + "; ".join(absolute)

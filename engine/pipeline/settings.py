@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from engine.strict_config import dataclass_from_dict
+from ..strict_config import dataclass_from_dict  # relative: the add-on imports this module from its bundled engine
 
 # Conditioning presets (prompt template, negative prompt, sampler schedule), kept as data with their
 # provenance in conditioning_presets.json: "released" is the official VIST3A inference's text verbatim,
