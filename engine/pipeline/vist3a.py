@@ -321,9 +321,6 @@ class Vist3aPipeline:
             ModelLoadError: a part exists but cannot be loaded.
             SettingsError: a runtime option cannot be honoured here (e.g. CUDA requested, none present).
         """
-        from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
         start = time.perf_counter()
         bundle = model if isinstance(model, ModelBundle) else ModelBundle.load(model)
         bundle.check_files()
@@ -335,49 +332,7 @@ class Vist3aPipeline:
         gpu = device.type in ("cuda", "meta")
         automatic = gpu and (runtime.cpu_offload is None or runtime.vae_tiling is None)
         home = offload_device(device) if (runtime.cpu_offload or automatic) else device
-        source = resolve_wan_source(bundle)
-        hub: dict = {}
-
-        parts: list[tuple[str, Callable]] = [
-            ("tokenizer", lambda: AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)),
-            (
-                "text_encoder",
-                lambda: UMT5EncoderModel.from_pretrained(
-                    source, subfolder="text_encoder", dtype=dtype, use_safetensors=True, **hub
-                ),
-            ),
-            (
-                "transformer",
-                lambda: WanTransformer3DModel.from_pretrained(
-                    source, subfolder="transformer", torch_dtype=dtype, use_safetensors=True, **hub
-                ),
-            ),
-            # The Wan VAE is numerically sensitive; it always runs in float32.
-            (
-                "vae",
-                lambda: AutoencoderKLWan.from_pretrained(
-                    source, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True, **hub
-                ),
-            ),
-            ("scheduler", lambda: UniPCMultistepScheduler.load_config(source, subfolder="scheduler", **hub)),
-        ]
-        loaded: dict = {}
-        total = len(parts) + 1 + (bundle.lora_path is not None)
-        step = 0
-        for name, load in parts:
-            check_cancel(cancel)
-            loaded[name] = _load_part(name, source, load)
-            if isinstance(loaded[name], torch.nn.Module):
-                loaded[name] = loaded[name].to(home).eval().requires_grad_(False)
-            step += 1
-            if progress:
-                progress("load", step, total, None)
-        if bundle.lora_path is not None:
-            check_cancel(cancel)
-            loaded["transformer"] = apply_lora_adapter(loaded["transformer"], bundle.lora_path)
-            step += 1
-            if progress:
-                progress("load", step, total, None)
+        loaded = _load_wan_parts(bundle, dtype, home, progress, cancel)
         check_cancel(cancel)
         if decoder is None:
             decoder = _load_part("decoder", str(bundle.decoder_path), lambda: load_decoder(bundle, home, dtype))
@@ -392,6 +347,7 @@ class Vist3aPipeline:
             if isinstance(decoder, torch.nn.Module):
                 decoder = decoder.to(device)
         if progress:
+            total = _load_steps(bundle)
             progress("load", total, total, None)
         identity = bundle_identity(bundle)
         identity["decoder"]["class"] = type(decoder).__qualname__
@@ -784,6 +740,62 @@ def _scene_of_kind(decoded: DecodedScene, kind: str) -> Union[GaussianScene, Poi
     return PointScene(
         points=gaussians.means, colors=gaussians.base_colors().clamp(0, 1), confidence=gaussians.opacities
     )
+
+
+def _load_steps(bundle: ModelBundle) -> int:
+    """Progress steps of loading ``bundle``: five Wan parts, the LoRA if any, the 3D decoder."""
+    return 5 + 1 + (bundle.lora_path is not None)
+
+
+def _load_wan_parts(bundle: ModelBundle, dtype: torch.dtype, home: torch.device, progress, cancel) -> dict:
+    """Tokenizer, text encoder, transformer (its LoRA merged), VAE and scheduler config of ``bundle``, on ``home``."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    source = resolve_wan_source(bundle)
+    hub: dict = {}
+
+    parts: list[tuple[str, Callable]] = [
+        ("tokenizer", lambda: AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)),
+        (
+            "text_encoder",
+            lambda: UMT5EncoderModel.from_pretrained(
+                source, subfolder="text_encoder", dtype=dtype, use_safetensors=True, **hub
+            ),
+        ),
+        (
+            "transformer",
+            lambda: WanTransformer3DModel.from_pretrained(
+                source, subfolder="transformer", torch_dtype=dtype, use_safetensors=True, **hub
+            ),
+        ),
+        # The Wan VAE is numerically sensitive; it always runs in float32.
+        (
+            "vae",
+            lambda: AutoencoderKLWan.from_pretrained(
+                source, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True, **hub
+            ),
+        ),
+        ("scheduler", lambda: UniPCMultistepScheduler.load_config(source, subfolder="scheduler", **hub)),
+    ]
+    loaded: dict = {}
+    total = _load_steps(bundle)
+    step = 0
+    for name, load in parts:
+        check_cancel(cancel)
+        loaded[name] = _load_part(name, source, load)
+        if isinstance(loaded[name], torch.nn.Module):
+            loaded[name] = loaded[name].to(home).eval().requires_grad_(False)
+        step += 1
+        if progress:
+            progress("load", step, total, None)
+    if bundle.lora_path is not None:
+        check_cancel(cancel)
+        loaded["transformer"] = apply_lora_adapter(loaded["transformer"], bundle.lora_path)
+        step += 1
+        if progress:
+            progress("load", step, total, None)
+    return loaded
 
 
 def default_conditioning_for(bundle: ModelBundle) -> str:
