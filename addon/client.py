@@ -5,7 +5,7 @@ No bpy here: the caller passes an ``EngineConfig`` (built from the preferences) 
 
 * The worker (``python -m engine.worker``, in the engine's Python, running the engine code bundled
   with the extension) starts on the first request and is kept for the next ones, models loaded.
-* Its events are read on a thread (``engine.worker_client``) into a queue; ``poll()`` drains that
+* Its events are read on a thread (``engine.worker.client``) into a queue; ``poll()`` drains that
   queue without blocking. The UI calls it from a timer; background mode and tests use ``wait()``.
 * A worker that exits, is killed, or writes something that is not the protocol ends the running
   generation with an error; one that stops answering pings is killed as hung. Either way the next
@@ -17,7 +17,8 @@ import os
 import time
 from typing import Optional
 
-from .engine import protocol, worker_client
+from .engine.worker import client as worker_client
+from .engine.worker import protocol
 
 # Seconds a worker has to send its hello after it starts (it imports no torch before that).
 START_TIMEOUT = 60.0

@@ -9,7 +9,7 @@ import random
 import bpy
 
 from . import blender_data, client, generation
-from .engine.pipeline_settings import MAX_SEED
+from .engine.pipeline.settings import MAX_SEED
 from .properties import MAX_SEED_UI
 from .reporting import first_line, unexpected_error
 from .state import PREVIEWS, SESSION, STATUS

@@ -19,7 +19,7 @@ from typing import Optional
 import bpy
 
 from . import blender_data, client, history, preferences, reading
-from .engine.pipeline_settings import SettingsError
+from .engine.pipeline.settings import SettingsError
 from .properties import MAX_SEED_UI
 from .reporting import first_line
 from .state import PREVIEWS, SESSION, SETUP, STATUS

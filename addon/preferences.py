@@ -14,7 +14,7 @@ import os
 import bpy
 
 from . import client, setup_env
-from .engine.pipeline_settings import ModelBundle, ModelBundleError, ModelNotFoundError
+from .engine.pipeline.settings import ModelBundle, ModelBundleError, ModelNotFoundError
 from .state import SETUP
 from .ui_text import wrapped_label
 

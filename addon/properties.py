@@ -7,7 +7,7 @@
 import bpy
 
 from . import blender_data, rendering
-from .engine.pipeline_settings import MAX_SEED, GenerationSettings
+from .engine.pipeline.settings import MAX_SEED, GenerationSettings
 
 MAX_SEED_UI = MAX_SEED  # the engine keeps seeds within Blender's 32-bit int properties
 

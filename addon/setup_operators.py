@@ -10,7 +10,7 @@ from typing import Optional
 import bpy
 
 from . import preferences, setup_env
-from .engine.pipeline_settings import ModelBundle, ModelBundleError, ModelNotFoundError
+from .engine.pipeline.settings import ModelBundle, ModelBundleError, ModelNotFoundError
 from .state import SESSION, SETUP
 
 

@@ -26,9 +26,9 @@ from engine.alignment.lpips import LPIPS  # noqa: E402
 from engine.alignment.rewards import ConsistencyReward, PaperReward  # noqa: E402
 from engine.alignment.scorers import QualityScorer  # noqa: E402
 from engine.alignment.train import AlignConfig, AlignmentTrainer  # noqa: E402
-from engine.pipeline import Vist3aPipeline  # noqa: E402
-from engine.pipeline_settings import RuntimeOptions  # noqa: E402
-from engine.tiny import build_tiny_bundle  # noqa: E402
+from engine.pipeline.settings import RuntimeOptions  # noqa: E402
+from engine.pipeline.vist3a import Vist3aPipeline  # noqa: E402
+from engine.testing.tiny import build_tiny_bundle  # noqa: E402
 
 
 class Brightness(QualityScorer):

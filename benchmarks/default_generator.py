@@ -32,12 +32,11 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: make `engine` im
 
 def load_pipeline(wan_folder: Path, workdir: Path):
     """A Vist3aPipeline over ``wan_folder`` with the tiny decoder (the decoder is not used here)."""
-    from engine.pipeline import Vist3aPipeline
-    from engine.pipeline_settings import ModelBundle, RuntimeOptions
-    from engine.stitching.checkpoint import save_stitched_decoder
-    from engine.tiny import TINY_DECODER_KIND, build_stitched_decoder
+    from engine.pipeline.settings import ModelBundle, RuntimeOptions
+    from engine.pipeline.vist3a import Vist3aPipeline
+    from engine.testing.tiny import TINY_DECODER_KIND, build_stitched_decoder
 
-    save_stitched_decoder(build_stitched_decoder(0), workdir / "decoder")
+    build_stitched_decoder(0).save_pretrained(workdir / "decoder")
     bundle = ModelBundle(
         root=workdir,
         name="benchmark",
@@ -50,7 +49,7 @@ def load_pipeline(wan_folder: Path, workdir: Path):
 
 
 def generate_first_frame(pipe, caption: str, args, seed: int) -> np.ndarray:
-    from engine.pipeline_settings import GenerationSettings
+    from engine.pipeline.settings import GenerationSettings
 
     settings = GenerationSettings(
         prompt=caption,

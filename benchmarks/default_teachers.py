@@ -48,8 +48,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from engine.alignment.scorers import CLIPScorer
     from engine.models.loading import load_model
-    from engine.teachers.caption import build_caption_cache, load_caption_cache, load_caption_scorer, retrieval_accuracy
+    from engine.teachers.caption import build_caption_cache, load_caption_cache, retrieval_accuracy
     from engine.teachers.data import build_cache, load_cache
     from engine.teachers.train import evaluate_model
 
@@ -82,7 +83,7 @@ def main() -> int:
             data = Path(scratch.name) / "caption"
             build_caption_cache(data, "heldout", max(32, args.scenes), progress=False)
         frames, captions = load_caption_cache(data, "heldout", max(32, args.scenes))
-        result = retrieval_accuracy(load_caption_scorer(folder), frames[:, 0], captions)
+        result = retrieval_accuracy(CLIPScorer.from_pretrained(folder), frames[:, 0], captions)
         print(
             f"{'caption_scorer':<18} {_folder_mb(folder):>6.2f} {'top1':<16} {result['top1']:>9.4f}  {_verdict('top1', result['top1'])}"
         )

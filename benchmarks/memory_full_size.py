@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/memory_full_size.py [--transformer 1.3B|14B] [--kind anysplat-stitched|stitched]
 
-No GPU and no weights needed: the published configurations (``engine.dry_run``) run through the real
+No GPU and no weights needed: the published configurations (``engine.testing.dry_run``) run through the real
 pipeline on the meta device at the released recipe's size (13 frames at 512², decoder at 448²,
 bf16), and a dispatch-level tracker records the bytes of every tensor created per stage. One table per
 simulated card (12 GB and 24 GB), side by side: the automatic memory policy's choice, then per stage
@@ -22,15 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from engine.dry_run import (  # noqa: E402
+from engine.pipeline.settings import GenerationSettings, RuntimeOptions  # noqa: E402
+from engine.pipeline.vist3a import Vist3aPipeline  # noqa: E402
+from engine.testing.dry_run import (  # noqa: E402
     CARD_12GB,
     CARD_24GB,
     meta_weight_loading,
     stage_memory,
     write_dry_run_bundle,
 )
-from engine.pipeline import Vist3aPipeline  # noqa: E402
-from engine.pipeline_settings import GenerationSettings, RuntimeOptions  # noqa: E402
 
 GIB = 1024**3
 TARGET_12GB = 11 * GIB

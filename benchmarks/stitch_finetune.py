@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/stitch_finetune.py [--steps 60] [--views 5 9]
 
-Tiny Wan VAE (diffusers config) + the visible tiny AnySplat of ``engine.tiny.build_visible_anysplat``
-as teacher, synthetic clips (``engine.stitching.train_tiny.tiny_trainer``). A held-out batch (a clip the
+Tiny Wan VAE (diffusers config) + the visible tiny AnySplat of ``engine.testing.tiny.build_visible_anysplat``
+as teacher, synthetic clips (``engine.testing.tiny.tiny_trainer``). A held-out batch (a clip the
 run does not train on) is evaluated before and after finetuning: the weighted L1 to the teacher and the
 PSNR of the stitched decoder's Gaussians against the teacher's, both rendered at the teacher's cameras
 (``engine.stitching.train.render_psnr``).
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from engine.stitching.train import render_psnr  # noqa: E402
-from engine.stitching.train_tiny import tiny_trainer  # noqa: E402
+from engine.testing.tiny import tiny_trainer  # noqa: E402
 
 
 def main() -> int:

@@ -16,10 +16,10 @@ import sys
 
 # command name -> module that defines it
 COMMANDS = {
-    "demo": "engine.demo",
+    "demo": "engine.pipeline.demo",
     "reconstruct": "engine.models.cli",
     "stitch": "engine.stitching.cli",
-    "generate": "engine.pipeline_cli",
+    "generate": "engine.pipeline.cli",
     "align": "engine.alignment.cli",
     "convert": "engine.convert",
     "train": "engine.generator.cli",

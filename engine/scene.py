@@ -346,20 +346,3 @@ class Cameras(_TensorDataclass):
             cams[0].width,
             cams[0].height,
         )
-
-
-def look_at(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:
-    """(..., 4, 4) OpenCV camera-to-world for cameras at ``eye`` looking at ``target``.
-
-    ``up`` is the world's up direction; the camera's y axis (down in the image) points away from it.
-    """
-    forward = torch.nn.functional.normalize(target - eye, dim=-1)
-    right = torch.nn.functional.normalize(torch.linalg.cross(forward, up.expand_as(forward)), dim=-1)
-    down = torch.linalg.cross(forward, right)
-    c2w = torch.zeros(*eye.shape[:-1], 4, 4, dtype=eye.dtype, device=eye.device)
-    c2w[..., :3, 0] = right
-    c2w[..., :3, 1] = down
-    c2w[..., :3, 2] = forward
-    c2w[..., :3, 3] = eye
-    c2w[..., 3, 3] = 1
-    return c2w

@@ -11,8 +11,9 @@ import pytest
 import torch
 from blender_env import run_in_blender
 
+from engine.geometry.cameras import look_at
 from engine.io import GaussianArrays, PointArrays, write_gaussian_ply, write_point_ply
-from engine.scene import Cameras, look_at
+from engine.scene import Cameras
 
 SH_C0 = 0.28209479177387814
 

@@ -1,7 +1,7 @@
 """Generate from Blender through the real engine worker on tiny models (one Blender subprocess).
 
 The installed extension starts its bundled ``engine.worker`` in the project's Python, on the tiny
-bundle of ``engine.tiny`` (real Wan/UMT5/VAE classes and the real stitched decoder, tiny sizes, random
+bundle of ``engine.testing.tiny`` (real Wan/UMT5/VAE classes and the real stitched decoder, tiny sizes, random
 weights). In the same Blender session:
 
 1. Generate: progress stages and a preview arrive; the result lands in a new collection named from

@@ -9,7 +9,7 @@ import pytest
 from blender_env import run_in_blender
 
 from engine.io import GaussianArrays, write_gaussian_ply
-from engine.pipeline_settings import MAX_SEED, GenerationSettings, SettingsError
+from engine.pipeline.settings import MAX_SEED, GenerationSettings, SettingsError
 
 
 def test_engine_seeds_fit_blenders_int_properties():

@@ -13,8 +13,7 @@ import torch
 from test_alignment_scorers import open_clip_config, random_open_clip_state
 
 from engine.alignment.lpips import LPIPS
-from engine.alignment.scorers import build_tiny_tokenizer
-from engine.tiny import build_tiny_bundle
+from engine.testing.tiny import build_tiny_bundle, build_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--frames", "5", "--height", "32", "--width", "32", "--rollout-steps", "2", "3", "--grad-steps", "1"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine.alignment.lora import LoraEMA, add_video_lora, lora_parameters, save_adapter
-from engine.pipeline import apply_lora_adapter
-from engine.tiny import TEXT_DIM, build_wan_pipeline
+from engine.pipeline.vist3a import apply_lora_adapter
+from engine.testing.tiny import TEXT_DIM, build_wan_pipeline
 
 
 @pytest.fixture(scope="module")

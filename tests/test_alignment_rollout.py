@@ -7,8 +7,8 @@ import torch
 
 from engine.alignment.lora import add_video_lora, lora_parameters
 from engine.alignment.rollout import RolloutConfig, RolloutPlan, rollout, sample_plan
-from engine.pipeline import flow_scheduler
-from engine.tiny import TEXT_DIM, build_wan_pipeline
+from engine.pipeline.sampler import flow_scheduler
+from engine.testing.tiny import TEXT_DIM, build_wan_pipeline
 
 
 def test_plans_stay_in_their_ranges_and_cover_them():

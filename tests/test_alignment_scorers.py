@@ -14,12 +14,11 @@ from engine.alignment.scorers import (
     SCORERS,
     CLIPScorer,
     RewardWeightsMissing,
-    build_tiny_clip_scorer,
-    build_tiny_tokenizer,
     load_scorer,
     load_tokenizer,
     openclip_to_transformers,
 )
+from engine.testing.tiny import build_tiny_clip_scorer, build_tiny_tokenizer
 
 WIDTH, LAYERS, HEADS, PATCH, IMAGE, EMBED, CONTEXT = 32, 2, 2, 8, 32, 16, 77
 PROMPTS = ["a red chair", "the cat on a green table"]

@@ -11,9 +11,9 @@ from engine.alignment.lpips import LPIPS
 from engine.alignment.rewards import ConsistencyReward, PaperReward, RewardOutput, SceneReward
 from engine.alignment.scorers import QualityScorer
 from engine.alignment.train import AlignConfig, AlignmentTrainer, shifted_sigma
-from engine.pipeline import Vist3aPipeline
-from engine.pipeline_settings import GenerationSettings, ModelBundle, RuntimeOptions
-from engine.tiny import build_tiny_bundle
+from engine.pipeline.settings import GenerationSettings, ModelBundle, RuntimeOptions
+from engine.pipeline.vist3a import Vist3aPipeline
+from engine.testing.tiny import build_tiny_bundle
 
 CPU = RuntimeOptions(device="cpu", dtype="float32")
 

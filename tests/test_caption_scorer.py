@@ -12,7 +12,6 @@ from engine.teachers.caption import (
     CaptionTrainer,
     build_world_tokenizer,
     caption_words,
-    load_caption_scorer,
     retrieval_accuracy,
 )
 
@@ -87,7 +86,7 @@ def test_training_exports_a_scorer_that_load_scorer_accepts(tmp_path):
 
 def test_load_caption_scorer_names_a_wrong_folder(tmp_path):
     with pytest.raises(ValueError, match="caption_scorer.json"):
-        load_caption_scorer(tmp_path)
+        CLIPScorer.from_pretrained(tmp_path)
 
 
 def test_retrieval_accuracy_counts_pools():
@@ -111,7 +110,7 @@ def test_committed_caption_scorer_retrieves_held_out_captions():
         pytest.skip("the caption scorer is not trained yet")
     from engine.teachers.caption import _seeds, render_caption_sample
 
-    scorer = load_caption_scorer(folder)
+    scorer = CLIPScorer.from_pretrained(folder)
     samples = [render_caption_sample(seed, views=1) for seed in _seeds("heldout", 32)]
     frames = torch.stack([f[0] for f, _ in samples])
     result = retrieval_accuracy(scorer, frames, [c for _, c in samples])

@@ -14,6 +14,7 @@ from engine.data.scenes import (
     describe_layout,
     generate_scene,
 )
+from engine.geometry.rotations import matrix_to_quaternion
 from engine.scene import GaussianScene
 
 SHAPE_NAMES = primitives.SHAPES
@@ -183,7 +184,7 @@ def test_quaternions_reproduce_the_sample_frames():
         [primitives.sphere(0.5, 0.1), primitives.torus(0.5, 0.2, 0.1), primitives.cube(0.3, 0.1)]
     )
     matrices = samples.rotation_matrices()
-    quaternions = primitives.matrices_to_quaternions(matrices)
+    quaternions = matrix_to_quaternion(torch.from_numpy(matrices)).numpy()
     assert (quaternions[:, 0] >= 0).all()
     assert np.allclose(quaternion_to_matrix(torch.from_numpy(quaternions)).numpy(), matrices, atol=1e-9)
 

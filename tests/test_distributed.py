@@ -20,7 +20,7 @@ from test_stitching_vae import tiny_wan
 
 from engine.distributed import DistributedContext, sample_generator
 from engine.models.anysplat import AnySplat
-from engine.models.config import tiny_anysplat_config
+from engine.testing.tiny import tiny_anysplat_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = "conv3d_k5x3x3_o32_s1x2x2_p2x1x1"
@@ -103,12 +103,11 @@ def _log(run: Path, name: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_stitch_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
-    from engine.models.loading import save_model
-    from engine.stitching.train_tiny import TINY_SPEC as TRAIN_SPEC
-    from engine.stitching.train_tiny import tiny_wan_vae
-    from engine.tiny import build_visible_anysplat
+    from engine.models.checkpoint import save_checkpoint
+    from engine.testing.tiny import FINETUNE_SPEC as TRAIN_SPEC
+    from engine.testing.tiny import build_visible_anysplat, tiny_wan_vae
 
-    model_dir, vae_dir = save_model(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
+    model_dir, vae_dir = save_checkpoint(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
     tiny_wan_vae().save_pretrained(str(vae_dir))
     train = ["stitch", "train", "--base-model", str(model_dir), "--vae", str(vae_dir), "--synthetic", "1"]
     train += ["--cut-stage", "patch_embed.blocks.0", "--spec", TRAIN_SPEC, "--views", "5", "5", "--vae-size", "32"]
@@ -142,7 +141,7 @@ def test_stitch_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
 
 @pytest.mark.slow
 def test_align_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path, reward_models):
-    from engine.tiny import build_tiny_bundle
+    from engine.testing.tiny import build_tiny_bundle
 
     bundle = build_tiny_bundle(tmp_path / "bundle", visible=True)
     train = ["align", "train", "--model", str(bundle), "--batch-size", "2", *test_alignment_cli.SMALL, "--seed", "5"]

@@ -155,7 +155,7 @@ def test_teacher_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path)
 def test_fsdp_units_are_the_transformer_blocks_and_only_lora_may_train():
     from engine.alignment.lora import add_video_lora, lora_parameters
     from engine.distributed import fsdp_units, shard_transformer
-    from engine.tiny import build_wan_pipeline
+    from engine.testing.tiny import build_wan_pipeline
 
     transformer = build_wan_pipeline().transformer
     model = add_video_lora(transformer, 4, 4.0)
@@ -171,7 +171,7 @@ def test_fsdp_units_are_the_transformer_blocks_and_only_lora_may_train():
 
 @pytest.mark.slow
 def test_align_train_fsdp_on_two_processes_follows_ddp_and_resumes_on_one(tmp_path, reward_models):
-    from engine.tiny import build_tiny_bundle
+    from engine.testing.tiny import build_tiny_bundle
 
     bundle = build_tiny_bundle(tmp_path / "bundle", visible=True)
     train = ["align", "train", "--model", str(bundle), "--batch-size", "2", *test_alignment_cli.SMALL, "--seed", "5"]

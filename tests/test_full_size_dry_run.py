@@ -1,6 +1,6 @@
 """Full-size dry runs on the meta device: the published configurations of UMT5-XXL, Wan 2.1 T2V 1.3B/14B,
 the Wan VAE and the full AnySplat through the real ``Vist3aPipeline.from_pretrained`` -> ``generate``,
-only the reading of weights replaced (``engine.dry_run``). Seconds per run, no memory, no FLOPs; any
+only the reading of weights replaced (``engine.testing.dry_run``). Seconds per run, no memory, no FLOPs; any
 shape or dtype fault at real size fails. Memory figures per stage: ``benchmarks/memory_full_size.py``.
 """
 
@@ -9,16 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.decoders import StitchedSceneDecoder
-from engine.dry_run import CARD_12GB, CARD_24GB, DtypeCheck, dry_run, write_dry_run_bundle
-from engine.memory import ACTIVATION_RESERVE, SAFETY_MARGIN
 from engine.models.config import AnySplatConfig
-from engine.pipeline_settings import GenerationSettings, RuntimeOptions
+from engine.pipeline.decoders import StitchedSceneDecoder
+from engine.pipeline.memory import ACTIVATION_RESERVE, SAFETY_MARGIN
+from engine.pipeline.settings import GenerationSettings, RuntimeOptions
 from engine.stitching.decoder import RELEASED_CUT_STAGE, RELEASED_SPEC, WAN_VAE, StitchedDecoder
+from engine.testing.dry_run import CARD_12GB, CARD_24GB, DtypeCheck, dry_run, write_dry_run_bundle
 
 FRAMES, SIZE, DECODER_SIZE = 13, 512, 448
 GAUSSIANS = FRAMES * DECODER_SIZE * DECODER_SIZE  # the upper bound: merging is skipped on meta
-# Parameter counts of the published configurations (engine.dry_run cites them).
+# Parameter counts of the published configurations (engine.testing.dry_run cites them).
 PARAMS = {"text_encoder": 5_680_910_336, "1.3B": 1_418_996_800, "vae": 126_892_531}
 
 

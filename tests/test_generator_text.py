@@ -9,7 +9,7 @@ from engine.generator.text import (
     unknown_words_message,
     world_words,
 )
-from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE
+from engine.pipeline.settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE
 
 
 def test_every_caption_template_and_negative_prompt_word_is_known():

@@ -136,15 +136,14 @@ def test_video_run_needs_a_trained_vae(tmp_path):
 
 
 def test_generation_with_the_trained_pipeline_reports_unknown_words(tiny_video_run, tmp_path):
-    from engine.pipeline import Vist3aPipeline
-    from engine.pipeline_outputs import write_outputs
-    from engine.pipeline_settings import GenerationSettings, ModelBundle
-    from engine.stitching.checkpoint import save_stitched_decoder
-    from engine.tiny import TINY_DECODER_KIND, build_stitched_decoder
+    from engine.pipeline.run_folder import write_outputs
+    from engine.pipeline.settings import GenerationSettings, ModelBundle
+    from engine.pipeline.vist3a import Vist3aPipeline
+    from engine.testing.tiny import TINY_DECODER_KIND, build_stitched_decoder
 
     root = tmp_path / "bundle"
     shutil.copytree(tiny_video_run / "pipeline", root / "wan")
-    save_stitched_decoder(build_stitched_decoder(0), root / "decoder")
+    build_stitched_decoder(0).save_pretrained(root / "decoder")
     ModelBundle(root=root, name="t", wan="wan", decoder_kind=TINY_DECODER_KIND, decoder_checkpoint="decoder").save()
     pipeline = Vist3aPipeline.from_pretrained(str(root))
     settings = GenerationSettings(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
+from engine.geometry.cameras import look_at
 from engine.io import (
     CameraArrays,
     CamerasFormatError,
@@ -28,7 +29,7 @@ from engine.io.scene_io import (
     save_gaussian_ply,
     save_point_ply,
 )
-from engine.scene import Cameras, GaussianScene, PointScene, look_at
+from engine.scene import Cameras, GaussianScene, PointScene
 
 # ---------------------------------------------------------------- point PLY
 

@@ -7,10 +7,10 @@ import io
 import pytest
 import torch
 
-from engine.memory import GIB, MemoryPolicy, choose_memory_policy, out_of_memory_hint
 from engine.models.outputs import _cameras_from_pose, transform_gaussian_scene
-from engine.pipeline_settings import RuntimeOptions, SettingsError
-from engine.tiny import build_visible_anysplat
+from engine.pipeline.memory import GIB, MemoryPolicy, choose_memory_policy, out_of_memory_hint
+from engine.pipeline.settings import RuntimeOptions, SettingsError
+from engine.testing.tiny import build_visible_anysplat
 
 # bytes of the 1.3B released model in bf16 (benchmarks/memory_full_size.py)
 MODELS_13B = {
@@ -70,7 +70,7 @@ def test_out_of_memory_hint_names_the_option_that_would_help_here():
 
 
 def test_worker_error_event_carries_the_machine_specific_hint():
-    from engine.worker import Worker
+    from engine.worker.server import Worker
 
     worker = Worker(io.StringIO())
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from engine.models.anysplat import AnySplat
-from engine.models.config import tiny_anysplat_config, tiny_vggt_config
 from engine.models.outputs import PredictionError, rotate_sh, sh_basis, transform_gaussian_scene
 from engine.models.pose_encoding import quat_to_mat
 from engine.models.reconstruction import InputError
 from engine.models.vggt import VGGT
 from engine.scene import Cameras, GaussianScene
+from engine.testing.tiny import tiny_anysplat_config, tiny_vggt_config
 
 VIEWS, HEIGHT, WIDTH = 3, 28, 42
 

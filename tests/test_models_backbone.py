@@ -7,7 +7,7 @@ import torch
 
 from engine.models.aggregator import Aggregator
 from engine.models.camera_head import CameraHead
-from engine.models.config import AggregatorConfig, PatchEmbedConfig, tiny_vggt_config
+from engine.models.config import AggregatorConfig, PatchEmbedConfig
 from engine.models.dinov2 import DinoVisionTransformer
 from engine.models.layers import RotaryPositionEmbedding2D, patch_positions
 from engine.models.pose_encoding import (
@@ -17,6 +17,7 @@ from engine.models.pose_encoding import (
     pose_encoding_to_extri_intri,
     quat_to_mat,
 )
+from engine.testing.tiny import tiny_vggt_config
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch
 from engine.cli import main
 from engine.io.scene_io import load_cameras_json, load_gaussian_ply, load_point_ply
 from engine.models.anysplat import AnySplat
-from engine.models.config import tiny_anysplat_config, tiny_vggt_config
 from engine.models.frames import FramesError, list_frame_files, preprocess_frames, read_frames
 from engine.models.vggt import VGGT
+from engine.testing.tiny import tiny_anysplat_config, tiny_vggt_config
 
 
 def _trained_like(model, head):

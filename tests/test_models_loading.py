@@ -7,15 +7,11 @@ import torch
 from safetensors.torch import save_file
 
 from engine.models.anysplat import AnySplat
-from engine.models.config import AnySplatConfig, VGGTConfig, tiny_anysplat_config, tiny_vggt_config
-from engine.models.loading import (
-    CheckpointError,
-    config_from_official,
-    load_model,
-    load_state_dict_strict,
-    resolve_source,
-)
+from engine.models.checkpoint import CheckpointError, config_from_official, load_state_dict_strict, resolve_source
+from engine.models.config import AnySplatConfig, VGGTConfig
+from engine.models.loading import load_model
 from engine.models.vggt import VGGT
+from engine.testing.tiny import tiny_anysplat_config, tiny_vggt_config
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +68,7 @@ def test_torch_pickles_flat_and_wrapped(tmp_path, tiny_vggt):
     torch.save(state, tmp_path / "flat.pt")
     torch.save({"model": state, "epoch": 3}, tmp_path / "wrapped.pt")
     for name in ("flat.pt", "wrapped.pt"):
-        from engine.models.loading import read_state_dict
+        from engine.models.checkpoint import read_state_dict
 
         load_state_dict_strict(target, read_state_dict(tmp_path / name))
         assert _same_weights(target, tiny_vggt)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.models.checkpoint import load_state_dict_strict
 from engine.models.config import AnySplatConfig, VGGTConfig
-from engine.models.loading import build_model, load_state_dict_strict
+from engine.models.loading import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = next((p for p in (ROOT.parent / "shared" / "models", ROOT / "shared" / "models") if p.is_dir()), None)

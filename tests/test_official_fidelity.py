@@ -18,10 +18,9 @@ import torch
 from test_pipeline_tiny import build_tiny_bundle, tiny_settings
 
 from engine.models.anysplat import AnySplat
-from engine.models.config import tiny_anysplat_config, tiny_vggt_config
 from engine.models.vggt import VGGT
-from engine.pipeline import Vist3aPipeline, _clean_text, flow_scheduler, official_flow_schedule
-from engine.pipeline_settings import (
+from engine.pipeline.sampler import flow_scheduler, official_flow_schedule
+from engine.pipeline.settings import (
     CONDITIONING_PRESETS,
     MAX_SEED,
     PRESETS_FILE,
@@ -29,6 +28,8 @@ from engine.pipeline_settings import (
     RuntimeOptions,
     SettingsError,
 )
+from engine.pipeline.vist3a import Vist3aPipeline, _clean_text
+from engine.testing.tiny import tiny_anysplat_config, tiny_vggt_config
 
 CPU = RuntimeOptions(device="cpu")
 OFFICIAL_TEMPLATE = (
@@ -209,8 +210,8 @@ def test_anysplat_normalises_with_the_rounded_constants():
 
 
 def test_released_kind_hands_frames_unclamped_and_ours_clamps():
-    from engine.decoders import StitchedSceneDecoder
-    from engine.tiny import build_stitched_decoder
+    from engine.pipeline.decoders import StitchedSceneDecoder
+    from engine.testing.tiny import build_stitched_decoder
 
     latent = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     frames = torch.rand(1, 5, 3, 28, 28, generator=torch.Generator().manual_seed(2))
@@ -224,7 +225,7 @@ def test_released_kind_hands_frames_unclamped_and_ours_clamps():
 
 
 def test_precision_policy_keeps_heads_float32_and_tracks_the_float32_reference():
-    from engine.tiny import build_stitched_decoder
+    from engine.testing.tiny import build_stitched_decoder
 
     latent = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     frames = torch.rand(1, 5, 3, 28, 28, generator=torch.Generator().manual_seed(2))

@@ -17,23 +17,16 @@ from test_pipeline_tiny import (
     tiny_settings,
 )
 
+from engine.geometry.cameras import interpolate_cameras, look_at
+from engine.geometry.rotations import matrix_to_quaternion, quaternion_to_matrix
 from engine.io import read_cameras_json, read_gaussian_ply, read_point_ply
-from engine.pipeline import (
-    GenerationCancelled,
-    ModelLoadError,
-    Vist3aPipeline,
-    apply_lora_adapter,
-)
-from engine.pipeline_outputs import (
+from engine.pipeline.run_folder import (
     OUTPUT_FILES,
-    interpolate_cameras,
-    quaternion_to_rotation,
     read_run_metadata,
     regenerate,
-    rotation_to_quaternion,
     write_outputs,
 )
-from engine.pipeline_settings import (
+from engine.pipeline.settings import (
     BUNDLE_MANIFEST,
     ModelBundle,
     ModelBundleError,
@@ -41,7 +34,13 @@ from engine.pipeline_settings import (
     RuntimeOptions,
     SettingsError,
 )
-from engine.scene import Cameras, look_at
+from engine.pipeline.vist3a import (
+    GenerationCancelled,
+    ModelLoadError,
+    Vist3aPipeline,
+    apply_lora_adapter,
+)
+from engine.scene import Cameras
 
 CPU = RuntimeOptions(device="cpu")
 
@@ -337,7 +336,7 @@ def test_quaternion_round_trip():
     torch.manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(64, 4, dtype=torch.float64), dim=-1)
     q = torch.where(q[:, :1] < 0, -q, q)
-    assert torch.allclose(rotation_to_quaternion(quaternion_to_rotation(q)), q, atol=1e-9)
+    assert torch.allclose(matrix_to_quaternion(quaternion_to_matrix(q)), q, atol=1e-9)
 
 
 def test_stitched_decoder_behind_the_pipeline_interface(pipeline, result):

@@ -1,4 +1,4 @@
-"""Shared helpers for the pipeline, worker and add-on tests: tiny settings over ``engine.tiny`` bundles.
+"""Shared helpers for the pipeline, worker and add-on tests: tiny settings over ``engine.testing.tiny`` bundles.
 
 The bundles are built from the real classes (UMT5 + tokenizer, Wan transformer, Wan VAE, UniPC, PEFT
 LoRA, and the real stitched decoder: a tiny AnySplat cut after DINOv2 block 1). The tests at the
@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from engine.pipeline_settings import BUNDLE_MANIFEST, GenerationSettings, ModelBundle
-from engine.tiny import TINY_DECODER_KIND, build_lora_adapter, build_tokenizer  # noqa: F401  (re-exported)
-from engine.tiny import build_tiny_bundle as _build_tiny_bundle
+from engine.pipeline.settings import BUNDLE_MANIFEST, GenerationSettings, ModelBundle
+from engine.testing.tiny import TINY_DECODER_KIND, build_lora_adapter, build_tokenizer  # noqa: F401  (re-exported)
+from engine.testing.tiny import build_tiny_bundle as _build_tiny_bundle
 
 # 5 frames at 32 x 32: the latent is 2 x 4 x 4, the stitching conv gives 2 x 2 tokens per frame, so the
 # decoder reads 28 x 28 frames (patch 14) and predicts one Gaussian per pixel.
@@ -29,7 +29,7 @@ def tiny_settings(**changes) -> GenerationSettings:
 
 @functools.cache
 def build_tiny_bundle(root: Path, with_lora: bool = False) -> Path:
-    """``engine.tiny.build_tiny_bundle``, once per folder."""
+    """``engine.testing.tiny.build_tiny_bundle``, once per folder."""
     return _build_tiny_bundle(root, with_lora=with_lora)
 
 

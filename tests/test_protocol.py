@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from engine import protocol
-from engine.protocol import ProtocolError, encode_message, make_event, make_request, parse_event, parse_request
+from engine.worker import protocol
+from engine.worker.protocol import ProtocolError, encode_message, make_event, make_request, parse_event, parse_request
 
 
 def test_protocol_and_client_import_without_torch_or_numpy():
     code = (
-        "import sys, engine.protocol, engine.worker_client, engine.pipeline_settings; "
+        "import sys, engine.worker.protocol, engine.worker.client, engine.pipeline.settings; "
         "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

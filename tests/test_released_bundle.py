@@ -2,7 +2,7 @@
 offline from a Hugging Face cache, loaded through the library, the CLI and the worker (no model objects
 injected anywhere).
 
-The stand-ins are tiny (``engine.tiny.build_tiny_released_layout``): ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``
+The stand-ins are tiny (``engine.testing.tiny.build_tiny_released_layout``): ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``
 and ``lhjiang/anysplat`` as hub-cache snapshots, and the ``HJGO/VIST3A`` download (``anysplat_stitched.pth``
 in the released key layout, ``vist3a_1.3b_lora_ema/``) with the README's ``vist3a.json``.
 """
@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from engine.io import read_gaussian_ply
-from engine.pipeline import Vist3aPipeline
-from engine.pipeline_settings import GenerationSettings, ModelBundle, ModelNotFoundError, RuntimeOptions
-from engine.tiny import (
+from engine.pipeline.settings import GenerationSettings, ModelBundle, ModelNotFoundError, RuntimeOptions
+from engine.pipeline.vist3a import Vist3aPipeline
+from engine.testing.tiny import (
     RELEASED_ANYSPLAT_ID,
     RELEASED_WAN_ID,
     build_stitched_decoder,
@@ -130,10 +130,9 @@ def test_missing_cache_entry_names_the_hub_id(layout, tmp_path, monkeypatch):
 
 def test_stitched_kind_with_hub_wan_and_lora(offline_cache, layout, tmp_path):
     """Our own decoder kind beside a Wan pipeline given by hub id and a LoRA folder."""
-    from engine.stitching.checkpoint import save_stitched_decoder
 
     _, released = layout
-    save_stitched_decoder(build_stitched_decoder(seed=2), tmp_path / "decoder")
+    build_stitched_decoder(seed=2).save_pretrained(tmp_path / "decoder")
     (tmp_path / "lora").symlink_to(released / "vist3a_1.3b_lora_ema", target_is_directory=True)
     ModelBundle(
         root=tmp_path,
@@ -169,7 +168,7 @@ def test_cli_generates_from_the_released_bundle_offline(layout, tmp_path):
 
 
 def test_worker_generates_from_the_released_bundle_offline(layout, tmp_path):
-    from engine.worker_client import WorkerProcess
+    from engine.worker.client import WorkerProcess
 
     cache, bundle = layout
     worker = WorkerProcess(

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import engine.render.torch_backend as torch_backend
+from engine.geometry.cameras import look_at
 from engine.render import RenderOutput, rasterize
-from engine.scene import Cameras, GaussianScene, look_at
+from engine.scene import Cameras, GaussianScene
 
 # --------------------------------------------------------------------------- reference renderer
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import engine.render as render
+from engine.geometry.cameras import look_at
 from engine.render import RenderOutput, rasterize, resolve_backend
 from engine.render.gsplat_backend import rasterize_gsplat
-from engine.scene import Cameras, GaussianScene, look_at
+from engine.scene import Cameras, GaussianScene
 
 
 def _scene(n=7, degree=2):

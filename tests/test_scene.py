@@ -5,16 +5,8 @@ import math
 import pytest
 import torch
 
-from engine.scene import (
-    SH_C0,
-    Cameras,
-    GaussianScene,
-    PointScene,
-    SceneValidationError,
-    look_at,
-    rgb_to_sh_dc,
-    sh_dc_to_rgb,
-)
+from engine.geometry.cameras import look_at
+from engine.scene import SH_C0, Cameras, GaussianScene, PointScene, SceneValidationError, rgb_to_sh_dc, sh_dc_to_rgb
 
 
 def gaussians(n=4, degree=1, dtype=torch.float32):

@@ -9,8 +9,8 @@ from test_stitching_vae import tiny_wan
 
 from engine.cli import main
 from engine.models.anysplat import AnySplat
-from engine.models.config import tiny_anysplat_config
 from engine.stitching.sources import ModelActivations, clip_sources, folder_clips, synthetic_clips
+from engine.testing.tiny import tiny_anysplat_config
 
 # tiny Wan: spatial factor 4 -> 16 px frames give a 4x4 latent, stride 2 -> 2x2 tokens -> 28 px model input
 TINY_SPEC = "conv3d_k5x3x3_o32_s1x2x2_p2x1x1"

@@ -11,13 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.models.anysplat import AnySplat
-from engine.models.config import tiny_anysplat_config, tiny_vggt_config
 from engine.models.vggt import VGGT
 from engine.stitching.checkpoint import (
     CONFIG_FILE,
     StitchedCheckpointError,
-    load_stitched_decoder,
-    save_stitched_decoder,
 )
 from engine.stitching.decoder import StitchedDecoder, VAEReference
 from engine.stitching.released import (
@@ -27,6 +24,7 @@ from engine.stitching.released import (
     ours_to_released,
     released_to_ours,
 )
+from engine.testing.tiny import tiny_anysplat_config, tiny_vggt_config
 
 VIEWS, SIZE, DIM = 3, 56, 32
 # stand-in "VAE" whose latent is the token grid itself: one latent frame per frame, 14 px per latent pixel
@@ -151,12 +149,12 @@ def test_checkpoint_round_trip_is_exact_and_strict(tmp_path):
     latent = torch.randn(1, 4, 2, 8, 8)
     images = frames()
     reference = decoder.predict(latent, images)
-    folder = save_stitched_decoder(decoder, tmp_path / "ckpt")
+    folder = decoder.save_pretrained(tmp_path / "ckpt")
     config = json.loads((folder / CONFIG_FILE).read_text())
     assert config["cut_stage"] == "patch_embed.blocks.0"
     assert config["stitching_spec"] == "conv3d_k3_o32_s1x2x2_p1"
     assert config["vae"]["class_name"] == "Fake" and config["lora"]["rank"] == 4
-    loaded = load_stitched_decoder(folder)
+    loaded = StitchedDecoder.from_pretrained(folder)
     assert not loaded.training
     assert_same_prediction(loaded.predict(latent, images), reference, atol=0)
 
@@ -166,20 +164,20 @@ def test_checkpoint_round_trip_is_exact_and_strict(tmp_path):
     state = load_file(str(folder / "model.safetensors"))
     save_file({**state, "network.extra": torch.zeros(1)}, str(folder / "model.safetensors"))
     with pytest.raises(StitchedCheckpointError, match="unexpected keys: 1 \\(network.extra\\)"):
-        load_stitched_decoder(folder)
+        StitchedDecoder.from_pretrained(folder)
     state.pop("stitching_layer.bias")
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(StitchedCheckpointError, match="missing keys: 1 \\(stitching_layer.bias\\)"):
-        load_stitched_decoder(folder)
+        StitchedDecoder.from_pretrained(folder)
     config["stitching_spec"] = "conv3d_k1_o32"
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(StitchedCheckpointError):
-        load_stitched_decoder(folder)
+        StitchedDecoder.from_pretrained(folder)
     (folder / CONFIG_FILE).write_text(json.dumps({"format": "other"}))
     with pytest.raises(StitchedCheckpointError, match="'format' must be"):
-        load_stitched_decoder(folder)
+        StitchedDecoder.from_pretrained(folder)
     with pytest.raises(StitchedCheckpointError, match="not found"):
-        load_stitched_decoder(tmp_path / "nowhere")
+        StitchedDecoder.from_pretrained(tmp_path / "nowhere")
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from engine.stitching.clips import FolderClips, MixedClips, SyntheticClips
-from engine.stitching.decoder import VAEReference
+from engine.stitching.decoder import StitchedDecoder, VAEReference
 from engine.stitching.train import color_jitter, render_psnr, view_counts, warmup_cosine
 from engine.stitching.train_cli import add_train_parser
-from engine.stitching.train_tiny import tiny_trainer
+from engine.testing.tiny import tiny_trainer
 
 torch.set_num_threads(1)
 
@@ -143,7 +143,6 @@ def test_finetuning_lowers_l1_raises_render_psnr_and_export_matches(tmp_path):
     """A few steps on one synthetic clip lower the L1 to the (visible) tiny teacher and raise the PSNR of
     the student's Gaussians against the teacher's, both rendered at the teacher's cameras; the merged
     export reproduces the LoRA student."""
-    from engine.stitching.checkpoint import load_stitched_decoder
 
     trainer = make_trainer(tmp_path / "run")
     batch = trainer.targets(trainer.sample_batch())
@@ -169,7 +168,7 @@ def test_finetuning_lowers_l1_raises_render_psnr_and_export_matches(tmp_path):
     assert psnr_after > psnr_before + 1.0
     assert render_psnr(teacher_prediction, teacher_prediction) >= 99  # identical renders hit the MSE floor
 
-    exported = load_stitched_decoder(trainer.export(tmp_path / "export"))
+    exported = StitchedDecoder.from_pretrained(trainer.export(tmp_path / "export"))
     assert exported.lora_info["rank"] == 4 and exported.lora_info["merged"]
     assert not any("lora" in k for k in exported.state_dict())
     merged_prediction = exported.predict(*batch[:2])
@@ -178,6 +177,40 @@ def test_finetuning_lowers_l1_raises_render_psnr_and_export_matches(tmp_path):
 
 
 @pytest.mark.slow
+def _check_export_beats_the_search_init(run, search, model_dir, vae_dir, best_stage):
+    """The merged export of a CLI run loads, predicts finite values and is closer to the teacher than the
+    layer-search initialisation on unseen clips."""
+    from engine.models.loading import load_model
+    from engine.stitching.decoder import StitchedDecoder
+    from engine.stitching.losses import PRESETS, distillation_loss
+    from engine.stitching.train_cli import _stitching_init
+    from engine.stitching.vae import load_video_vae
+
+    exported = StitchedDecoder.from_pretrained(run / "export")
+    assert exported.cut_stage == best_stage and exported.lora_info["steps"] == 5
+    teacher, _ = load_model(model_dir)
+    vae = load_video_vae(vae_dir)
+    clips = []
+    for seed in range(90, 94):  # unseen clips
+        frames = SyntheticClips().sample(5, 32, torch.Generator().manual_seed(seed))[None]
+        model_frames = torch.nn.functional.interpolate(frames[0], size=(56, 56), mode="bilinear", antialias=True)
+        with torch.no_grad():
+            target = teacher(model_frames[None])
+        clips.append((vae.encode(frames, normalized=False), model_frames[None], target))
+    layer, spec, stage = _stitching_init(search)
+    initial = StitchedDecoder.from_network(teacher, stage, spec, exported.vae, layer).eval()  # cuts the teacher
+    weights = PRESETS["anysplat"]
+    l1_init = l1_export = 0.0
+    for latent, model_frames, target in clips:
+        prediction = exported.predict(latent, model_frames)
+        for name in ("depth", "gaussian_raw", "pose_enc", "points"):
+            assert torch.isfinite(getattr(prediction, name)).all(), name
+        l1_init += float(distillation_loss(initial.predict(latent, model_frames), target, weights)[0]) / len(clips)
+        l1_export += float(distillation_loss(prediction, target, weights)[0]) / len(clips)
+    print(f"CLI run: L1 to teacher on 4 unseen clips, search init {l1_init:.4f} -> export {l1_export:.4f}")
+    assert l1_export < l1_init
+
+
 def test_cli_search_then_train_then_resume_end_to_end(tmp_path):
     """``stitch search`` -> ``stitch train --stitching-init`` -> ``stitch train --resume`` through the real
     CLI entry on saved tiny models: loss log, resumable checkpoints, a merged export that loads and
@@ -187,16 +220,11 @@ def test_cli_search_then_train_then_resume_end_to_end(tmp_path):
     from safetensors import safe_open
 
     from engine.cli import main
-    from engine.models.loading import load_model, save_model
-    from engine.stitching.checkpoint import load_stitched_decoder
-    from engine.stitching.decoder import StitchedDecoder
-    from engine.stitching.losses import PRESETS, distillation_loss
-    from engine.stitching.train_cli import _stitching_init
-    from engine.stitching.train_tiny import TINY_SPEC, tiny_wan_vae
-    from engine.stitching.vae import load_video_vae
-    from engine.tiny import build_visible_anysplat
+    from engine.models.checkpoint import save_checkpoint
+    from engine.testing.tiny import FINETUNE_SPEC as TINY_SPEC
+    from engine.testing.tiny import build_visible_anysplat, tiny_wan_vae
 
-    model_dir, vae_dir = save_model(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
+    model_dir, vae_dir = save_checkpoint(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
     tiny_wan_vae().save_pretrained(str(vae_dir))
     search, run = tmp_path / "search", tmp_path / "run"
     assert (
@@ -245,26 +273,4 @@ def test_cli_search_then_train_then_resume_end_to_end(tmp_path):
     assert [r["step"] for r in redone] == [1, 2, 3, 4, 5]
     assert redone[4]["loss"] == pytest.approx(records[4]["loss"], rel=1e-4)  # same RNG state -> same step
 
-    exported = load_stitched_decoder(run / "export")
-    assert exported.cut_stage == best_stage and exported.lora_info["steps"] == 5
-    teacher, _ = load_model(model_dir)
-    vae = load_video_vae(vae_dir)
-    clips = []
-    for seed in range(90, 94):  # unseen clips
-        frames = SyntheticClips().sample(5, 32, torch.Generator().manual_seed(seed))[None]
-        model_frames = torch.nn.functional.interpolate(frames[0], size=(56, 56), mode="bilinear", antialias=True)
-        with torch.no_grad():
-            target = teacher(model_frames[None])
-        clips.append((vae.encode(frames, normalized=False), model_frames[None], target))
-    layer, spec, stage = _stitching_init(search)
-    initial = StitchedDecoder.from_network(teacher, stage, spec, exported.vae, layer).eval()  # cuts the teacher
-    weights = PRESETS["anysplat"]
-    l1_init = l1_export = 0.0
-    for latent, model_frames, target in clips:
-        prediction = exported.predict(latent, model_frames)
-        for name in ("depth", "gaussian_raw", "pose_enc", "points"):
-            assert torch.isfinite(getattr(prediction, name)).all(), name
-        l1_init += float(distillation_loss(initial.predict(latent, model_frames), target, weights)[0]) / len(clips)
-        l1_export += float(distillation_loss(prediction, target, weights)[0]) / len(clips)
-    print(f"CLI run: L1 to teacher on 4 unseen clips, search init {l1_init:.4f} -> export {l1_export:.4f}")
-    assert l1_export < l1_init
+    _check_export_beats_the_search_init(run, search, model_dir, vae_dir, best_stage)

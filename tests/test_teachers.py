@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.cli import main
-from engine.models.config import tiny_anysplat_config, tiny_vggt_config
+from engine.geometry.rotations import rotation_angle_deg
 from engine.models.pose_encoding import ANYSPLAT_FOV_EPS, closed_form_inverse_se3, pose_encoding_to_extri_intri
 from engine.teachers import losses
 from engine.teachers.data import (
@@ -18,10 +18,10 @@ from engine.teachers.data import (
     load_cache,
     normalise,
     render_sample,
-    rotation_angle_deg,
     split_seeds,
 )
 from engine.teachers.train import TeacherTrainConfig, TeacherTrainer, evaluate_model
+from engine.testing.tiny import tiny_anysplat_config, tiny_vggt_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"

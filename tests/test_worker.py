@@ -1,4 +1,4 @@
-"""The worker through a real subprocess, driven by the stdlib client (engine.worker_client).
+"""The worker through a real subprocess, driven by the stdlib client (engine.worker.client).
 
 Two kinds of worker: the plain ``python -m engine.worker`` for protocol-level behaviour (it answers
 without ever importing torch), and one started through a small launcher that wraps the stitched
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from test_pipeline_tiny import build_tiny_bundle
 
-from engine import protocol
-from engine.pipeline_outputs import OUTPUT_FILES
-from engine.worker_client import WorkerDied, WorkerProcess
+from engine.pipeline.run_folder import OUTPUT_FILES
+from engine.worker import protocol
+from engine.worker.client import WorkerDied, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -28,14 +28,13 @@ TINY = {"prompt": "a red house", "num_frames": 5, "height": 32, "width": 32, "nu
 # file descriptor 1: the protocol stream must stay clean regardless.
 LAUNCHER = """
 import os, sys
-from engine import decoders
-from engine.pipeline import register_decoder_loader
+from engine.pipeline import decoders
 def noisy_loader(*args):
     print("stray print from a library")
     os.write(1, b"stray write to fd 1\\n")
     return decoders.load_stitched(*args)
-register_decoder_loader(decoders.STITCHED_KIND, noisy_loader)
-from engine.worker import main
+decoders.register_decoder_loader(decoders.STITCHED_KIND, noisy_loader)
+from engine.worker.server import main
 main(sys.argv[1:])
 """
 
@@ -182,7 +181,7 @@ def test_close_waits_for_the_reader_before_the_next_worker_starts():
 
 
 def test_close_leaves_stdout_to_the_reader_while_a_child_of_the_worker_holds_it(monkeypatch):
-    monkeypatch.setattr("engine.worker_client.READER_JOIN_TIMEOUT", 0.5)
+    monkeypatch.setattr("engine.worker.client.READER_JOIN_TIMEOUT", 0.5)
     spawn = "tag = str(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']).pid)"
     worker = WorkerProcess(command=_hello_then_sleep(spawn))
     child = int(worker.start(timeout=30)["engine_version"])

@@ -105,8 +105,8 @@ def _train(args: argparse.Namespace, context) -> int:
     from engine.alignment.rewards import RewardModelSources, build_reward
     from engine.alignment.scorers import RewardWeightsMissing
     from engine.alignment.train import AlignConfig, AlignmentTrainer
-    from engine.pipeline import Vist3aPipeline
-    from engine.pipeline_settings import ModelBundle, ModelLoadError, ModelNotFoundError, RuntimeOptions
+    from engine.pipeline.settings import ModelBundle, ModelLoadError, ModelNotFoundError, RuntimeOptions
+    from engine.pipeline.vist3a import Vist3aPipeline
 
     if args.fsdp and not context.is_distributed:
         raise SystemExit(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.alignment.scorers import RewardWeightsMissing
-from engine.models.loading import read_state_dict
+from engine.models.checkpoint import read_state_dict
 
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)

@@ -11,6 +11,8 @@ changes so that a reward on z0 can be backpropagated into the video model at an 
   velocities of the selected steps through the remaining solver steps;
 * classifier-free guidance with a scale drawn from a range (default [4, 6]); the conditional and
   unconditional passes share one batched DiT call.
+
+The loop and the guidance are generation's own (``engine.pipeline.sampler.denoise``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from engine.pipeline.sampler import denoise
 
 
 @dataclass(frozen=True)
@@ -78,29 +82,6 @@ def sample_plan(config: RolloutConfig, generator: torch.Generator) -> RolloutPla
     return RolloutPlan(num_steps=num_steps, grad_indices=tuple(sorted(chosen)), guidance_scale=scale)
 
 
-def guided_velocity(
-    transformer: nn.Module,
-    latents: Tensor,
-    timestep: Tensor,
-    prompt_embeds: Tensor,
-    negative_embeds: Optional[Tensor],
-    guidance_scale: float,
-) -> Tensor:
-    """The CFG velocity ``u + s (c - u)`` from one batched DiT call (float32)."""
-    batch = latents.shape[0]
-    if negative_embeds is None or guidance_scale == 1.0:
-        t = timestep.expand(batch)
-        return transformer(hidden_states=latents, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False)[
-            0
-        ].float()
-    hidden = torch.cat([latents, latents])
-    text = torch.cat([negative_embeds.expand(batch, -1, -1), prompt_embeds.expand(batch, -1, -1)])
-    t = timestep.expand(2 * batch)
-    velocity = transformer(hidden_states=hidden, timestep=t, encoder_hidden_states=text, return_dict=False)[0].float()
-    uncond, cond = velocity.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
-
-
 def rollout(
     transformer: nn.Module,
     scheduler,
@@ -117,7 +98,7 @@ def rollout(
     Args:
         transformer: the video DiT (with its LoRA).
         scheduler: a fresh flow-matching scheduler with ``plan.num_steps`` timesteps set
-            (``engine.pipeline.flow_scheduler``).
+            (``engine.pipeline.sampler.flow_scheduler``).
         noise: (B, C, T_lat, h, w) starting noise.
         prompt_embeds, negative_embeds: (1, L, D) text embeddings (negative None: no guidance).
         plan: from :func:`sample_plan`.
@@ -126,19 +107,17 @@ def rollout(
     Returns:
         (B, C, T_lat, h, w) float32 latent in the sampler's (normalised) space.
     """
-    timesteps = scheduler.timesteps
-    if len(timesteps) != plan.num_steps:
-        raise ValueError(f"the scheduler has {len(timesteps)} timesteps, the plan {plan.num_steps}")
-    grad_indices = set(plan.grad_indices)
-    latents = noise.float()
-    for index, timestep in enumerate(timesteps):
-        with_grad = index in grad_indices
-        if on_step is not None:
-            on_step(index, with_grad)
-        model_input = latents.detach().to(dtype)
-        with torch.set_grad_enabled(with_grad):
-            velocity = guided_velocity(
-                transformer, model_input, timestep, prompt_embeds, negative_embeds, plan.guidance_scale
-            )
-        latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
-    return latents
+    if len(scheduler.timesteps) != plan.num_steps:
+        raise ValueError(f"the scheduler has {len(scheduler.timesteps)} timesteps, the plan {plan.num_steps}")
+    return denoise(
+        transformer,
+        scheduler,
+        noise,
+        prompt_embeds,
+        negative_embeds,
+        plan.guidance_scale,
+        dtype=dtype,
+        grad_steps=plan.grad_indices,
+        batched_guidance=True,
+        on_step_start=on_step,
+    )

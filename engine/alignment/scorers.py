@@ -43,6 +43,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_TOKENIZER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 TEXT_CACHE_SIZE = 256
 CAPTION_SCORER_FILE = "caption_scorer.json"  # marks a folder of the default model's caption scorer
+CAPTION_SCORER_KIND = "vist3a-caption-scorer"
 
 
 class RewardWeightsMissing(FileNotFoundError):
@@ -163,6 +164,73 @@ class CLIPScorer(QualityScorer):
         self._text_cache: dict[str, Tensor] = {}
         self.eval()
 
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, Path], *, device="cpu", dtype: torch.dtype = torch.float32):
+        """The scorer saved in ``folder`` by :meth:`save_pretrained` (the default model's caption scorer).
+
+        The folder holds transformers' ``config.json`` + ``model.safetensors``, the tokenizer files and
+        ``caption_scorer.json`` (kind, input size, crop, output). Weights must fit the config exactly.
+
+        Raises:
+            ValueError: ``folder`` is not such a folder, or its weights do not fit its config.
+        """
+        from safetensors.torch import load_file
+        from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+        folder = Path(folder)
+        meta_file = folder / CAPTION_SCORER_FILE
+        if not meta_file.is_file():
+            raise ValueError(f"{folder} is not a caption-scorer folder ({CAPTION_SCORER_FILE} is missing)")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if meta.get("kind") != CAPTION_SCORER_KIND:
+            raise ValueError(f"{meta_file}: kind must be {CAPTION_SCORER_KIND!r}, got {meta.get('kind')!r}")
+        model = CLIPModel(CLIPConfig.from_pretrained(str(folder)))
+        state = load_file(str(folder / "model.safetensors"))
+        own = {k for k in model.state_dict() if not k.endswith("position_ids")}
+        got = {k for k in state if not k.endswith("position_ids")}
+        if own != got:
+            raise ValueError(
+                f"{folder}/model.safetensors does not fit its config: missing {sorted(own - got)[:3]}, "
+                f"unexpected {sorted(got - own)[:3]}"
+            )
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+        scorer = cls(
+            model.to(dtype),
+            tokenizer,
+            name="caption-scorer",
+            image_size=int(meta["image_size"]),
+            crop=bool(meta.get("crop", False)),
+            output=meta.get("output", "cosine"),
+        )
+        return scorer.to(device)
+
+    def save_pretrained(self, directory: Union[str, Path]) -> Path:
+        """Writes the scorer folder read by :meth:`from_pretrained` (fp16 weights), atomically."""
+        from safetensors.torch import save_file
+
+        from engine.io.atomic import atomic_directory
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            k: v.detach().half().contiguous()
+            for k, v in self.model.state_dict().items()
+            if not k.endswith("position_ids")
+        }
+        with atomic_directory(directory, replace=True) as tmp:
+            self.model.config.save_pretrained(str(tmp))
+            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            self.tokenizer.save_pretrained(str(tmp))
+            meta = {
+                "kind": CAPTION_SCORER_KIND,
+                "image_size": self.image_size,
+                "crop": self.crop,
+                "output": self.output,
+            }
+            (tmp / CAPTION_SCORER_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        return directory
+
     def train(self, mode: bool = True):  # the scorer always stays in eval mode
         return super().train(False)
 
@@ -256,6 +324,56 @@ def _layer_count(state: dict, prefix: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
+# open_clip key -> (transformers key, transposed); projections are stored transposed in open_clip
+_RENAMED = {
+    "visual.conv1.weight": ("vision_model.embeddings.patch_embedding.weight", False),
+    "visual.class_embedding": ("vision_model.embeddings.class_embedding", False),
+    "token_embedding.weight": ("text_model.embeddings.token_embedding.weight", False),
+    "visual.positional_embedding": ("vision_model.embeddings.position_embedding.weight", False),
+    "positional_embedding": ("text_model.embeddings.position_embedding.weight", False),
+    "visual.proj": ("visual_projection.weight", True),
+    "text_projection": ("text_projection.weight", True),
+}
+_NORMS = {
+    "visual.ln_pre.": "vision_model.pre_layrnorm.",
+    "visual.ln_post.": "vision_model.post_layernorm.",
+    "ln_final.": "text_model.final_layer_norm.",
+}
+_BLOCKS = {
+    "visual.transformer.resblocks.": "vision_model.encoder.layers.",
+    "transformer.resblocks.": "text_model.encoder.layers.",
+}
+
+
+def _convert_key(key: str, value: Tensor, out: dict[str, Tensor]) -> bool:
+    """Adds the transformers form of one open_clip tensor to ``out``; False if the key is unknown."""
+    if key == "logit_scale":
+        out["logit_scale"] = value.reshape(())
+        return True
+    if key in _RENAMED:
+        name, transposed = _RENAMED[key]
+        out[name] = value.t().contiguous() if transposed else value
+        return True
+    prefix = next((p for p in _NORMS if key.startswith(p)), None)
+    if prefix is not None:
+        out[_NORMS[prefix] + key[len(prefix) :]] = value
+        return True
+    prefix = next((p for p in _BLOCKS if key.startswith(p)), None)
+    if prefix is not None:
+        index, rest = key[len(prefix) :].split(".", 1)
+        return _convert_block(f"{_BLOCKS[prefix]}{index}.", rest, value, out)
+    return False
+
+
+def _openclip_keys_to_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The key mapping of :func:`openclip_to_transformers` (unknown keys raise ValueError, named)."""
+    out: dict[str, Tensor] = {}
+    unknown = [key for key, value in state.items() if key not in _DROPPED and not _convert_key(key, value, out)]
+    if unknown:
+        raise ValueError(f"open_clip state dict has keys this conversion does not know: {unknown[:5]} ({len(unknown)})")
+    return out
+
+
 def openclip_to_transformers(state_dict: dict, open_clip_config: Optional[dict] = None):
     """Converts an open_clip ViT CLIP state dict to transformers ``CLIPModel`` form.
 
@@ -278,47 +396,7 @@ def openclip_to_transformers(state_dict: dict, open_clip_config: Optional[dict] 
     from transformers import CLIPConfig
 
     state = _unwrap(state_dict)
-    out: dict[str, Tensor] = {}
-    unknown = []
-    fixed = {
-        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-        "visual.class_embedding": "vision_model.embeddings.class_embedding",
-        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-        "logit_scale": "logit_scale",
-    }
-    norms = {
-        "visual.ln_pre.": "vision_model.pre_layrnorm.",
-        "visual.ln_post.": "vision_model.post_layernorm.",
-        "ln_final.": "text_model.final_layer_norm.",
-    }
-    for key, value in state.items():
-        if key in _DROPPED:
-            continue
-        if key in fixed:
-            out[fixed[key]] = value.reshape(()) if key == "logit_scale" else value
-        elif key == "visual.positional_embedding":
-            out["vision_model.embeddings.position_embedding.weight"] = value
-        elif key == "positional_embedding":
-            out["text_model.embeddings.position_embedding.weight"] = value
-        elif key == "visual.proj":
-            out["visual_projection.weight"] = value.t().contiguous()
-        elif key == "text_projection":
-            out["text_projection.weight"] = value.t().contiguous()
-        elif any(key.startswith(p) for p in norms):
-            prefix = next(p for p in norms if key.startswith(p))
-            out[norms[prefix] + key[len(prefix) :]] = value
-        elif key.startswith("visual.transformer.resblocks."):
-            index, rest = key[len("visual.transformer.resblocks.") :].split(".", 1)
-            if not _convert_block(f"vision_model.encoder.layers.{index}.", rest, value, out):
-                unknown.append(key)
-        elif key.startswith("transformer.resblocks."):
-            index, rest = key[len("transformer.resblocks.") :].split(".", 1)
-            if not _convert_block(f"text_model.encoder.layers.{index}.", rest, value, out):
-                unknown.append(key)
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"open_clip state dict has keys this conversion does not know: {unknown[:5]} ({len(unknown)})")
+    out = _openclip_keys_to_transformers(state)
     needed_keys = (
         "visual.conv1.weight",
         "visual.positional_embedding",
@@ -502,15 +580,13 @@ def load_scorer(
     """
     from transformers import CLIPConfig, CLIPModel
 
-    from engine.models.loading import CheckpointError, read_state_dict
+    from engine.models.checkpoint import CheckpointError, read_state_dict
 
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
     if source is not None and (Path(str(source)).expanduser() / CAPTION_SCORER_FILE).is_file():
         # the default model's caption scorer (engine.teachers.caption) stands in for any CLIP-family scorer
-        from engine.teachers.caption import load_caption_scorer
-
-        return load_caption_scorer(Path(str(source)).expanduser(), device=device, dtype=dtype)
+        return CLIPScorer.from_pretrained(Path(str(source)).expanduser(), device=device, dtype=dtype)
     spec = SCORERS[name]
     source = str(source or spec.source)
     patterns = [*spec.files, "open_clip_config.json", "config.json"]
@@ -554,118 +630,3 @@ def load_scorer(
         model.to(dtype), tok, name=name, image_size=config.vision_config.image_size, crop=spec.crop, output=spec.output
     )
     return scorer.to(device)
-
-
-# ------------------------------------------------------------------------------------------ tiny
-_TINY_WORDS = (
-    "a the of on in with and red blue green yellow white black grey cat dog house tree car chair table room "
-    "garden street scene camera orbit sphere cube cone torus cylinder floor small large near"
-).split()
-
-
-def _tiny_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """(vocab, merges) of a byte-level BPE that spells a few words whole and anything else by letters."""
-    # CLIP's byte-level alphabet maps printable ASCII to the characters themselves
-    letters = sorted(set("".join(_TINY_WORDS)) | set("abcdefghijklmnopqrstuvwxyz0123456789,.'-"))
-    vocab = {char: i for i, char in enumerate(letters)}
-    for char in letters:
-        vocab[char + "</w>"] = len(vocab)
-    merges: list[tuple[str, str]] = []
-    for word in _TINY_WORDS:  # left-to-right merges building each whole word
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            if (pieces[0], pieces[1]) not in merges:
-                merges.append((pieces[0], pieces[1]))
-                vocab.setdefault(pieces[0] + pieces[1], len(vocab))
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)  # the last id, as in CLIP (49407)
-    return vocab, merges
-
-
-def build_tiny_tokenizer(folder: Optional[Union[str, Path]] = None):
-    """A small real ``CLIPTokenizer`` (byte-level BPE over a few words).
-
-    Args:
-        folder: where its files (``vocab.json``, ``merges.txt``, tokenizer config) are saved, so that
-            ``load_tokenizer(folder)`` reads it back; None builds it in a temporary folder removed after.
-    """
-    import tempfile
-
-    from transformers import CLIPTokenizer
-
-    vocab, merges = _tiny_vocab()
-    with tempfile.TemporaryDirectory() as scratch:
-        base = Path(folder) if folder is not None else Path(scratch)
-        base.mkdir(parents=True, exist_ok=True)
-        (base / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        (base / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-        tokenizer = CLIPTokenizer(str(base / "vocab.json"), str(base / "merges.txt"), pad_token="<|endoftext|>")
-        if folder is not None:
-            tokenizer.save_pretrained(str(base))
-    return tokenizer
-
-
-def tiny_clip_config(
-    vocab_size: Optional[int] = None, image_size: int = 32, hidden: int = 32, act: str = "gelu", patch_size: int = 8
-):
-    """A tiny ``CLIPConfig`` (2 layers, 2 heads, projection 16) for tests.
-
-    Args:
-        vocab_size: default: the size of :func:`build_tiny_tokenizer`'s vocabulary.
-        image_size, hidden, act, patch_size: the vision input size, the width of both towers, the
-            activation ("gelu" or "quick_gelu") and the patch size.
-    """
-    from transformers import CLIPConfig
-
-    vocab_size = vocab_size or len(_tiny_vocab()[0])
-    eos = vocab_size - 1
-    return CLIPConfig(
-        projection_dim=16,
-        text_config=dict(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            hidden_act=act,
-            eos_token_id=eos,
-            pad_token_id=eos,
-            bos_token_id=eos - 1,
-        ),
-        vision_config=dict(
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-            hidden_act=act,
-        ),
-    )
-
-
-def build_tiny_clip_scorer(
-    name: str = "tiny-clip",
-    output: str = "cosine",
-    seed: int = 0,
-    image_size: int = 32,
-    crop: bool = False,
-    *,
-    folder: Optional[Union[str, Path]] = None,
-) -> CLIPScorer:
-    """A randomly initialised tiny real ``CLIPModel`` + tiny tokenizer as a scorer (fast on CPU).
-
-    Args:
-        name, output, image_size, crop: as for :class:`CLIPScorer`.
-        seed: the model's initialisation seed (the global RNG state is left as it was).
-        folder: where the tokenizer files are saved (``folder/tokenizer``); None keeps them in memory.
-    """
-    from transformers import CLIPModel
-
-    tokenizer = build_tiny_tokenizer(None if folder is None else Path(folder) / "tokenizer")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPModel(tiny_clip_config(len(tokenizer), image_size))
-    return CLIPScorer(model, tokenizer, name=name, image_size=image_size, crop=crop, output=output)

@@ -49,8 +49,9 @@ from engine.alignment.rewards import RewardOutput, SceneReward
 from engine.alignment.rollout import RolloutConfig, RolloutPlan, rollout, sample_plan
 from engine.distributed import DistributedContext, sample_generator
 from engine.io.atomic import atomic_directory, atomic_write
-from engine.pipeline import Vist3aPipeline, flow_scheduler
-from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE, ModelBundle
+from engine.pipeline.sampler import flow_scheduler
+from engine.pipeline.settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE, ModelBundle
+from engine.pipeline.vist3a import Vist3aPipeline
 from engine.render import rasterize
 from engine.training import checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
 
@@ -204,7 +205,7 @@ class AlignmentTrainer:
         context: Optional[DistributedContext] = None,
         fsdp: bool = False,
     ):
-        from engine.decoders import StitchedSceneDecoder
+        from engine.pipeline.decoders import StitchedSceneDecoder
 
         if not isinstance(pipeline.decoder, StitchedSceneDecoder):
             raise TypeError(
@@ -321,8 +322,7 @@ class AlignmentTrainer:
         """
         pipe = self.pipe
         vae_latent = pipe.denormalize_latent(latent.float())
-        video = pipe.vae.decode(vae_latent, return_dict=False)[0]
-        frames = ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)[0]  # (T, 3, H, W)
+        frames = pipe.decode_video(vae_latent).clamp(0, 1)[0]  # (T, 3, H, W)
         num_views = frames.shape[0]
         scene_decoder = pipe.decoder
         size = scene_decoder.input_size(num_views, tuple(latent.shape[-2:]))

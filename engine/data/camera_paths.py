@@ -1,7 +1,7 @@
 """Camera paths for synthetic clips: orbit, fly-through and pan.
 
 Every path returns :class:`engine.scene.Cameras` with ``num_frames`` views of one image size, built
-with :func:`engine.scene.look_at` (OpenCV camera axes, world up = +z) and a centred pinhole with square
+with :func:`engine.geometry.cameras.look_at` (OpenCV camera axes, world up = +z) and a centred pinhole with square
 pixels whose horizontal field of view is ``fov_deg``.
 
 Angles are in degrees throughout. Azimuths and yaws are measured in the ground plane from the world +x
@@ -21,7 +21,8 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from engine.scene import Cameras, look_at
+from engine.geometry.cameras import look_at
+from engine.scene import Cameras
 
 WORLD_UP = (0.0, 0.0, 1.0)
 

@@ -226,30 +226,3 @@ def place(samples: SurfaceSamples, yaw_deg: float, offset: np.ndarray) -> Surfac
         tangents=samples.tangents @ rotation.T,
         spacing=samples.spacing,
     )
-
-
-def matrices_to_quaternions(matrices: np.ndarray) -> np.ndarray:
-    """(P, 3, 3) rotation matrices -> (P, 4) unit quaternions (w, x, y, z) with w >= 0.
-
-    Each row of the 4x4 array below is 4 * c * (w, x, y, z) for c one of w, x, y, z; taking the row
-    whose c is largest (largest diagonal entry) avoids dividing by a near-zero component.
-    """
-    m = matrices
-    m00, m11, m22 = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
-    w_row = np.stack(
-        [1 + m00 + m11 + m22, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], 1
-    )
-    x_row = np.stack(
-        [m[:, 2, 1] - m[:, 1, 2], 1 + m00 - m11 - m22, m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], 1
-    )
-    y_row = np.stack(
-        [m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m00 + m11 - m22, m[:, 1, 2] + m[:, 2, 1]], 1
-    )
-    z_row = np.stack(
-        [m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], 1 - m00 - m11 + m22], 1
-    )
-    rows = np.stack([w_row, x_row, y_row, z_row], axis=1)  # (P, 4, 4)
-    best = np.einsum("pii->pi", rows).argmax(axis=1)
-    q = rows[np.arange(len(m)), best]
-    q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    return q * np.where(q[:, :1] < 0, -1.0, 1.0)

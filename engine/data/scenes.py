@@ -33,6 +33,7 @@ import torch
 
 from engine.data import primitives
 from engine.data.camera_paths import orbit_cameras
+from engine.geometry.rotations import matrix_to_quaternion
 from engine.scene import Cameras, GaussianScene, rgb_to_sh_dc
 
 OBJECT_COLORS: dict[str, tuple[float, float, float]] = {
@@ -438,7 +439,7 @@ def build_scene(
     n = len(samples)
     gaussians = GaussianScene.from_activated(
         means=as_tensor(samples.points),
-        rotations=as_tensor(primitives.matrices_to_quaternions(samples.rotation_matrices())),
+        rotations=as_tensor(matrix_to_quaternion(torch.from_numpy(samples.rotation_matrices())).numpy()),
         scales=as_tensor(samples.sigmas()),
         opacities=torch.full((n,), _OPACITY),
         sh=rgb_to_sh_dc(as_tensor(rgb))[:, None, :],

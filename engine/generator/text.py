@@ -35,7 +35,7 @@ def world_words() -> tuple[str, ...]:
     """Every lower-case word the tokenizer knows, sorted: the world's captions, the orbit template and
     the default negative prompt."""
     from engine.data import FLOOR_COLORS, OBJECT_COLORS, OBJECT_SHAPES, SKY_COLORS
-    from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE
+    from engine.pipeline.settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE
 
     words = set(_CAPTION_GLUE.split())
     for name in (*OBJECT_COLORS, *FLOOR_COLORS, *OBJECT_SHAPES, *SKY_COLORS):

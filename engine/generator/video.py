@@ -32,6 +32,7 @@ from engine.generator.clipcache import ClipCache
 from engine.generator.runs import Trainer
 from engine.generator.text import build_text_encoder, build_tokenizer, encode_texts
 from engine.io.atomic import atomic_directory, atomic_write
+from engine.stitching.vae import WanVAEAdapter
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class VideoTrainer(Trainer):
         clip_cache: Optional[Path] = None,
         context=None,
     ):
-        from engine.pipeline_settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE
+        from engine.pipeline.settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE
 
         self.config = config
         self.vae_folder = Path(vae)
@@ -185,9 +186,7 @@ class VideoTrainer(Trainer):
         self.eval_clips = ClipCache(cache, "heldout", config.eval_clips, **common)
         self.latent_dir = None if out_dir is None else Path(out_dir) / "latents"
         self._latents: dict[tuple[str, int], torch.Tensor] = {}
-        shape = (1, 16, 1, 1, 1)
-        self.latents_mean = torch.tensor(self.vae.config.latents_mean).view(shape)
-        self.latents_std = torch.tensor(self.vae.config.latents_std).view(shape)
+        self.vae_adapter = WanVAEAdapter(self.vae)  # the pipeline's latent normalisation
         self.setup(out_dir, resume, context)
 
     # ----------------------------------------------------------------------------------------------
@@ -204,7 +203,7 @@ class VideoTrainer(Trainer):
             video = clips.frames(index).permute(1, 0, 2, 3)[None]
             with torch.no_grad():
                 raw = self.vae.encode(video).latent_dist.mode()
-            value = ((raw - self.latents_mean) / self.latents_std)[0]
+            value = self.vae_adapter.normalize(raw)[0]
             if file is not None:
                 file.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_write(file) as f:

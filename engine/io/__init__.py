@@ -16,15 +16,14 @@ from .cameras_json import (
 )
 from .compressed_ply import is_compressed_ply, read_compressed_ply, write_compressed_ply
 from .errors import CamerasFormatError, FormatError, InvalidValuesError, PlyFormatError
-from .gaussian_ply import (
+from .gaussian_arrays import (
     GaussianArrays,
     gaussian_property_names,
     num_f_rest,
-    read_gaussian_ply,
     sh_degree_from_f_rest,
     validate_gaussians,
-    write_gaussian_ply,
 )
+from .gaussian_ply import read_gaussian_ply, write_gaussian_ply
 from .ply import PlyElementHeader, PlyHeader, PlyProperty, read_header, read_ply, write_ply
 from .point_ply import PointArrays, read_point_ply, write_point_ply
 from .splat_file import SplatFormatError, read_splat, write_splat

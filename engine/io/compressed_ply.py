@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import PathLike, PlyFormatError
-from .gaussian_ply import SH_C0, GaussianArrays, num_f_rest, sh_degree_from_f_rest, validate_gaussians
+from .gaussian_arrays import SH_C0, GaussianArrays, num_f_rest, sh_degree_from_f_rest, validate_gaussians
 from .ply import PlyHeader, check_non_finite_policy, read_ply, write_ply
 
 CHUNK_SIZE = 256
@@ -105,7 +105,7 @@ def read_compressed_ply(path: PathLike, *, non_finite: str = "error") -> Gaussia
         path: the file.
         non_finite: "error" refuses a file with invalid decoded values (possible only through
             non-finite chunk bounds), "drop" leaves those splats out (see
-            :func:`engine.io.gaussian_ply.validate_gaussians`).
+            :func:`engine.io.gaussian_arrays.validate_gaussians`).
 
     Returns:
         float32 Gaussians in the standard units (log-scales, opacity logits, wxyz quaternions as the

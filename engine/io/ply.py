@@ -139,6 +139,57 @@ def _is_version_one(word: str) -> bool:
         return False
 
 
+def _header_line(raw: bytes, header_bytes: int, path: Optional[PathLike]) -> str:
+    """The text of a header line read as ``raw`` (``header_bytes``: the header's length so far)."""
+    if not raw:
+        raise PlyFormatError(f"the header has no end_header line (the file ends after {header_bytes} bytes)", path)
+    if header_bytes > _MAX_HEADER_BYTES:
+        raise PlyFormatError(f"no end_header line in the first {_MAX_HEADER_BYTES} bytes", path)
+    return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _parse_element(
+    elements: list[PlyElementHeader], words: list[str], line: str, line_number: int, path: Optional[PathLike]
+) -> PlyElementHeader:
+    """The element of an ``element <name> <count>`` line (a name already in ``elements`` is an error)."""
+    if len(words) != 3 or not words[2].isdigit():
+        raise PlyFormatError(f"header line {line_number}: malformed element line {line!r}", path)
+    if any(e.name == words[1] for e in elements):
+        raise PlyFormatError(f"header line {line_number}: element {words[1]!r} is declared twice", path)
+    return PlyElementHeader(words[1], int(words[2]))
+
+
+def _parse_format(words: list[str], line: str, line_number: int, path: Optional[PathLike]) -> str:
+    """The format name of a ``format <name> 1.0`` header line."""
+    if len(words) != 3:
+        raise PlyFormatError(f"header line {line_number}: malformed format line {line!r}", path)
+    if words[1] not in FORMATS:
+        raise PlyFormatError(f"unsupported format {words[1]!r} (supported: {', '.join(FORMATS)})", path)
+    if not _is_version_one(words[2]):
+        raise PlyFormatError(f"unsupported PLY version {words[2]!r} (supported: 1.0)", path)
+    return words[1]
+
+
+def _add_property(
+    element: PlyElementHeader, words: list[str], line: str, line_number: int, path: Optional[PathLike]
+) -> None:
+    """Appends the property of a ``property <type> <name>`` or ``property list <count> <type> <name>`` line."""
+    if len(words) == 5 and words[1] == "list":
+        count_code = _parse_type(words[2], line_number, path)
+        if count_code[0] == "f":
+            raise PlyFormatError(f"header line {line_number}: list count type must be an integer type", path)
+        prop = PlyProperty(words[4], _parse_type(words[3], line_number, path), count_code)
+    elif len(words) == 3 and words[1] != "list":
+        prop = PlyProperty(words[2], _parse_type(words[1], line_number, path))
+    else:
+        raise PlyFormatError(f"header line {line_number}: malformed property line {line!r}", path)
+    if any(p.name == prop.name for p in element.properties):
+        raise PlyFormatError(
+            f"header line {line_number}: property {prop.name!r} appears twice in element {element.name!r}", path
+        )
+    element.properties.append(prop)
+
+
 def read_header(file: BinaryIO, path: Optional[PathLike] = None) -> PlyHeader:
     """Parses the header of an open binary file positioned at its start; leaves it at the body."""
     magic = file.readline(16)
@@ -154,11 +205,7 @@ def read_header(file: BinaryIO, path: Optional[PathLike] = None) -> PlyHeader:
         raw = file.readline(_MAX_HEADER_BYTES)
         line_number += 1
         header_bytes += len(raw)
-        if not raw:
-            raise PlyFormatError(f"the header has no end_header line (the file ends after {header_bytes} bytes)", path)
-        if header_bytes > _MAX_HEADER_BYTES:
-            raise PlyFormatError(f"no end_header line in the first {_MAX_HEADER_BYTES} bytes", path)
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        line = _header_line(raw, header_bytes, path)
         words = line.split()
         if not words:
             continue
@@ -169,37 +216,13 @@ def read_header(file: BinaryIO, path: Optional[PathLike] = None) -> PlyHeader:
             text = line.strip()[len(keyword) :].strip()
             (comments if keyword == "comment" else obj_info).append(text)
         elif keyword == "format":
-            if len(words) != 3:
-                raise PlyFormatError(f"header line {line_number}: malformed format line {line!r}", path)
-            if words[1] not in FORMATS:
-                raise PlyFormatError(f"unsupported format {words[1]!r} (supported: {', '.join(FORMATS)})", path)
-            if not _is_version_one(words[2]):
-                raise PlyFormatError(f"unsupported PLY version {words[2]!r} (supported: 1.0)", path)
-            format_name = words[1]
+            format_name = _parse_format(words, line, line_number, path)
         elif keyword == "element":
-            if len(words) != 3 or not words[2].isdigit():
-                raise PlyFormatError(f"header line {line_number}: malformed element line {line!r}", path)
-            if any(e.name == words[1] for e in elements):
-                raise PlyFormatError(f"header line {line_number}: element {words[1]!r} is declared twice", path)
-            elements.append(PlyElementHeader(words[1], int(words[2])))
+            elements.append(_parse_element(elements, words, line, line_number, path))
         elif keyword == "property":
             if not elements:
                 raise PlyFormatError(f"header line {line_number}: property before any element", path)
-            if len(words) == 5 and words[1] == "list":
-                count_code = _parse_type(words[2], line_number, path)
-                if count_code[0] == "f":
-                    raise PlyFormatError(f"header line {line_number}: list count type must be an integer type", path)
-                prop = PlyProperty(words[4], _parse_type(words[3], line_number, path), count_code)
-            elif len(words) == 3 and words[1] != "list":
-                prop = PlyProperty(words[2], _parse_type(words[1], line_number, path))
-            else:
-                raise PlyFormatError(f"header line {line_number}: malformed property line {line!r}", path)
-            element = elements[-1]
-            if any(p.name == prop.name for p in element.properties):
-                raise PlyFormatError(
-                    f"header line {line_number}: property {prop.name!r} appears twice in element {element.name!r}", path
-                )
-            element.properties.append(prop)
+            _add_property(elements[-1], words, line, line_number, path)
         else:
             raise PlyFormatError(f"header line {line_number}: unknown keyword {keyword!r}", path)
     if format_name is None:

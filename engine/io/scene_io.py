@@ -17,7 +17,8 @@ import torch
 from ..scene import Cameras, GaussianScene, PointScene
 from .cameras_json import CameraArrays, read_cameras_json, write_cameras_json
 from .errors import CamerasFormatError, PathLike
-from .gaussian_ply import GaussianArrays, read_gaussian_ply, write_gaussian_ply
+from .gaussian_arrays import GaussianArrays
+from .gaussian_ply import read_gaussian_ply, write_gaussian_ply
 from .point_ply import PointArrays, read_point_ply, write_point_ply
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import FormatError, PathLike
-from .gaussian_ply import SH_C0, GaussianArrays, validate_gaussians
+from .gaussian_arrays import SH_C0, GaussianArrays, validate_gaussians
 from .ply import check_non_finite_policy
 
 RECORD = np.dtype([("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)), ("rot", "u1", (4,))])

@@ -13,7 +13,7 @@ misnamed file still reads; a ``.splat`` file has no magic and is recognised by i
 the format from the suffix (``.compressed.ply`` before ``.ply``) unless one is named.
 
 Every reader validates what it decoded before it is returned (NaN, infinite values, log-scales whose
-radius would overflow; see :func:`engine.io.gaussian_ply.validate_gaussians`): ``non_finite="error"``
+radius would overflow; see :func:`engine.io.gaussian_arrays.validate_gaussians`): ``non_finite="error"``
 refuses such a file (:class:`engine.io.errors.InvalidValuesError`), ``"drop"`` skips those splats and
 reports how many in ``dropped_non_finite``.
 """
@@ -25,7 +25,8 @@ from typing import Optional, Union
 
 from .compressed_ply import is_compressed_ply, read_compressed_ply, write_compressed_ply
 from .errors import FormatError, PathLike
-from .gaussian_ply import GaussianArrays, read_gaussian_ply, write_gaussian_ply
+from .gaussian_arrays import GaussianArrays
+from .gaussian_ply import read_gaussian_ply, write_gaussian_ply
 from .ply import read_header
 from .point_ply import PointArrays, read_point_ply
 from .splat_file import read_splat, write_splat

@@ -36,7 +36,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import FormatError, PathLike
-from .gaussian_ply import GaussianArrays, num_f_rest, validate_gaussians
+from .gaussian_arrays import GaussianArrays, num_f_rest, validate_gaussians
 from .ply import check_non_finite_policy
 
 MAGIC = 0x5053474E

@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from engine.io.scene_io import save_cameras_json, save_gaussian_ply, save_point_ply
+    from engine.models.checkpoint import CheckpointError
     from engine.models.frames import FramesError, official_mode, preprocess_frames, read_frames
-    from engine.models.loading import CheckpointError, load_model
+    from engine.models.loading import load_model
     from engine.models.outputs import PredictionError
     from engine.models.reconstruction import InputError
 

@@ -3,8 +3,8 @@
 Field names follow the official constructor arguments (``img_size``, ``patch_size``, ``embed_dim``,
 ``depth``, ``num_heads``, ``mlp_ratio``, ``num_register_tokens``, ``aa_order``, ``aa_block_size``,
 ``qk_norm``, ``rope_freq``, ``init_values``, ``intermediate_layer_idx``, ``trunk_depth`` ...). The defaults
-are the released full-size models (facebook/VGGT-1B, lhjiang/anysplat); ``tiny_vggt_config()`` and
-``tiny_anysplat_config()`` give configurations of the *same* code that run in tests in a fraction of a
+are the released full-size models (facebook/VGGT-1B, lhjiang/anysplat); ``engine.testing.tiny``'s
+``tiny_vggt_config()`` and ``tiny_anysplat_config()`` give configurations of the *same* code that run in tests in a fraction of a
 second.
 
 Configs are plain frozen dataclasses; ``to_dict`` / ``from_dict`` give the nested JSON form written next
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+
+from engine.strict_config import dataclass_from_dict
 
 MODEL_TYPES = ("vggt", "anysplat")
 
@@ -179,7 +180,7 @@ class VGGTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> VGGTConfig:
-        return _from_dict(cls, data)
+        return dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class AnySplatConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AnySplatConfig:
-        return _from_dict(cls, data)
+        return dataclass_from_dict(cls, data)
 
 
 def _check_heads(aggregator: AggregatorConfig, camera: CameraHeadConfig, heads: dict) -> None:
@@ -244,25 +245,6 @@ def _to_dict(config) -> dict:
     return out
 
 
-def _from_dict(cls, data: dict[str, Any]):
-    """Builds a (nested) config dataclass; unknown keys are an error, missing keys take the defaults."""
-    if not isinstance(data, dict):
-        raise TypeError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config keys {unknown}")
-    kwargs = {}
-    for name, value in data.items():
-        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default):
-            value = _from_dict(type(default), value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def config_from_dict(data: dict) -> VGGTConfig | AnySplatConfig:
     """Our own ``config.json`` (with ``model_type``) -> the matching config object."""
     model_type = data.get("model_type")
@@ -271,55 +253,3 @@ def config_from_dict(data: dict) -> VGGTConfig | AnySplatConfig:
     if model_type == "anysplat":
         return AnySplatConfig.from_dict(data)
     raise ValueError(f"config.json: model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-
-
-def _tiny_backbone(embed_dim: int, depth: int, heads: int) -> tuple[AggregatorConfig, CameraHeadConfig]:
-    patch_embed = PatchEmbedConfig(
-        img_size=56, patch_size=14, embed_dim=embed_dim, depth=3, num_heads=heads, num_register_tokens=2
-    )
-    aggregator = AggregatorConfig(
-        embed_dim=embed_dim, depth=depth, num_heads=heads, num_register_tokens=2, patch_embed=patch_embed
-    )
-    camera = CameraHeadConfig(dim_in=2 * embed_dim, trunk_depth=1, num_heads=heads, num_iterations=2)
-    return aggregator, camera
-
-
-def tiny_vggt_config(embed_dim: int = 32, depth: int = 4, heads: int = 2) -> VGGTConfig:
-    """A VGGT of a few hundred thousand parameters for tests (same code as the full model)."""
-    aggregator, camera = _tiny_backbone(embed_dim, depth, heads)
-    taps = (0, 1, 2, depth - 1)
-    return VGGTConfig(
-        aggregator=aggregator,
-        camera_head=camera,
-        depth_head=DPTHeadConfig(
-            dim_in=2 * embed_dim, features=16, out_channels=(8, 16, 24, 24), intermediate_layer_idx=taps
-        ),
-        point_head=DPTHeadConfig(
-            dim_in=2 * embed_dim,
-            output_dim=4,
-            activation="inv_log",
-            features=16,
-            out_channels=(8, 16, 16, 32),
-            intermediate_layer_idx=taps,
-        ),
-    )
-
-
-def tiny_anysplat_config(embed_dim: int = 32, depth: int = 4, heads: int = 2, sh_degree: int = 4) -> AnySplatConfig:
-    """An AnySplat of a few hundred thousand parameters for tests (same code as the full model)."""
-    aggregator, camera = _tiny_backbone(embed_dim, depth, heads)
-    taps = (0, 1, 2, depth - 1)
-    return AnySplatConfig(
-        aggregator=aggregator,
-        camera_head=camera,
-        depth_head=DPTHeadConfig(
-            dim_in=2 * embed_dim, features=16, out_channels=(8, 16, 24, 24), intermediate_layer_idx=taps
-        ),
-        gaussian_head=GaussianHeadConfig(
-            dim_in=2 * embed_dim,
-            features=16,
-            out_channels=(8, 16, 16, 32),
-            intermediate_layer_idx=taps,
-            sh_degree=sh_degree,
-        ),
-    )

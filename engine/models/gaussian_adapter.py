@@ -71,7 +71,10 @@ def map_pdf_to_opacity(pdf: Tensor, exponent: float = 1.0) -> Tensor:
 
 
 def quaternion_xyzw_to_matrix(quaternions: Tensor, eps: float = QUATERNION_EPS) -> Tensor:
-    """(..., 4) scalar-last quaternions -> (..., 3, 3) rotations; non-unit inputs are normalised via 2/|q|^2."""
+    """(..., 4) scalar-last quaternions -> (..., 3, 3) rotations; non-unit inputs are normalised via 2/|q|^2.
+
+    Kept beside AnySplat rather than in ``engine.geometry``: its epsilon in 2/(|q|^2 + eps), bit for bit.
+    """
     x, y, z, w = torch.unbind(quaternions, dim=-1)
     two_s = 2 / ((quaternions * quaternions).sum(dim=-1) + eps)
     rows = (

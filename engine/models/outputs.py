@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.geometry.rotations import quaternion_multiply
 from engine.models.gaussian_adapter import (
     MAX_SCALE,
     QUATERNION_EPS,
@@ -102,21 +103,6 @@ def rotate_sh(sh: Tensor, rotation: Tensor) -> Tensor:
     return torch.einsum("ij,njc->nic", matrix, sh)
 
 
-def _quat_multiply_wxyz(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product a * b of (..., 4) quaternions in (w, x, y, z) order."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )
-
-
 def transform_gaussian_scene(scene: GaussianScene, transform: Tensor) -> GaussianScene:
     """Applies a rigid (4, 4) world transform to Gaussians: means, rotations and SH coefficients."""
     rotation = transform[:3, :3].to(scene.dtype)
@@ -125,7 +111,7 @@ def transform_gaussian_scene(scene: GaussianScene, transform: Tensor) -> Gaussia
     quat_wxyz = quat_xyzw.roll(1, dims=-1)
     return GaussianScene(
         means=scene.means @ rotation.T + translation,
-        rotations=_quat_multiply_wxyz(quat_wxyz.expand_as(scene.rotations), scene.rotations),
+        rotations=quaternion_multiply(quat_wxyz.expand_as(scene.rotations), scene.rotations),
         log_scales=scene.log_scales,
         opacity_logits=scene.opacity_logits,
         sh=rotate_sh(scene.sh, rotation) if scene.sh.shape[1] > 1 else scene.sh,
@@ -147,6 +133,41 @@ def _row_chunks(views: int, height: int, width: int, chunk_size: int):
         for top in range(0, height, rows):
             bottom = min(height, top + rows)
             yield view, top, bottom, (view * height + top) * width
+
+
+def _merged_chunks(raw: Tensor, points: Tensor, voxel_size: float, features, chunk_size: int):
+    """AnySplat's voxel merge of one batch element: (number of voxels, chunks()), chunks() yielding
+    (start, stop, merged means, merged raw features) per chunk of voxels (the official per-voxel softmax
+    of the confidence channel, the last one)."""
+    views, channels, height, width = raw.shape
+    device = raw.device
+    if voxel_size <= 0:
+        raise ValueError(f"voxel_size must be positive, got {voxel_size}")
+    count = views * height * width
+    flat_points = points.reshape(count, 3).float()
+    conf = raw[:, -1].reshape(count).float()
+    _, inverse = torch.unique((flat_points / voxel_size).round().int(), dim=0, return_inverse=True)
+    count = int(inverse.max()) + 1 if inverse.numel() else 0
+    voxel_max = torch.full((count,), float("-inf"), device=device).scatter_reduce(
+        0, inverse, conf, reduce="amax", include_self=True
+    )
+    conf_exp = torch.exp(conf - voxel_max[inverse])
+    voxel_sum = torch.zeros(count, device=device).index_add(0, inverse, conf_exp)
+    weights = (conf_exp / (voxel_sum[inverse] + SOFTMAX_DENOMINATOR_EPS)).unsqueeze(-1)
+    del conf, conf_exp, voxel_sum, voxel_max
+    merged_points = torch.zeros(count, 3, device=device).index_add(0, inverse, flat_points * weights)
+    merged = torch.zeros(count, channels - 1, device=device)
+    for view, top, bottom, start in _row_chunks(views, height, width, chunk_size):
+        stop = start + (bottom - top) * width
+        merged.index_add_(0, inverse[start:stop], features(view, top, bottom)[:, :-1] * weights[start:stop])
+    del weights, inverse, flat_points
+
+    def chunks():
+        for start in range(0, count, chunk_size):
+            stop = min(count, start + chunk_size)
+            yield start, stop, merged_points[start:stop], merged[start:stop]
+
+    return count, chunks
 
 
 def gaussian_scene_from_raw(
@@ -187,35 +208,10 @@ def gaussian_scene_from_raw(
     def features(view, top, bottom):  # (rows·W, C) float32 raw channels of one chunk
         return raw[view, :, top:bottom].permute(1, 2, 0).reshape(-1, channels).float()
 
-    count = views * height * width
-    merge = voxel_size is not None and not raw.is_meta
-    if merge:
-        if voxel_size <= 0:
-            raise ValueError(f"voxel_size must be positive, got {voxel_size}")
-        flat_points = points.reshape(count, 3).float()
-        conf = raw[:, -1].reshape(count).float()
-        _, inverse = torch.unique((flat_points / voxel_size).round().int(), dim=0, return_inverse=True)
-        count = int(inverse.max()) + 1 if inverse.numel() else 0
-        voxel_max = torch.full((count,), float("-inf"), device=device).scatter_reduce(
-            0, inverse, conf, reduce="amax", include_self=True
-        )
-        conf_exp = torch.exp(conf - voxel_max[inverse])
-        voxel_sum = torch.zeros(count, device=device).index_add(0, inverse, conf_exp)
-        weights = (conf_exp / (voxel_sum[inverse] + SOFTMAX_DENOMINATOR_EPS)).unsqueeze(-1)
-        del conf, conf_exp, voxel_sum, voxel_max
-        merged_points = torch.zeros(count, 3, device=device).index_add(0, inverse, flat_points * weights)
-        merged = torch.zeros(count, channels - 1, device=device)
-        for view, top, bottom, start in _row_chunks(views, height, width, chunk_size):
-            stop = start + (bottom - top) * width
-            merged.index_add_(0, inverse[start:stop], features(view, top, bottom)[:, :-1] * weights[start:stop])
-        del weights, inverse, flat_points
-
-        def chunks():
-            for start in range(0, count, chunk_size):
-                stop = min(count, start + chunk_size)
-                yield start, stop, merged_points[start:stop], merged[start:stop]
-
+    if voxel_size is not None and not raw.is_meta:
+        count, chunks = _merged_chunks(raw, points, voxel_size, features, chunk_size)
     else:
+        count = views * height * width
 
         def chunks():
             for view, top, bottom, start in _row_chunks(views, height, width, chunk_size):
@@ -240,7 +236,7 @@ def gaussian_scene_from_raw(
         coeffs = (f[:, 8 : 8 + 3 * d_sh].unflatten(-1, (3, d_sh))[..., :k] * mask).transpose(-1, -2)
         if transform is not None:
             chunk_means = chunk_means @ rotation.T + translation
-            quats = _quat_multiply_wxyz(quat.expand_as(quats), quats)
+            quats = quaternion_multiply(quat.expand_as(quats), quats)
             if sh_matrix is not None:
                 coeffs = torch.einsum("ij,njc->nic", sh_matrix, coeffs)
         means[start:stop] = chunk_means

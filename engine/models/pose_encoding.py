@@ -23,7 +23,10 @@ ANYSPLAT_FOV_EPS = 1e-3
 
 
 def quat_to_mat(quaternions: Tensor) -> Tensor:
-    """(..., 4) quaternions (x, y, z, w) -> (..., 3, 3) rotation matrices (any non-zero length)."""
+    """(..., 4) quaternions (x, y, z, w) -> (..., 3, 3) rotation matrices (any non-zero length).
+
+    Kept beside VGGT rather than in ``engine.geometry``: scalar-last, unnormalised 2/|q|^2 form, VGGT's bit for bit.
+    """
     i, j, k, r = torch.unbind(quaternions, -1)
     two_s = 2.0 / (quaternions * quaternions).sum(-1)
     o = torch.stack(
@@ -52,6 +55,8 @@ def _sqrt_positive_part(x: Tensor) -> Tensor:
 
 def mat_to_quat(matrix: Tensor) -> Tensor:
     """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (x, y, z, w) with w >= 0.
+
+    Kept beside VGGT rather than in ``engine.geometry``: VGGT's branch selection (floor 0.1), bit for bit.
 
     The numerically robust branch selection of the official code: of the four candidate formulas,
     the one with the largest denominator is used.

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.models.aggregator import Aggregator
+from engine.models.checkpoint import instantiate, read_checkpoint, save_checkpoint
 from engine.models.layers import Block
 
 # Frames slightly outside [0, 1] (resampling overshoot) are tolerated, clearly wrong ranges are not.
@@ -46,7 +47,7 @@ def meta_autocast_dtype() -> Optional[torch.dtype]:
     """The autocast dtype a meta-device dry run is emulating right now (None outside such a region).
 
     The meta device has no autocast; where the real run would enter autocast, a meta run records it
-    here so that a dry-run dtype checker (``engine.dry_run``) knows which mixed-dtype calls autocast
+    here so that a dry-run dtype checker (``engine.testing.dry_run``) knows which mixed-dtype calls autocast
     would have reconciled.
     """
     return getattr(_META_AUTOCAST, "dtype", None)
@@ -221,15 +222,12 @@ class ReconstructionModel(nn.Module):
 
     # --------------------------------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:
-        """Writes ``config.json`` and ``model.safetensors`` (loadable with ``load_model``)."""
-        from engine.models.loading import save_model
-
-        save_model(self, directory)
+        """Writes ``config.json`` and ``model.safetensors`` (loadable with ``from_pretrained``)."""
+        save_checkpoint(self, directory)
 
     @classmethod
-    def from_pretrained(cls, path_or_id, **kwargs):
-        """Loads a checkpoint of this model type (see ``engine.models.loading.load_model``)."""
-        from engine.models.loading import load_model
-
-        model, _ = load_model(path_or_id, model_type=cls.config_class().model_type, **kwargs)
+    def from_pretrained(cls, path_or_id, device="cpu"):
+        """Loads a checkpoint of this model type, strictly (see ``engine.models.checkpoint``)."""
+        config, state_dict, weights_path = read_checkpoint(path_or_id, model_type=cls.config_class().model_type)
+        model, _ = instantiate(cls, config, state_dict, str(weights_path), device)
         return model

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.geometry.rotations import quaternion_to_matrix
+
 EPS2D = 0.3
 ALPHA_THRESHOLD = 1.0 / 255.0
 MAX_EXTEND = 3.33  # gsplat's cap on the box half-size, in standard deviations
@@ -50,26 +52,9 @@ class ProjectedGaussians:
     visible: Tensor
 
 
-def quaternion_to_rotation(quaternions: Tensor) -> Tensor:
-    """(N, 4) quaternions (w, x, y, z), any non-zero length -> (N, 3, 3) rotation matrices."""
-    w, x, y, z = torch.nn.functional.normalize(quaternions, dim=-1).unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z),
-        2 * (x * y - w * z),
-        2 * (x * z + w * y),
-        2 * (x * y + w * z),
-        1 - 2 * (x * x + z * z),
-        2 * (y * z - w * x),
-        2 * (x * z - w * y),
-        2 * (y * z + w * x),
-        1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(*quaternions.shape[:-1], 3, 3)
-
-
 def covariance_3d(rotations: Tensor, log_scales: Tensor) -> Tensor:
     """(N, 4) quaternions and (N, 3) log standard deviations -> (N, 3, 3) world covariances R S S^T R^T."""
-    scaled_axes = quaternion_to_rotation(rotations) * log_scales.exp().unsqueeze(-2)  # R @ diag(s)
+    scaled_axes = quaternion_to_matrix(rotations) * log_scales.exp().unsqueeze(-2)  # R @ diag(s)
     return scaled_axes @ scaled_axes.transpose(-1, -2)
 
 

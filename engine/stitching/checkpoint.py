@@ -1,4 +1,5 @@
-"""Our stitched-decoder checkpoint: one folder, one call to save and one to load.
+"""Our stitched-decoder checkpoint format: one folder, written by ``StitchedDecoder.save_pretrained`` and read
+by ``StitchedDecoder.from_pretrained`` (``engine.stitching.decoder``); this module holds the format itself.
 
 Layout::
 
@@ -34,10 +35,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from engine.io.atomic import atomic_directory
-from engine.models.config import config_from_dict
-from engine.models.loading import listing, state_dict_problems
-from engine.stitching.decoder import StitchedDecoder, VAEReference
+from engine.models.checkpoint import state_dict_problems
 
 FORMAT = "vist3a-stitched-decoder"
 FORMAT_VERSION = 1
@@ -49,7 +47,7 @@ class StitchedCheckpointError(ValueError):
     """A stitched-decoder checkpoint is missing, malformed or does not fit its description."""
 
 
-def stitched_config(decoder: StitchedDecoder) -> dict:
+def stitched_config(decoder) -> dict:
     """The ``stitched_config.json`` content describing ``decoder``."""
     return {
         "format": FORMAT,
@@ -61,30 +59,6 @@ def stitched_config(decoder: StitchedDecoder) -> dict:
         "lora": decoder.lora_info,
         "dtype": str(decoder.stitching_layer.weight.dtype).removeprefix("torch."),
     }
-
-
-def save_stitched_decoder(decoder: StitchedDecoder, directory: Union[str, Path], replace: bool = True) -> Path:
-    """Writes ``decoder`` (LoRA already merged) into ``directory`` atomically; returns the folder.
-
-    Raises StitchedCheckpointError if the decoder still holds unmerged LoRA layers (merge them first,
-    e.g. with ``engine.stitching.train.export_merged``).
-    """
-    from safetensors.torch import save_file
-
-    if not isinstance(decoder, StitchedDecoder):
-        raise TypeError(f"expected a StitchedDecoder, got {type(decoder).__name__}")
-    state = decoder.state_dict()
-    unmerged = [k for k in state if "lora_" in k or ".base_layer." in k]
-    if unmerged:
-        raise StitchedCheckpointError(
-            f"the decoder still has unmerged LoRA tensors {listing(unmerged)}; merge the adapters before saving"
-        )
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    directory = Path(directory)
-    with atomic_directory(directory, replace=replace) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(stitched_config(decoder), indent=1), encoding="utf-8")
-    return directory
 
 
 def read_stitched_config(path: Union[str, Path]) -> dict:
@@ -117,7 +91,7 @@ def read_stitched_config(path: Union[str, Path]) -> dict:
     return data
 
 
-def check_state_dict(decoder: StitchedDecoder, state: dict[str, Tensor], source: str) -> None:
+def check_state_dict(decoder: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
     """Raises StitchedCheckpointError listing missing, unexpected and mis-shaped keys."""
     problems = state_dict_problems(decoder.state_dict(keep_vars=True), state, "decoder")
     if problems:
@@ -125,7 +99,7 @@ def check_state_dict(decoder: StitchedDecoder, state: dict[str, Tensor], source:
 
 
 def assign_state_dict(
-    decoder: StitchedDecoder, state: dict[str, Tensor], device: Union[str, torch.device], dtype: torch.dtype
+    decoder: torch.nn.Module, state: dict[str, Tensor], device: Union[str, torch.device], dtype: torch.dtype
 ) -> None:
     """Strictly loads ``state`` (checked with :func:`check_state_dict`) into a decoder, possibly on meta."""
     own = decoder.state_dict(keep_vars=True)
@@ -133,26 +107,3 @@ def assign_state_dict(
         k: state[k].to(device=device, dtype=dtype if own[k].is_floating_point() else own[k].dtype) for k in own
     }
     decoder.load_state_dict(converted, strict=True, assign=True)
-
-
-def load_stitched_decoder(
-    path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32
-) -> StitchedDecoder:
-    """Loads a checkpoint written by :func:`save_stitched_decoder` (strict); returns it in eval mode."""
-    from safetensors.torch import load_file
-
-    data = read_stitched_config(path)
-    weights = Path(path) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise StitchedCheckpointError(f"{path} has no {WEIGHTS_FILE}")
-    try:
-        model_config = config_from_dict(data["model"]["config"])
-        vae = VAEReference.from_dict(data["vae"])
-        decoder = StitchedDecoder.from_config(model_config, data["cut_stage"], data["stitching_spec"], vae, "meta")
-    except (TypeError, ValueError) as error:
-        raise StitchedCheckpointError(f"{Path(path) / CONFIG_FILE}: {error}") from error
-    state = load_file(str(weights), device="cpu")
-    check_state_dict(decoder, state, str(weights))
-    assign_state_dict(decoder, state, device, dtype)
-    decoder.lora_info = data["lora"]
-    return decoder.eval()

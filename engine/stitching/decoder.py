@@ -31,19 +31,34 @@ Parameter names: ``stitching_layer.{weight,bias}`` and ``network.<key of the bas
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from engine.io.atomic import atomic_directory
 from engine.models.anysplat import AnySplat
-from engine.models.config import AnySplatConfig, VGGTConfig
+from engine.models.checkpoint import listing
+from engine.models.config import AnySplatConfig, VGGTConfig, config_from_dict
 from engine.models.loading import build_model
 from engine.models.reconstruction import ReconstructionModel
 from engine.models.vggt import VGGT
+from engine.stitching.checkpoint import (
+    CONFIG_FILE,
+    FORMAT,
+    WEIGHTS_FILE,
+    StitchedCheckpointError,
+    assign_state_dict,
+    check_state_dict,
+    read_stitched_config,
+    stitched_config,
+)
 from engine.stitching.layer_spec import ConvSpec, StitchingLayer, format_spec, parse_spec
+from engine.strict_config import dataclass_from_dict
 
 EMBED_STAGE = "patch_embed.patch_embed"
 _DINO_STAGE = re.compile(r"^patch_embed\.blocks\.(\d+)$")
@@ -144,12 +159,7 @@ class VAEReference:
 
     @classmethod
     def from_dict(cls, data: dict) -> VAEReference:
-        names = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - names)
-        missing = sorted(n for n in names - set(data) if n != "name_or_path")
-        if unknown or missing:
-            raise ValueError(f"VAE description: unknown fields {unknown}, missing fields {missing}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "VAE description")
 
 
 # Released Wan 2.1 + AnySplat stitch (method.md §3/§4, NOTES.md §8).
@@ -231,6 +241,54 @@ class StitchedDecoder(nn.Module):
         with torch.device(device or "cpu"):
             layer = StitchingLayer(spec, vae.latent_channels)
         return cls(network, cut_stage, layer, vae)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32
+    ) -> StitchedDecoder:
+        """Loads a checkpoint folder written by :meth:`save_pretrained` (strict); returns it in eval mode.
+
+        Raises:
+            StitchedCheckpointError: the folder, its config or its weights are missing, malformed or do not fit.
+        """
+        from safetensors.torch import load_file
+
+        data = read_stitched_config(path)
+        weights = Path(path) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise StitchedCheckpointError(f"{path} has no {WEIGHTS_FILE}")
+        try:
+            model_config = config_from_dict(data["model"]["config"])
+            vae = VAEReference.from_dict(data["vae"])
+            decoder = cls.from_config(model_config, data["cut_stage"], data["stitching_spec"], vae, "meta")
+        except (TypeError, ValueError) as error:
+            raise StitchedCheckpointError(f"{Path(path) / CONFIG_FILE}: {error}") from error
+        state = load_file(str(weights), device="cpu")
+        check_state_dict(decoder, state, str(weights))
+        assign_state_dict(decoder, state, device, dtype)
+        decoder.lora_info = data["lora"]
+        return decoder.eval()
+
+    def save_pretrained(self, directory: Union[str, Path], replace: bool = True) -> Path:
+        """Writes this decoder (LoRA already merged) into ``directory`` atomically; returns the folder.
+
+        Raises StitchedCheckpointError if the decoder still holds unmerged LoRA layers (merge them first,
+        e.g. with ``engine.stitching.train.export_merged``).
+        """
+        from safetensors.torch import save_file
+
+        state = self.state_dict()
+        unmerged = [k for k in state if "lora_" in k or ".base_layer." in k]
+        if unmerged:
+            raise StitchedCheckpointError(
+                f"the decoder still has unmerged LoRA tensors {listing(unmerged)}; merge the adapters before saving"
+            )
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        directory = Path(directory)
+        with atomic_directory(directory, replace=replace) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            (tmp / CONFIG_FILE).write_text(json.dumps(stitched_config(self), indent=1), encoding="utf-8")
+        return directory
 
     # ------------------------------------------------------------------------------------------------
     @property

@@ -170,6 +170,53 @@ def _group_lora(entries: dict[str, Tensor], report: ReleasedLoadReport) -> dict[
     return grouped
 
 
+def _merge_lora_layer(
+    module: nn.Module, released_name: str, parts: dict, rank: int, scaling: float, report: ReleasedLoadReport
+) -> None:
+    """Adds one layer's released LoRA (and replaces its bias when the checkpoint has one), in place."""
+    a, b = parts["lora_A"], parts["lora_B"]
+    delta = lora_delta(module, a, b, scaling, released_name)
+    if a.shape[0] != rank * (1 if isinstance(module, nn.Linear) else module.kernel_size[0]):
+        raise ReleasedCheckpointError(f"{released_name}: LoRA rank {a.shape[0]} does not match rank {rank}")
+    module.weight.copy_((module.weight.float() + delta).to(module.weight.dtype))
+    if isinstance(module, nn.Linear):
+        report.merged_linear += 1
+    else:
+        report.merged_conv += 1
+    if "bias" in parts:
+        if module.bias is None or module.bias.shape != parts["bias"].shape:
+            raise ReleasedCheckpointError(
+                f"{released_name}.bias {tuple(parts['bias'].shape)} does not fit "
+                f"{None if module.bias is None else tuple(module.bias.shape)}"
+            )
+        module.bias.copy_(parts["bias"].to(module.bias.dtype))
+        report.replaced_biases += 1
+
+
+def _copy_tokens_and_stitching_layer(decoder: StitchedDecoder, checkpoint: dict, source: str) -> None:
+    """Copies the released DINOv2 tokens and stitching conv into ``decoder`` (shapes checked), in place."""
+    dino = decoder.network.aggregator.patch_embed
+    for key in TOKEN_KEYS:
+        target = getattr(dino, key)
+        value = checkpoint[key]
+        if target is None or not isinstance(value, Tensor) or value.shape != target.shape:
+            raise ReleasedCheckpointError(
+                f"{source}: {key} {tuple(getattr(value, 'shape', ()))} does not fit "
+                f"{None if target is None else tuple(target.shape)}"
+            )
+        target.copy_(value.to(target.dtype))
+    layer_state = checkpoint["stitching_layer"]
+    own = decoder.stitching_layer.state_dict()
+    if not isinstance(layer_state, dict) or set(layer_state) != set(own):
+        raise ReleasedCheckpointError(f"{source}: stitching_layer must hold exactly {sorted(own)}")
+    for key, value in layer_state.items():
+        if value.shape != own[key].shape:
+            raise ReleasedCheckpointError(
+                f"{source}: stitching_layer.{key} {tuple(value.shape)} does not fit {tuple(own[key].shape)}"
+            )
+        getattr(decoder.stitching_layer, key).copy_(value.to(own[key].dtype))
+
+
 def apply_released_state(
     decoder: StitchedDecoder,
     checkpoint: dict,
@@ -199,23 +246,7 @@ def apply_released_state(
             if ours not in targets or "lora_A" not in parts or "lora_B" not in parts:
                 report.unmapped_keys += [f"lora.{released_name}.{p}" for p in parts]
                 continue
-            a, b = parts["lora_A"], parts["lora_B"]
-            delta = lora_delta(module, a, b, scaling, released_name)
-            if a.shape[0] != rank * (1 if isinstance(module, nn.Linear) else module.kernel_size[0]):
-                raise ReleasedCheckpointError(f"{released_name}: LoRA rank {a.shape[0]} does not match rank {rank}")
-            module.weight.copy_((module.weight.float() + delta).to(module.weight.dtype))
-            if isinstance(module, nn.Linear):
-                report.merged_linear += 1
-            else:
-                report.merged_conv += 1
-            if "bias" in parts:
-                if module.bias is None or module.bias.shape != parts["bias"].shape:
-                    raise ReleasedCheckpointError(
-                        f"{released_name}.bias {tuple(parts['bias'].shape)} does not fit "
-                        f"{None if module.bias is None else tuple(module.bias.shape)}"
-                    )
-                module.bias.copy_(parts["bias"].to(module.bias.dtype))
-                report.replaced_biases += 1
+            _merge_lora_layer(module, released_name, parts, rank, scaling, report)
             done.add(ours)
 
         missing = sorted(targets - done)
@@ -223,26 +254,7 @@ def apply_released_state(
             shown = ", ".join(ours_to_released(n, removed) for n in missing[:_LIST_LIMIT])
             raise ReleasedCheckpointError(f"{source}: no LoRA for {len(missing)} layers of the stitched model: {shown}")
 
-        dino = decoder.network.aggregator.patch_embed
-        for key in TOKEN_KEYS:
-            target = getattr(dino, key)
-            value = checkpoint[key]
-            if target is None or not isinstance(value, Tensor) or value.shape != target.shape:
-                raise ReleasedCheckpointError(
-                    f"{source}: {key} {tuple(getattr(value, 'shape', ()))} does not fit "
-                    f"{None if target is None else tuple(target.shape)}"
-                )
-            target.copy_(value.to(target.dtype))
-        layer_state = checkpoint["stitching_layer"]
-        own = decoder.stitching_layer.state_dict()
-        if not isinstance(layer_state, dict) or set(layer_state) != set(own):
-            raise ReleasedCheckpointError(f"{source}: stitching_layer must hold exactly {sorted(own)}")
-        for key, value in layer_state.items():
-            if value.shape != own[key].shape:
-                raise ReleasedCheckpointError(
-                    f"{source}: stitching_layer.{key} {tuple(value.shape)} does not fit {tuple(own[key].shape)}"
-                )
-            getattr(decoder.stitching_layer, key).copy_(value.to(own[key].dtype))
+        _copy_tokens_and_stitching_layer(decoder, checkpoint, source)
 
     decoder.lora_info = {"rank": rank, "alpha": alpha, "dropout": 0.0, "merged": True, "source": source}
     if report.unmapped_keys:
@@ -288,7 +300,7 @@ def load_released_stitched(
 
     Raises:
         ReleasedCheckpointError: the file is missing, unreadable or does not fit the base model.
-        engine.models.loading.CheckpointError: the base model cannot be found or loaded.
+        engine.models.checkpoint.CheckpointError: the base model cannot be found or loaded.
         rank, alpha: the LoRA settings (scaling alpha/rank).
     """
     source = "<dict>"

@@ -296,6 +296,83 @@ def _frames_and_latent(item: Any, vae: LatentEncoder | None) -> tuple[torch.Tens
     return frames, latent
 
 
+def _prefix_counts(num_prefix_tokens: int | Sequence[int], num_layers: int) -> list[int]:
+    """One prefix-token count per layer (an int stands for all layers)."""
+    if isinstance(num_prefix_tokens, int):
+        return [num_prefix_tokens] * num_layers
+    prefixes = list(num_prefix_tokens)
+    if len(prefixes) != num_layers:
+        raise ValueError(f"num_prefix_tokens has {len(prefixes)} entries for {num_layers} layers")
+    return prefixes
+
+
+def _check_token_widths(layer_names: Sequence[str], widths: Sequence[int], spec: ConvSpec) -> None:
+    for name, width in zip(layer_names, widths):
+        if width != spec.out_channels:
+            raise ValueError(
+                f"layer '{name}' has {width}-d tokens but spec {format_spec(spec)} outputs {spec.out_channels} channels"
+            )
+
+
+def _accumulate_moments(clips, activations, layer_names, prefixes, spec, vae, accumulate_device):
+    """One pass over the clips: (normal equations or None if no clip came, clips seen, clip shape record)."""
+    moments: NormalEquations | None = None
+    num_clips = 0
+    clip_shape: dict[str, Any] = {}
+    for item in clips:
+        frames, latent = _frames_and_latent(item, vae)
+        batch, num_frames = frames.shape[:2]
+        layer_tokens = list(activations(frames))
+        if len(layer_tokens) != len(layer_names):
+            raise ValueError(f"activations returned {len(layer_tokens)} layers, expected {len(layer_names)}")
+        patches = latent_patches(latent, spec, num_frames)  # (B, T', h', w', D_in)
+        grid = tuple(patches.shape[1:4])
+        rows = patches.reshape(-1, patches.shape[-1])
+        if moments is None:
+            widths = [tokens.shape[-1] for tokens in layer_tokens]
+            _check_token_widths(layer_names, widths, spec)
+            device = accumulate_device if accumulate_device is not None else latent.device
+            moments = NormalEquations(rows.shape[1], widths, device=device)
+            clip_shape = {"frames": num_frames, "latent_shape": list(latent.shape[1:]), "token_grid": list(grid)}
+        elif rows.shape[1] != moments.in_features:
+            raise ValueError(f"latent channels changed between clips: {tuple(latent.shape)}")
+        targets = [
+            _tokens_to_rows(tokens, prefix, grid, batch, name)
+            for tokens, prefix, name in zip(layer_tokens, prefixes, layer_names)
+        ]
+        moments.update(rows, targets)
+        num_clips += batch
+        if num_clips % 50 < batch:
+            log.info("layer search: %d clips, %d rows", num_clips, moments.count)
+    return moments, num_clips, clip_shape
+
+
+def _sum_over_processes(moments: NormalEquations | None, num_clips: int, context: DistributedContext) -> int:
+    """Sums the moments over a data-parallel run's processes (in place); returns the total clip count."""
+    totals = context.sum({"empty": moments is None, "clips": num_clips})
+    if totals["empty"]:
+        raise ValueError(
+            f"{int(totals['empty'])} of {context.world_size} processes got no clip: "
+            "give at least as many clips as processes"
+        )
+    moments.all_reduce(context)
+    return int(totals["clips"])
+
+
+def _fit_every_layer(moments: NormalEquations, num_layers: int, ridge: float):
+    """(MSE per layer, MSE relative to the target variance per layer, (best index, weight, bias))."""
+    mse, relative_mse = [], []
+    best: tuple[int, torch.Tensor, torch.Tensor] | None = None
+    for k in range(num_layers):
+        weight, bias = moments.solve(k, ridge)
+        mse.append(moments.mse(k, weight, bias))
+        variance = moments.target_variance(k)
+        relative_mse.append(mse[-1] / variance if variance > 0 else math.nan)
+        if best is None or mse[-1] < mse[best[0]]:
+            best = (k, weight, bias)
+    return mse, relative_mse, best
+
+
 def find_stitch_layer(
     clips: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     activations: ActivationSource,
@@ -336,74 +413,23 @@ def find_stitch_layer(
     layer_names = list(layer_names)
     if not layer_names:
         raise ValueError("layer_names is empty: name at least one candidate layer")
-    if isinstance(num_prefix_tokens, int):
-        prefixes = [num_prefix_tokens] * len(layer_names)
-    else:
-        prefixes = list(num_prefix_tokens)
-        if len(prefixes) != len(layer_names):
-            raise ValueError(f"num_prefix_tokens has {len(prefixes)} entries for {len(layer_names)} layers")
+    prefixes = _prefix_counts(num_prefix_tokens, len(layer_names))
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
 
     start = time.perf_counter()
-    moments: NormalEquations | None = None
-    num_clips = 0
-    clip_shape: dict[str, Any] = {}
     with torch.no_grad():
-        for item in clips:
-            frames, latent = _frames_and_latent(item, vae)
-            batch, num_frames = frames.shape[:2]
-            layer_tokens = list(activations(frames))
-            if len(layer_tokens) != len(layer_names):
-                raise ValueError(f"activations returned {len(layer_tokens)} layers, expected {len(layer_names)}")
-            patches = latent_patches(latent, spec, num_frames)  # (B, T', h', w', D_in)
-            grid = tuple(patches.shape[1:4])
-            rows = patches.reshape(-1, patches.shape[-1])
-            if moments is None:
-                widths = [tokens.shape[-1] for tokens in layer_tokens]
-                for name, width in zip(layer_names, widths):
-                    if width != spec.out_channels:
-                        raise ValueError(
-                            f"layer '{name}' has {width}-d tokens but spec {format_spec(spec)} outputs "
-                            f"{spec.out_channels} channels"
-                        )
-                device = accumulate_device if accumulate_device is not None else latent.device
-                moments = NormalEquations(rows.shape[1], widths, device=device)
-                clip_shape = {"frames": num_frames, "latent_shape": list(latent.shape[1:]), "token_grid": list(grid)}
-            elif rows.shape[1] != moments.in_features:
-                raise ValueError(f"latent channels changed between clips: {tuple(latent.shape)}")
-            targets = [
-                _tokens_to_rows(tokens, prefix, grid, batch, name)
-                for tokens, prefix, name in zip(layer_tokens, prefixes, layer_names)
-            ]
-            moments.update(rows, targets)
-            num_clips += batch
-            if num_clips % 50 < batch:
-                log.info("layer search: %d clips, %d rows", num_clips, moments.count)
+        moments, num_clips, clip_shape = _accumulate_moments(
+            clips, activations, layer_names, prefixes, spec, vae, accumulate_device
+        )
     context = context or DistributedContext()
     if context.is_distributed:
-        totals = context.sum({"empty": moments is None, "clips": num_clips})
-        if totals["empty"]:
-            raise ValueError(
-                f"{int(totals['empty'])} of {context.world_size} processes got no clip: "
-                "give at least as many clips as processes"
-            )
-        moments.all_reduce(context)
-        num_clips = int(totals["clips"])
+        num_clips = _sum_over_processes(moments, num_clips, context)
     if moments is None:
         raise ValueError("clips yielded nothing: the search needs at least one clip")
     in_channels = moments.in_features // math.prod(spec.kernel)
 
-    mse, relative_mse = [], []
-    best: tuple[int, torch.Tensor, torch.Tensor] | None = None
-    for k in range(len(layer_names)):
-        weight, bias = moments.solve(k, ridge)
-        mse.append(moments.mse(k, weight, bias))
-        variance = moments.target_variance(k)
-        relative_mse.append(mse[-1] / variance if variance > 0 else math.nan)
-        if best is None or mse[-1] < mse[best[0]]:
-            best = (k, weight, bias)
-    best_index, weight, bias = best
+    mse, relative_mse, (best_index, weight, bias) = _fit_every_layer(moments, len(layer_names), ridge)
     state_dict = {"weight": weight.T.reshape(spec.weight_shape(in_channels)).contiguous(), "bias": bias}
 
     settings = {

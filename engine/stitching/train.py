@@ -22,7 +22,7 @@ logged losses are averaged over processes, and only rank 0 writes logs, checkpoi
 Outputs in ``out_dir``: ``train_config.json``, ``loss_log.jsonl`` (one JSON object per logged step),
 ``checkpoints/step_<n>/`` (resumable: ``trainable.safetensors`` with the LoRA factors, stitching layer
 and tokens, ``state.pt`` with optimizer, scheduler, step and RNG states), and the merged export
-(``engine.stitching.checkpoint`` format) via :meth:`DistillationTrainer.export`.
+(``StitchedDecoder.save_pretrained`` format) via :meth:`DistillationTrainer.export`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from torch import Tensor, nn
 from engine.distributed import DistributedContext, sample_generator
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.models.reconstruction import ReconstructionModel
-from engine.stitching.checkpoint import save_stitched_decoder
 from engine.stitching.clips import ClipSource
 from engine.stitching.decoder import StitchedDecoder, VAEReference
 from engine.stitching.layer_spec import StitchingLayer
@@ -405,7 +404,7 @@ class DistillationTrainer:
             "targets": "every nn.Linear and nn.Conv2d of the kept network",
             "steps": self.step,
         }
-        return save_stitched_decoder(merged.eval(), directory)
+        return merged.eval().save_pretrained(directory)
 
 
 @torch.no_grad()

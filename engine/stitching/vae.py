@@ -149,8 +149,7 @@ class VideoVAEAdapter(ABC):
     def decode(self, latent: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Normalised latent (B, C, T_lat, h, w) -> frames (B, T, 3, h*s, w*s) in [0, 1], float32."""
         self._check_latent(latent)
-        raw = self.denormalize(latent.float()).to(device=self.device, dtype=self.dtype)
-        frames = (self._decode_raw(raw).float() + 1) / 2
+        frames = self.decode_raw(self.denormalize(latent.float()))
         expected = self.frame_count(latent.shape[2])
         if frames.shape[1] != expected:
             raise RuntimeError(
@@ -158,6 +157,14 @@ class VideoVAEAdapter(ABC):
                 f"expected {expected}"
             )
         return frames.clamp(0, 1) if clamp else frames
+
+    def decode_raw(self, raw_latent: torch.Tensor) -> torch.Tensor:
+        """Un-normalised latent (B, C, T_lat, h, w) -> frames (B, T, 3, H, W), (VAE output + 1) / 2, float32.
+
+        Differentiable, not clamped, no shape checks (what a pipeline decodes its latent with).
+        """
+        raw = raw_latent.to(device=self.device, dtype=self.dtype)
+        return (self._decode_raw(raw).float() + 1) / 2
 
     def _encode_raw(self, pixels: torch.Tensor):
         """(B, T, 3, H, W) in [-1, 1] -> the VAE's posterior (has .mode() and .sample(generator))."""
@@ -281,6 +288,14 @@ class SVDVAEAdapter(_ScaledLatents, VideoVAEAdapter):
     @property
     def latent_channels(self) -> int:
         return self.vae.config.latent_channels
+
+    def decode_raw(self, raw_latent: torch.Tensor) -> torch.Tensor:
+        """Un-normalised latent (B, C, T_lat, h, w) -> frames (B, T, 3, H, W), (VAE output + 1) / 2, float32.
+
+        Differentiable, not clamped, no shape checks (what a pipeline decodes its latent with).
+        """
+        raw = raw_latent.to(device=self.device, dtype=self.dtype)
+        return (self._decode_raw(raw).float() + 1) / 2
 
     def _encode_raw(self, pixels: torch.Tensor):
         batch, frames = pixels.shape[:2]

@@ -8,7 +8,7 @@ vocabulary is the world's caption words (anything else is spelled by letters), t
 view its caption's relations refer to) and their captions.
 
 Scorer folder (``export_caption_scorer``): transformers ``config.json`` + ``model.safetensors`` (fp16),
-the tokenizer files, and ``caption_scorer.json`` (input size, crop, output). ``load_scorer`` in
+the tokenizer files, and ``caption_scorer.json`` (input size, crop, output). ``CLIPScorer.from_pretrained`` reads it back; ``load_scorer`` in
 ``engine.alignment.scorers`` recognises such a folder under any scorer name, so
 ``align train --dfn-clip models/default/caption_scorer`` uses it in DFN-CLIP's place; it returns a
 ``CLIPScorer`` (cosine score) like the others.
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.alignment.scorers import CAPTION_SCORER_FILE
+from engine.alignment.scorers import CAPTION_SCORER_FILE, CAPTION_SCORER_KIND, CLIP_MEAN, CLIP_STD, CLIPScorer
 from engine.distributed import DistributedContext, Forward
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.training import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
@@ -49,7 +49,7 @@ from engine.training import latest_checkpoint, prune_checkpoints, restore_rng, r
 log = logging.getLogger(__name__)
 
 SCORER_FILE = CAPTION_SCORER_FILE
-SCORER_KIND = "vist3a-caption-scorer"
+SCORER_KIND = CAPTION_SCORER_KIND
 TRAIN_SEED = 1402
 HELDOUT_SEED = 1498
 SHARD_SIZE = 250
@@ -187,61 +187,14 @@ def caption_clip_config(vocab_size: int, image_size: int = 64, hidden: int = 128
 
 
 def make_scorer(model, tokenizer, image_size: int):
-    from engine.alignment.scorers import CLIPScorer
-
     return CLIPScorer(model, tokenizer, name="caption-scorer", image_size=image_size, crop=False, output="cosine")
 
 
-def load_caption_scorer(folder: Union[str, Path], *, device="cpu", dtype: torch.dtype = torch.float32):
-    """The scorer in ``folder`` (written by :func:`export_caption_scorer`) as a ``CLIPScorer``.
-
-    Raises:
-        ValueError: ``folder`` is not a caption-scorer folder or its weights do not fit its config.
-    """
-    from safetensors.torch import load_file
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    folder = Path(folder)
-    meta_file = folder / SCORER_FILE
-    if not meta_file.is_file():
-        raise ValueError(f"{folder} is not a caption-scorer folder ({SCORER_FILE} is missing)")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    if meta.get("kind") != SCORER_KIND:
-        raise ValueError(f"{meta_file}: kind must be {SCORER_KIND!r}, got {meta.get('kind')!r}")
-    model = CLIPModel(CLIPConfig.from_pretrained(str(folder)))
-    state = load_file(str(folder / "model.safetensors"))
-    own = {k for k in model.state_dict() if not k.endswith("position_ids")}
-    got = {k for k in state if not k.endswith("position_ids")}
-    if own != got:
-        raise ValueError(
-            f"{folder}/model.safetensors does not fit its config: missing {sorted(own - got)[:3]}, "
-            f"unexpected {sorted(got - own)[:3]}"
-        )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
-    scorer = make_scorer(model.to(dtype), tokenizer, int(meta["image_size"]))
-    return scorer.to(device)
-
-
 def export_caption_scorer(model, tokenizer_dir: Path, directory: Path, image_size: int) -> Path:
-    """Writes the scorer folder (fp16 weights) atomically."""
-    import shutil
+    """Writes the scorer folder (fp16 weights) atomically (``CLIPScorer.save_pretrained``)."""
+    from transformers import CLIPTokenizer
 
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: v.detach().half().contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")
-    }
-    with atomic_directory(directory, replace=True) as tmp:
-        model.config.save_pretrained(str(tmp))
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for item in Path(tokenizer_dir).iterdir():
-            shutil.copy(item, tmp / item.name)
-        meta = {"kind": SCORER_KIND, "image_size": image_size, "crop": False, "output": "cosine"}
-        (tmp / SCORER_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    return directory
+    return make_scorer(model, CLIPTokenizer.from_pretrained(str(tokenizer_dir)), image_size).save_pretrained(directory)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -323,8 +276,6 @@ class CaptionTrainer:
         """Normalised image features of (N, H, W, 3) uint8 frames. ``augment``: brightness / contrast
         jitter, drawn for a whole batch of ``batch`` images of which the frames are the ``rows``
         (default: the frames are the whole batch)."""
-        from engine.alignment.scorers import CLIP_MEAN, CLIP_STD
-
         x = frames_uint8.permute(0, 3, 1, 2).float() / 255.0
         if augment:  # brightness / contrast jitter (colour names must survive: no hue changes)
             n = x.shape[0] if rows is None else batch
@@ -640,7 +591,7 @@ def _run_export(args) -> int:
 
 
 def _run_eval(args) -> int:
-    scorer = load_caption_scorer(args.scorer)
+    scorer = CLIPScorer.from_pretrained(args.scorer)
     frames, captions = load_caption_cache(args.data, "heldout", args.scenes)
     print(json.dumps(retrieval_accuracy(scorer, frames[:, 0], captions), indent=1))
     return 0

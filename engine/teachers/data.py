@@ -227,25 +227,6 @@ def random_reverse(generator: torch.Generator) -> bool:
     return bool(torch.rand((), generator=generator) < 0.5)
 
 
-def rotation_angle_deg(r_a: Tensor, r_b: Tensor) -> Tensor:
-    """Geodesic angle (degrees) between rotation matrices (..., 3, 3), computed in float64."""
-    relative = r_a.double().transpose(-1, -2) @ r_b.double()
-    cosine = (relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    # sin from the antisymmetric part: atan2 stays accurate for small angles, where arccos is not
-    sine = (
-        torch.stack(
-            [
-                relative[..., 2, 1] - relative[..., 1, 2],
-                relative[..., 0, 2] - relative[..., 2, 0],
-                relative[..., 1, 0] - relative[..., 0, 1],
-            ],
-            dim=-1,
-        ).norm(dim=-1)
-        / 2
-    )
-    return torch.rad2deg(torch.atan2(sine, cosine))
-
-
 __all__ = [
     "HELDOUT_SEED",
     "SKY_DEPTH",
@@ -256,6 +237,5 @@ __all__ = [
     "load_cache",
     "normalise",
     "render_sample",
-    "rotation_angle_deg",
     "split_seeds",
 ]

@@ -29,9 +29,10 @@ from torch import Tensor
 
 from engine.data import ORBIT_ARC_DEG, orbit_cameras
 from engine.data.scenes import ELEVATION_RANGE_DEG
+from engine.geometry.rotations import rotation_angle_deg
 from engine.render import rasterize
 from engine.scene import Cameras
-from engine.teachers.data import SKY_DEPTH, TeacherBatch, gt_pose_encoding, rotation_angle_deg
+from engine.teachers.data import SKY_DEPTH, TeacherBatch, gt_pose_encoding
 
 CAMERA_GAMMA = 0.6
 

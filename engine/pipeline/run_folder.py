@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from engine.geometry.cameras import interpolate_cameras, orthonormalized
 from engine.io import atomic_directory, atomic_write
-from engine.pipeline import (
+from engine.pipeline.settings import GenerationSettings, ModelNotFoundError, RuntimeOptions
+from engine.pipeline.vist3a import (
     CancelCheck,
     GenerationResult,
     ProgressCallback,
@@ -35,7 +37,6 @@ from engine.pipeline import (
     check_cancel,
     software_versions,
 )
-from engine.pipeline_settings import GenerationSettings, ModelNotFoundError, RuntimeOptions
 from engine.scene import Cameras, GaussianScene, PointScene
 
 logger = logging.getLogger(__name__)
@@ -50,140 +51,6 @@ FLYTHROUGH_FPS = 24
 FLYTHROUGH_POSES_BETWEEN = 3
 # Cameras rendered per rasterizer call (bounds memory for millions of Gaussians).
 RENDER_BATCH = 8
-
-
-# ----------------------------------------------------------------------------- camera interpolation
-
-
-def rotation_to_quaternion(rotations: Tensor) -> Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z) with w >= 0.
-
-    Uses the largest of the four candidate denominators for numerical stability.
-    """
-    m = rotations
-    trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    candidates = torch.stack(
-        [
-            torch.stack(
-                [1 + trace, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1
-            ),
-            torch.stack(
-                [
-                    m[..., 2, 1] - m[..., 1, 2],
-                    1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-                    m[..., 0, 1] + m[..., 1, 0],
-                    m[..., 0, 2] + m[..., 2, 0],
-                ],
-                -1,
-            ),
-            torch.stack(
-                [
-                    m[..., 0, 2] - m[..., 2, 0],
-                    m[..., 0, 1] + m[..., 1, 0],
-                    1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
-                    m[..., 1, 2] + m[..., 2, 1],
-                ],
-                -1,
-            ),
-            torch.stack(
-                [
-                    m[..., 1, 0] - m[..., 0, 1],
-                    m[..., 0, 2] + m[..., 2, 0],
-                    m[..., 1, 2] + m[..., 2, 1],
-                    1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
-                ],
-                -1,
-            ),
-        ],
-        dim=-2,
-    )  # (..., 4, 4): row k is 4 q_k q (up to scale), best conditioned where q_k is largest
-    diagonal = torch.stack(
-        [
-            1 + trace,
-            1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-            1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
-            1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
-        ],
-        -1,
-    )
-    best = diagonal.argmax(dim=-1)
-    quaternion = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
-    quaternion = torch.nn.functional.normalize(quaternion, dim=-1)
-    return torch.where(quaternion[..., :1] < 0, -quaternion, quaternion)
-
-
-def quaternion_to_rotation(quaternions: Tensor) -> Tensor:
-    """(..., 4) quaternions (w, x, y, z), any length -> (..., 3, 3) rotation matrices."""
-    w, x, y, z = torch.nn.functional.normalize(quaternions, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-            torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-            torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        dim=-2,
-    )
-
-
-def slerp(q0: Tensor, q1: Tensor, t: Tensor) -> Tensor:
-    """Spherical interpolation of unit quaternions (4,) at fractions t (K,) -> (K, 4), shortest arc."""
-    dot = torch.dot(q0, q1)
-    if dot < 0:  # q and -q are the same rotation; take the short way round
-        q1, dot = -q1, -dot
-    dot = dot.clamp(-1.0, 1.0)
-    if dot > 0.9995:  # nearly equal: linear interpolation is exact enough and avoids 0/0
-        out = q0[None] + t[:, None] * (q1 - q0)[None]
-        return torch.nn.functional.normalize(out, dim=-1)
-    angle = torch.acos(dot)
-    weights0 = torch.sin((1 - t) * angle) / torch.sin(angle)
-    weights1 = torch.sin(t * angle) / torch.sin(angle)
-    return weights0[:, None] * q0[None] + weights1[:, None] * q1[None]
-
-
-def interpolate_cameras(cameras: Cameras, poses_between: int) -> Cameras:
-    """Adds ``poses_between`` cameras between each consecutive pair: rotations slerped, centres and
-    intrinsics interpolated linearly. V cameras -> V + (V - 1) * poses_between cameras (float64 inside).
-    """
-    if poses_between < 0:
-        raise ValueError(f"poses_between must be >= 0, got {poses_between}")
-    c2w = cameras.camera_to_world.detach().double().cpu()
-    intrinsics = cameras.intrinsics.detach().double().cpu()
-    if len(cameras) < 2 or poses_between == 0:
-        return cameras
-    quaternions = rotation_to_quaternion(c2w[:, :3, :3])
-    fractions = torch.arange(poses_between + 1, dtype=torch.float64) / (poses_between + 1)
-    poses, intrinsic_list = [], []
-    for index in range(len(cameras) - 1):
-        rotations = quaternion_to_rotation(slerp(quaternions[index], quaternions[index + 1], fractions))
-        centres = torch.lerp(c2w[index, :3, 3][None], c2w[index + 1, :3, 3][None], fractions[:, None])
-        pose = torch.eye(4, dtype=torch.float64).repeat(len(fractions), 1, 1)
-        pose[:, :3, :3], pose[:, :3, 3] = rotations, centres
-        poses.append(pose)
-        intrinsic_list.append(
-            torch.lerp(intrinsics[index][None], intrinsics[index + 1][None], fractions[:, None, None])
-        )
-    poses.append(c2w[-1:])
-    intrinsic_list.append(intrinsics[-1:])
-    return Cameras(
-        torch.cat(poses).to(cameras.camera_to_world.dtype),
-        torch.cat(intrinsic_list).to(cameras.intrinsics.dtype),
-        cameras.width,
-        cameras.height,
-    )
-
-
-def orthonormalized(cameras: Cameras) -> Cameras:
-    """The cameras with each rotation replaced by the nearest rotation matrix (SVD, float64).
-
-    Decoders predict rotations in low precision; the cameras JSON format requires orthonormal ones.
-    """
-    c2w = cameras.camera_to_world.detach().double().cpu().clone()
-    u, _, vh = torch.linalg.svd(c2w[:, :3, :3])
-    sign = torch.sign(torch.linalg.det(u @ vh))
-    vh[:, 2] *= sign[:, None]
-    c2w[:, :3, :3] = u @ vh
-    c2w[:, 3] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
-    return Cameras(c2w.float(), cameras.intrinsics.detach().float().cpu(), cameras.width, cameras.height)
 
 
 # ----------------------------------------------------------------------------- videos

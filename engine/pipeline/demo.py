@@ -3,7 +3,7 @@
 Model choice, in order: ``--model PATH``; the bundle named by the environment variable ``VIST3A_MODEL``;
 the default bundle folder (``~/.cache/vist3a/models/default``, where the add-on's "Download models" and
 future releases put the embedded default model). When none of these holds a bundle, a tiny randomly
-initialised bundle of the real architectures is built (``engine.tiny``, cached under
+initialised bundle of the real architectures is built (``engine.testing.tiny``, cached under
 ``~/.cache/vist3a/models/tiny-random``) and the command says plainly that its scene is noise: the run
 then demonstrates the whole chain (text -> Wan latent -> stitched decoder -> files), not a model.
 """
@@ -17,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-log = logging.getLogger("engine.demo")
+log = logging.getLogger("engine.pipeline.demo")
 
 CACHE = Path(os.environ.get("VIST3A_HOME", Path.home() / ".cache" / "vist3a"))
 DEFAULT_BUNDLE = CACHE / "models" / "default"
@@ -28,7 +28,7 @@ TINY_SETTINGS = dict(num_frames=9, height=64, width=64, num_steps=12)
 
 def find_model(explicit: str | None) -> tuple[Path | None, str]:
     """(bundle folder or None, where it came from)."""
-    from engine.pipeline_settings import BUNDLE_MANIFEST
+    from engine.pipeline.settings import BUNDLE_MANIFEST
 
     if explicit:
         return Path(explicit), "--model"
@@ -43,8 +43,8 @@ def find_model(explicit: str | None) -> tuple[Path | None, str]:
 def tiny_bundle() -> Path:
     """The cached tiny random bundle, built on first use (atomically, so a crash leaves no half bundle)."""
     from engine.io.atomic import atomic_directory
-    from engine.pipeline_settings import BUNDLE_MANIFEST
-    from engine.tiny import build_tiny_bundle
+    from engine.pipeline.settings import BUNDLE_MANIFEST
+    from engine.testing.tiny import build_tiny_bundle
 
     if (TINY_BUNDLE / BUNDLE_MANIFEST).is_file():
         return TINY_BUNDLE
@@ -63,9 +63,8 @@ def default_output(prompt: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from engine.pipeline import Vist3aPipeline
-    from engine.pipeline_outputs import write_outputs
-    from engine.pipeline_settings import (
+    from engine.pipeline.run_folder import write_outputs
+    from engine.pipeline.settings import (
         GenerationSettings,
         ModelBundleError,
         ModelLoadError,
@@ -73,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         RuntimeOptions,
         SettingsError,
     )
+    from engine.pipeline.vist3a import Vist3aPipeline
 
     bundle, source = find_model(args.model)
     settings = {"prompt": args.prompt, "seed": args.seed}

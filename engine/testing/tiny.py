@@ -1,4 +1,8 @@
-"""Tiny, randomly initialised model bundles built from the *real* model classes.
+"""Tiny, randomly initialised models built from the *real* model classes, for tests, benchmarks and the demo.
+
+Everything tiny lives here: the bundle of the pipeline (below), the VGGT / AnySplat configurations
+(``tiny_vggt_config``, ``tiny_anysplat_config``), the stitch-finetuning set-up (``tiny_trainer``, a tiny
+Wan VAE) and a tiny CLIP scorer with its tokenizer (``build_tiny_clip_scorer``).
 
 ``build_tiny_bundle(folder)`` writes a complete bundle that the pipeline, the worker and the add-on
 load exactly like a real one: a diffusers ``WanPipeline`` folder (UMT5 text encoder with a small
@@ -17,12 +21,24 @@ view, small translations), since a random camera head predicts degenerate fields
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
+from typing import Optional, Union
 
 import torch
 
-from engine.pipeline_settings import ModelBundle
+from engine.alignment.scorers import CLIPScorer
+from engine.models.config import (
+    AggregatorConfig,
+    AnySplatConfig,
+    CameraHeadConfig,
+    DPTHeadConfig,
+    GaussianHeadConfig,
+    PatchEmbedConfig,
+    VGGTConfig,
+)
+from engine.pipeline.settings import ModelBundle
 
 TEXT_DIM = 32
 TINY_DECODER_KIND = "stitched"
@@ -114,7 +130,6 @@ def build_stitched_decoder(seed: int = 0, embed_dim: int = 32, visible: bool = F
     plain random one (nearly transparent Gaussians).
     """
     from engine.models.anysplat import AnySplat
-    from engine.models.config import tiny_anysplat_config
     from engine.stitching.decoder import StitchedDecoder, VAEReference
 
     if visible:
@@ -150,8 +165,6 @@ def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0, 
 
     ``visible``: use the visible tiny AnySplat as the decoder's network (see :func:`build_stitched_decoder`).
     """
-    from engine.stitching.checkpoint import save_stitched_decoder
-
     root = Path(root)
     pipe = build_wan_pipeline(seed)
     pipe.save_pretrained(str(root / "wan"))
@@ -159,7 +172,7 @@ def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0, 
     if with_lora:
         build_lora_adapter(pipe.transformer, root / "lora", seed=seed + 1)
         lora = "lora"
-    save_stitched_decoder(build_stitched_decoder(seed, visible=visible), root / "decoder")
+    build_stitched_decoder(seed, visible=visible).save_pretrained(root / "decoder")
     bundle = ModelBundle(
         root=root,
         name="tiny-random-lora" if with_lora else "tiny-random",
@@ -188,7 +201,6 @@ def build_visible_anysplat(seed: int = 0, embed_dim: int = 32, colour_gain: floa
       over the image (render std ~0.1-0.15 instead of ~0.02).
     """
     from engine.models.anysplat import AnySplat
-    from engine.models.config import tiny_anysplat_config
     from engine.models.gaussian_adapter import num_sh_coeffs
 
     torch.manual_seed(seed)
@@ -276,8 +288,7 @@ def build_tiny_released_layout(cache: str | Path, bundle: str | Path, seed: int 
     Returns the bundle folder.
     """
     from engine.models.anysplat import AnySplat
-    from engine.models.config import tiny_anysplat_config
-    from engine.models.loading import save_model
+    from engine.models.checkpoint import save_checkpoint
     from engine.stitching.decoder import RELEASED_CUT_STAGE, WAN_VAE, StitchedDecoder
 
     cache, bundle = Path(cache), Path(bundle)
@@ -287,7 +298,7 @@ def build_tiny_released_layout(cache: str | Path, bundle: str | Path, seed: int 
     torch.manual_seed(seed)
     network = AnySplat(tiny_anysplat_config(embed_dim=32)).eval()
     _make_cameras_valid(network.encoder.camera_head, seed)
-    save_model(network, _hub_snapshot(cache, RELEASED_ANYSPLAT_ID, "0" * 39 + "2"))
+    save_checkpoint(network, _hub_snapshot(cache, RELEASED_ANYSPLAT_ID, "0" * 39 + "2"))
 
     decoder = StitchedDecoder.from_network(
         copy.deepcopy(network), RELEASED_CUT_STAGE, TINY_SPEC_TEMPLATE.format(dim=32), WAN_VAE
@@ -305,3 +316,235 @@ def build_tiny_released_layout(cache: str | Path, bundle: str | Path, seed: int 
         extra={"anysplat": RELEASED_ANYSPLAT_ID},
     ).save()
     return bundle
+
+
+# ------------------------------------------------------------------------------------------ backbones
+
+
+def _tiny_backbone(embed_dim: int, depth: int, heads: int) -> tuple[AggregatorConfig, CameraHeadConfig]:
+    patch_embed = PatchEmbedConfig(
+        img_size=56, patch_size=14, embed_dim=embed_dim, depth=3, num_heads=heads, num_register_tokens=2
+    )
+    aggregator = AggregatorConfig(
+        embed_dim=embed_dim, depth=depth, num_heads=heads, num_register_tokens=2, patch_embed=patch_embed
+    )
+    camera = CameraHeadConfig(dim_in=2 * embed_dim, trunk_depth=1, num_heads=heads, num_iterations=2)
+    return aggregator, camera
+
+
+def tiny_vggt_config(embed_dim: int = 32, depth: int = 4, heads: int = 2) -> VGGTConfig:
+    """A VGGT of a few hundred thousand parameters for tests (same code as the full model)."""
+    aggregator, camera = _tiny_backbone(embed_dim, depth, heads)
+    taps = (0, 1, 2, depth - 1)
+    return VGGTConfig(
+        aggregator=aggregator,
+        camera_head=camera,
+        depth_head=DPTHeadConfig(
+            dim_in=2 * embed_dim, features=16, out_channels=(8, 16, 24, 24), intermediate_layer_idx=taps
+        ),
+        point_head=DPTHeadConfig(
+            dim_in=2 * embed_dim,
+            output_dim=4,
+            activation="inv_log",
+            features=16,
+            out_channels=(8, 16, 16, 32),
+            intermediate_layer_idx=taps,
+        ),
+    )
+
+
+def tiny_anysplat_config(embed_dim: int = 32, depth: int = 4, heads: int = 2, sh_degree: int = 4) -> AnySplatConfig:
+    """An AnySplat of a few hundred thousand parameters for tests (same code as the full model)."""
+    aggregator, camera = _tiny_backbone(embed_dim, depth, heads)
+    taps = (0, 1, 2, depth - 1)
+    return AnySplatConfig(
+        aggregator=aggregator,
+        camera_head=camera,
+        depth_head=DPTHeadConfig(
+            dim_in=2 * embed_dim, features=16, out_channels=(8, 16, 24, 24), intermediate_layer_idx=taps
+        ),
+        gaussian_head=GaussianHeadConfig(
+            dim_in=2 * embed_dim,
+            features=16,
+            out_channels=(8, 16, 16, 32),
+            intermediate_layer_idx=taps,
+            sh_degree=sh_degree,
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------------ stitch finetuning
+
+
+# cut one block earlier than the bundle decoder (TINY_CUT_STAGE): the trainer also runs the teacher, so less to run
+FINETUNE_CUT_STAGE = "patch_embed.blocks.0"
+FINETUNE_SPEC = "conv3d_k3_o32_s1x2x2_p1"  # tiny Wan latent 8x8 (32 px, factor 4) -> 4x4 tokens (56 px, patch 14)
+FINETUNE_SETTINGS = dict(
+    cut_stage=FINETUNE_CUT_STAGE,
+    spec=FINETUNE_SPEC,
+    steps=20,
+    lr=2e-3,
+    warmup_steps=0,
+    views=(5, 5),
+    vae_size=32,
+    model_size=56,
+    lora_rank=4,
+    lora_alpha=2,
+    save_every=1000,
+)
+
+
+def tiny_wan_vae(seed: int = 0):
+    """A randomly initialised diffusers ``AutoencoderKLWan`` of 4 latent channels (non-trivial latent stats)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[True, True],
+        latents_mean=[0.1, -0.2, 0.0, 0.3],
+        latents_std=[1.5, 0.8, 1.0, 1.2],
+    ).eval()
+
+
+def tiny_wan_adapter(seed: int = 0):
+    """:func:`tiny_wan_vae` wrapped in ``WanVAEAdapter``."""
+    from engine.stitching.vae import WanVAEAdapter
+
+    return WanVAEAdapter(tiny_wan_vae(seed))
+
+
+def tiny_trainer(out_dir: Optional[Union[str, Path]] = None, seed: int = 0, **overrides):
+    """A ``DistillationTrainer`` on tiny random models and synthetic clips (a step in about a second on a CPU):
+    :func:`tiny_wan_adapter`, the teacher :func:`build_visible_anysplat`, 5 views at 32 px for the VAE and 56 px
+    (4x4 tokens) for the network. ``overrides`` replace ``TrainConfig`` fields."""
+    from engine.stitching.clips import SyntheticClips
+    from engine.stitching.decoder import VAEReference
+    from engine.stitching.train import DistillationTrainer, TrainConfig
+
+    teacher = build_visible_anysplat(seed)
+    vae = tiny_wan_adapter(seed)
+    settings = {**FINETUNE_SETTINGS, "seed": seed, **overrides}
+    return DistillationTrainer(
+        TrainConfig(**settings), teacher, vae, VAEReference.from_adapter(vae), SyntheticClips(), out_dir=out_dir
+    )
+
+
+# ------------------------------------------------------------------------------------------ CLIP scorer
+
+
+_TINY_WORDS = (
+    "a the of on in with and red blue green yellow white black grey cat dog house tree car chair table room "
+    "garden street scene camera orbit sphere cube cone torus cylinder floor small large near"
+).split()
+
+
+def _tiny_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a byte-level BPE that spells a few words whole and anything else by letters."""
+    # CLIP's byte-level alphabet maps printable ASCII to the characters themselves
+    letters = sorted(set("".join(_TINY_WORDS)) | set("abcdefghijklmnopqrstuvwxyz0123456789,.'-"))
+    vocab = {char: i for i, char in enumerate(letters)}
+    for char in letters:
+        vocab[char + "</w>"] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in _TINY_WORDS:  # left-to-right merges building each whole word
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            if (pieces[0], pieces[1]) not in merges:
+                merges.append((pieces[0], pieces[1]))
+                vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)  # the last id, as in CLIP (49407)
+    return vocab, merges
+
+
+def build_tiny_tokenizer(folder: Optional[Union[str, Path]] = None):
+    """A small real ``CLIPTokenizer`` (byte-level BPE over a few words).
+
+    Args:
+        folder: where its files (``vocab.json``, ``merges.txt``, tokenizer config) are saved, so that
+            ``load_tokenizer(folder)`` reads it back; None builds it in a temporary folder removed after.
+    """
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _tiny_vocab()
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(folder) if folder is not None else Path(scratch)
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (base / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        tokenizer = CLIPTokenizer(str(base / "vocab.json"), str(base / "merges.txt"), pad_token="<|endoftext|>")
+        if folder is not None:
+            tokenizer.save_pretrained(str(base))
+    return tokenizer
+
+
+def tiny_clip_config(
+    vocab_size: Optional[int] = None, image_size: int = 32, hidden: int = 32, act: str = "gelu", patch_size: int = 8
+):
+    """A tiny ``CLIPConfig`` (2 layers, 2 heads, projection 16) for tests.
+
+    Args:
+        vocab_size: default: the size of :func:`build_tiny_tokenizer`'s vocabulary.
+        image_size, hidden, act, patch_size: the vision input size, the width of both towers, the
+            activation ("gelu" or "quick_gelu") and the patch size.
+    """
+    from transformers import CLIPConfig
+
+    vocab_size = vocab_size or len(_tiny_vocab()[0])
+    eos = vocab_size - 1
+    return CLIPConfig(
+        projection_dim=16,
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            hidden_act=act,
+            eos_token_id=eos,
+            pad_token_id=eos,
+            bos_token_id=eos - 1,
+        ),
+        vision_config=dict(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch_size,
+            hidden_act=act,
+        ),
+    )
+
+
+def build_tiny_clip_scorer(
+    name: str = "tiny-clip",
+    output: str = "cosine",
+    seed: int = 0,
+    image_size: int = 32,
+    crop: bool = False,
+    *,
+    folder: Optional[Union[str, Path]] = None,
+) -> CLIPScorer:
+    """A randomly initialised tiny real ``CLIPModel`` + tiny tokenizer as a scorer (fast on CPU).
+
+    Args:
+        name, output, image_size, crop: as for :class:`CLIPScorer`.
+        seed: the model's initialisation seed (the global RNG state is left as it was).
+        folder: where the tokenizer files are saved (``folder/tokenizer``); None keeps them in memory.
+    """
+    from transformers import CLIPModel
+
+    tokenizer = build_tiny_tokenizer(None if folder is None else Path(folder) / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(tiny_clip_config(len(tokenizer), image_size))
+    return CLIPScorer(model, tokenizer, name=name, image_size=image_size, crop=crop, output=output)

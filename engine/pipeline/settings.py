@@ -15,9 +15,12 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from ..strict_config import dataclass_from_dict  # relative: the add-on imports this module from its bundled engine
 
 # Conditioning presets (prompt template, negative prompt, sampler schedule), kept as data with their
 # provenance in conditioning_presets.json: "released" is the official VIST3A inference's text verbatim,
@@ -64,6 +67,20 @@ class ModelNotFoundError(FileNotFoundError):
     """A model bundle, one of its folders or a required file does not exist."""
 
 
+def _check_manifest_header(data, fail: Callable[[str], None]) -> None:
+    """A bundle manifest is a JSON object of this format and version, with known keys only."""
+    if not isinstance(data, dict):
+        fail("the manifest must be a JSON object")
+    if data.get("format") != BUNDLE_FORMAT:
+        fail(f"'format' must be {BUNDLE_FORMAT!r}, got {data.get('format')!r}")
+    if data.get("version") != BUNDLE_VERSION:
+        fail(f"'version' must be {BUNDLE_VERSION}, got {data.get('version')!r}")
+    known = {"format", "version", "name", "wan", "wan_revision", "lora", "decoder", "extra"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        fail(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
 class ModelBundleError(ValueError):
     """A model bundle manifest is malformed."""
 
@@ -85,17 +102,15 @@ def _is_number(value) -> bool:
 
 
 def _from_dict(cls, data: dict, what: str):
-    """Builds a dataclass from a dict, refusing unknown keys (a typo must not pass silently)."""
-    if not isinstance(data, dict):
-        raise SettingsError(f"{what} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SettingsError(f"{what}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    """``engine.strict_config.dataclass_from_dict`` with its errors as ``SettingsError``."""
     try:
-        return cls(**data)
-    except TypeError as exc:  # a required field is missing
+        return dataclass_from_dict(cls, data, what)
+    except TypeError as exc:
         raise SettingsError(f"{what}: {exc}") from exc
+    except ValueError as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        raise SettingsError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,12 @@ class GenerationSettings:
     voxel_merge: Optional[bool] = None
 
     def __post_init__(self):
+        self._check_texts_and_choices()
+        self._check_numbers()
+        if self.output_kind not in OUTPUT_KINDS:
+            raise SettingsError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
+
+    def _check_texts_and_choices(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise SettingsError("prompt must be a non-empty string")
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
@@ -152,6 +173,8 @@ class GenerationSettings:
         for name in ("orbit_template", "reuse_text_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def _check_numbers(self) -> None:
         frames = self.num_frames
         if not _is_int(frames) or frames < 5 or frames > 161 or (frames - 1) % 4:
             raise SettingsError(f"num_frames must be 4k+1 in 5..161 (5, 9, 13, ...), got {frames!r}")
@@ -167,8 +190,6 @@ class GenerationSettings:
             raise SettingsError(f"flow_shift must be a number in (0, 100], got {self.flow_shift!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             raise SettingsError(f"seed must be an integer in 0..{MAX_SEED} or null, got {self.seed!r}")
-        if self.output_kind not in OUTPUT_KINDS:
-            raise SettingsError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {self.output_kind!r}")
 
     @property
     def preset(self) -> dict:
@@ -217,11 +238,11 @@ class RuntimeOptions:
 
     Attributes:
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:N" or "mps"; "meta" is a dry
-            run that emulates CUDA with shapes and dtypes only (no values; ``engine.dry_run``).
+            run that emulates CUDA with shapes and dtypes only (no values; ``engine.testing.dry_run``).
         dtype: "auto" (bfloat16 on CUDA, float32 elsewhere), "float32", "bfloat16" or "float16"; used
             for the text encoder and the transformer. The VAE always runs in float32.
         cpu_offload: keep models in CPU memory and move each to the GPU only while it runs (CUDA only);
-            None: decided from the free GPU memory when the models load (``engine.memory``).
+            None: decided from the free GPU memory when the models load (``engine.pipeline.memory``).
         vae_tiling: decode the video in overlapping tiles to bound the VAE's memory; None: decided
             from the free GPU memory.
     """
@@ -303,16 +324,7 @@ class ModelBundle:
         def fail(message: str):
             raise ModelBundleError(f"{source}: {message}")
 
-        if not isinstance(data, dict):
-            fail("the manifest must be a JSON object")
-        if data.get("format") != BUNDLE_FORMAT:
-            fail(f"'format' must be {BUNDLE_FORMAT!r}, got {data.get('format')!r}")
-        if data.get("version") != BUNDLE_VERSION:
-            fail(f"'version' must be {BUNDLE_VERSION}, got {data.get('version')!r}")
-        known = {"format", "version", "name", "wan", "wan_revision", "lora", "decoder", "extra"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            fail(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        _check_manifest_header(data, fail)
         for key in ("name", "wan"):
             if not isinstance(data.get(key), str) or not data[key]:
                 fail(f"{key!r} must be a non-empty string")

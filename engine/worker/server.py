@@ -1,7 +1,7 @@
 """The engine's worker process: ``python -m engine.worker [--log-file PATH]``.
 
 A long-lived process that keeps models loaded between generations and speaks the protocol of
-``engine.protocol`` (newline-delimited JSON: requests on stdin, events on stdout).
+``engine.worker.protocol`` (newline-delimited JSON: requests on stdin, events on stdout).
 
 Threads:
 - the main thread reads stdin, answers ``ping``, ``cancel`` and ``shutdown`` at once and queues
@@ -34,8 +34,8 @@ import traceback
 from pathlib import Path
 from typing import IO, NoReturn, Optional
 
-from engine import __version__, protocol
-from engine.pipeline_settings import (
+from engine import __version__
+from engine.pipeline.settings import (
     MAX_SEED,
     GenerationCancelled,
     GenerationSettings,
@@ -46,6 +46,7 @@ from engine.pipeline_settings import (
     RuntimeOptions,
     SettingsError,
 )
+from engine.worker import protocol
 
 logger = logging.getLogger("engine.worker")
 
@@ -60,8 +61,8 @@ HINTS = {
     "invalid_settings": "A setting is out of range; the message names it and the allowed values.",
     "output_exists": "Choose another output folder, or use output_root to get a new folder per run.",
     "bad_json": "Each request must be one JSON object on one line.",
-    "bad_request": "See the protocol documentation in engine/protocol.py for the fields of each request.",
-    "unknown_command": "See the protocol documentation in engine/protocol.py for the commands.",
+    "bad_request": "See the protocol documentation in engine/worker/protocol.py for the fields of each request.",
+    "unknown_command": "See the protocol documentation in engine/worker/protocol.py for the commands.",
 }
 
 
@@ -137,7 +138,7 @@ class Worker:
     def _hint(self, error_type: str) -> Optional[str]:
         """The hint for an error; out of memory names the option that would help with this model here."""
         if error_type == "out_of_memory" and self._pipeline is not None:
-            from engine.memory import out_of_memory_hint
+            from engine.pipeline.memory import out_of_memory_hint
 
             return out_of_memory_hint(self._pipeline.memory_policy)
         return HINTS.get(error_type)
@@ -267,7 +268,7 @@ class Worker:
         if self._pipeline is not None and self._pipeline_key == key:
             return self._pipeline, True
         self._release()
-        from engine.pipeline import Vist3aPipeline
+        from engine.pipeline.vist3a import Vist3aPipeline
 
         logger.info("loading model %s (%s)", bundle.name, bundle.root)
         self._pipeline = Vist3aPipeline.from_pretrained(
@@ -296,7 +297,7 @@ class Worker:
             if out_dir.exists():
                 raise FileExistsError(f"output folder {out_dir} already exists")
         pipeline, _ = self._pipeline_for(request.get("model"), request.get("runtime"), request.id, cancel)
-        from engine.pipeline_outputs import unique_run_dir, write_outputs
+        from engine.pipeline.run_folder import unique_run_dir, write_outputs
 
         if request.get("output_root") is not None:
             out_dir = unique_run_dir(Path(request.get("output_root")).expanduser(), settings)

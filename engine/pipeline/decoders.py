@@ -1,8 +1,8 @@
-"""The stitched 3D decoder behind the generation pipeline's ``SceneDecoder`` interface.
+"""The generation pipeline's 3D decoder interface (``SceneDecoder`` -> ``DecodedScene``) and its built-in kinds.
 
-Two bundle decoder kinds are built in:
+Two bundle decoder kinds are built in (``DECODER_LOADERS``; ``register_decoder_loader`` adds others):
 
-* ``stitched``: our checkpoint folder (``engine.stitching.checkpoint``: ``model.safetensors`` +
+* ``stitched``: our checkpoint folder (``StitchedDecoder.save_pretrained``: ``model.safetensors`` +
   ``stitched_config.json``), AnySplat or VGGT, LoRA already merged;
 * ``anysplat-stitched``: the released VIST3A ``anysplat_stitched.pth`` (LoRA + stitching conv + tokens),
   merged onto the base AnySplat named by the bundle's ``extra.anysplat`` (a folder or hub id, default
@@ -17,14 +17,16 @@ maps and Gaussians (AnySplat) or points (VGGT).
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.pipeline import DecodedScene, register_decoder_loader
-from engine.pipeline_settings import ModelBundle, ModelLoadError
+from engine.pipeline.settings import ModelBundle, ModelLoadError
+from engine.scene import Cameras, GaussianScene, PointScene
 from engine.stitching.decoder import StitchedDecoder
 
 STITCHED_KIND = "stitched"
@@ -32,6 +34,38 @@ RELEASED_ANYSPLAT_KIND = "anysplat-stitched"
 DEFAULT_ANYSPLAT_BASE = "lhjiang/anysplat"
 # AnySplat's released configuration merges Gaussians in voxels of this edge (network units).
 RELEASED_VOXEL_SIZE = 0.002
+
+
+# ----------------------------------------------------------------------------- decoder interface
+
+
+@dataclass
+class DecodedScene:
+    """What a 3D decoder returns for one video.
+
+    Attributes:
+        cameras: V cameras, one per video frame.
+        gaussians: the Gaussians, or None for a points-only decoder.
+        points: coloured points, or None (then they are derived from the Gaussians when asked for).
+        depth: (V, H, W) z-depth per camera at the cameras' image size, or None.
+    """
+
+    cameras: Cameras
+    gaussians: Optional[GaussianScene] = None
+    points: Optional[PointScene] = None
+    depth: Optional[Tensor] = None
+
+    def __post_init__(self):
+        if self.gaussians is None and self.points is None:
+            raise ValueError("DecodedScene: a decoder must return Gaussians, points or both")
+        if self.depth is not None:
+            expected = (len(self.cameras), self.cameras.height, self.cameras.width)
+            if tuple(self.depth.shape) != expected:
+                raise ValueError(f"DecodedScene: depth has shape {tuple(self.depth.shape)}, expected {expected}")
+
+
+class SceneDecoder(Protocol):
+    def __call__(self, latent: Tensor, frames: Tensor) -> DecodedScene: ...
 
 
 class StitchedSceneDecoder(torch.nn.Module):
@@ -118,10 +152,10 @@ def _voxel_size(bundle: ModelBundle, default: Optional[float]) -> Optional[float
 
 def load_stitched(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> StitchedSceneDecoder:
     """Bundle kind ``stitched``: our checkpoint folder, with the official precision policy for ``dtype``."""
-    from engine.stitching.checkpoint import StitchedCheckpointError, load_stitched_decoder
+    from engine.stitching.checkpoint import StitchedCheckpointError
 
     try:
-        decoder = load_stitched_decoder(bundle.decoder_path, device=device, dtype=torch.float32)
+        decoder = StitchedDecoder.from_pretrained(bundle.decoder_path, device=device, dtype=torch.float32)
     except StitchedCheckpointError as error:
         raise ModelLoadError(f"bundle {bundle.name!r}: {error}") from error
     decoder.set_precision(dtype)
@@ -136,7 +170,7 @@ def load_released_anysplat(bundle: ModelBundle, device: torch.device, dtype: tor
     configuration's 0.002 by default (``extra.voxel_size``: another edge, or null for one per pixel),
     and the frames reach the decoder unclamped, as in the official inference.
     """
-    from engine.models.loading import CheckpointError
+    from engine.models.checkpoint import CheckpointError
     from engine.stitching.released import ReleasedCheckpointError, load_released_stitched
 
     base = bundle.extra.get("anysplat", DEFAULT_ANYSPLAT_BASE)
@@ -153,5 +187,31 @@ def load_released_anysplat(bundle: ModelBundle, device: torch.device, dtype: tor
     return StitchedSceneDecoder(decoder, voxel_size=_voxel_size(bundle, RELEASED_VOXEL_SIZE), clamp_frames=False)
 
 
-register_decoder_loader(STITCHED_KIND, load_stitched)
-register_decoder_loader(RELEASED_ANYSPLAT_KIND, load_released_anysplat)
+# ----------------------------------------------------------------------------- kinds
+
+DecoderLoader = Callable[[ModelBundle, torch.device, torch.dtype], SceneDecoder]
+# bundle ``decoder.kind`` -> loader(bundle, device, dtype); the built-in kinds, listed here
+DECODER_LOADERS: dict[str, DecoderLoader] = {
+    STITCHED_KIND: load_stitched,
+    RELEASED_ANYSPLAT_KIND: load_released_anysplat,
+}
+
+
+def register_decoder_loader(kind: str, loader: DecoderLoader) -> None:
+    """Makes bundles whose ``decoder.kind`` is ``kind`` loadable (or replaces a kind's loader):
+    ``loader(bundle, device, dtype) -> SceneDecoder``."""
+    DECODER_LOADERS[kind] = loader
+
+
+def decoder_kinds() -> list[str]:
+    return sorted(DECODER_LOADERS)
+
+
+def load_decoder(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> SceneDecoder:
+    """The 3D decoder of ``bundle``, by its ``decoder.kind``; ``ModelLoadError`` for an unknown kind."""
+    loader = DECODER_LOADERS.get(bundle.decoder_kind)
+    if loader is None:
+        raise ModelLoadError(
+            f"bundle {bundle.name!r}: unknown decoder kind {bundle.decoder_kind!r} (known: {', '.join(decoder_kinds())})"
+        )
+    return loader(bundle, device, dtype)

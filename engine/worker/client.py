@@ -1,6 +1,6 @@
 """A client for the worker process, in pure standard library (usable from Blender's Python).
 
-``WorkerProcess`` starts ``python -m engine.worker`` (or any command speaking ``engine.protocol``),
+``WorkerProcess`` starts ``python -m engine.worker`` (or any command speaking ``engine.worker.protocol``),
 sends requests on its stdin and reads its events on a background thread into a queue, and tells a
 worker that died (process exit, closed stdout) or hangs (no answer to ``ping``) from a slow one.
 

@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from engine.pipeline_settings import CONDITIONINGS, GenerationSettings, RuntimeOptions, SettingsError
+from engine.pipeline.settings import CONDITIONINGS, GenerationSettings, RuntimeOptions, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engine.generator.text import unknown_words_message
-    from engine.pipeline import GenerationCancelled, Vist3aPipeline
-    from engine.pipeline_outputs import regenerate, write_outputs
+    from engine.pipeline.run_folder import regenerate, write_outputs
+    from engine.pipeline.vist3a import GenerationCancelled, Vist3aPipeline
 
     bars: dict = {}
 

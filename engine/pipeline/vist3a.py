@@ -1,7 +1,7 @@
 """Text -> 3D scene with VIST3A: Wan 2.1 text-to-video latent -> stitched 3D decoder -> Gaussians + cameras.
 
 ``Vist3aPipeline.from_pretrained(bundle)`` loads the parts named by a model bundle (see
-``engine.pipeline_settings.ModelBundle``): the Wan diffusers components (UMT5 tokenizer and text
+``engine.pipeline.settings.ModelBundle``): the Wan diffusers components (UMT5 tokenizer and text
 encoder, Wan transformer, Wan VAE, scheduler config), an optional PEFT LoRA adapter merged into the
 transformer, and the stitched 3D decoder. ``generate(settings)`` then runs
 
@@ -23,8 +23,8 @@ Any callable ``decoder(latent, frames) -> DecodedScene`` where
   resizes them to its own input size);
 - the result holds Gaussians and/or points, one camera per frame and optionally a depth map per frame.
 
-Decoders are built from a bundle by a loader registered for the bundle's ``decoder.kind``
-(``register_decoder_loader``), or passed ready-made to ``from_pretrained(decoder=...)``.
+Decoders are built from a bundle by the loader of its ``decoder.kind`` (``engine.pipeline.decoders``:
+``DECODER_LOADERS``), or passed ready-made to ``from_pretrained(decoder=...)``.
 """
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from engine.generator.text import unknown_words, unknown_words_message
-from engine.pipeline_settings import (
+from engine.pipeline.decoders import DecodedScene, SceneDecoder, load_decoder
+from engine.pipeline.sampler import denoise, flow_scheduler
+from engine.pipeline.settings import (
     MAX_SEED,
     OWN_CONDITIONING,
     RELEASED_CONDITIONING,
@@ -63,11 +65,11 @@ from engine.pipeline_settings import (
     bundle_identity,
 )
 from engine.scene import Cameras, GaussianScene, PointScene
+from engine.stitching.vae import WanVAEAdapter
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DecodedScene",
     "GenerationCancelled",
     "GenerationResult",
     "GenerationSettings",
@@ -75,11 +77,8 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "RuntimeOptions",
-    "SceneDecoder",
     "SettingsError",
     "Vist3aPipeline",
-    "decoder_kinds",
-    "register_decoder_loader",
     "resolve_device",
     "resolve_dtype",
     "software_versions",
@@ -91,70 +90,10 @@ MAX_TEXT_TOKENS = 512
 TEXT_CACHE_SIZE = 8
 
 ProgressCallback = Callable[[str, int, int, Optional[np.ndarray]], None]
-"""progress(stage, step, total, preview): stage from engine.protocol.STAGES, step in 1..total,
+"""progress(stage, step, total, preview): stage from engine.worker.protocol.STAGES, step in 1..total,
 preview an (h, w, 3) uint8 image or None."""
 
 CancelCheck = Union[threading.Event, Callable[[], bool], None]
-
-
-# ----------------------------------------------------------------------------- decoder interface
-
-
-@dataclass
-class DecodedScene:
-    """What a 3D decoder returns for one video.
-
-    Attributes:
-        cameras: V cameras, one per video frame.
-        gaussians: the Gaussians, or None for a points-only decoder.
-        points: coloured points, or None (then they are derived from the Gaussians when asked for).
-        depth: (V, H, W) z-depth per camera at the cameras' image size, or None.
-    """
-
-    cameras: Cameras
-    gaussians: Optional[GaussianScene] = None
-    points: Optional[PointScene] = None
-    depth: Optional[Tensor] = None
-
-    def __post_init__(self):
-        if self.gaussians is None and self.points is None:
-            raise ValueError("DecodedScene: a decoder must return Gaussians, points or both")
-        if self.depth is not None:
-            expected = (len(self.cameras), self.cameras.height, self.cameras.width)
-            if tuple(self.depth.shape) != expected:
-                raise ValueError(f"DecodedScene: depth has shape {tuple(self.depth.shape)}, expected {expected}")
-
-
-class SceneDecoder(Protocol):
-    def __call__(self, latent: Tensor, frames: Tensor) -> DecodedScene: ...
-
-
-DecoderLoader = Callable[[ModelBundle, torch.device, torch.dtype], SceneDecoder]
-_DECODER_LOADERS: dict[str, DecoderLoader] = {}
-
-
-def register_decoder_loader(kind: str, loader: DecoderLoader) -> None:
-    """Makes bundles whose ``decoder.kind`` is ``kind`` loadable: ``loader(bundle, device, dtype)``.
-
-    The built-in kinds (``engine.decoders``: ``stitched``, ``anysplat-stitched``) register themselves.
-    """
-    _DECODER_LOADERS[kind] = loader
-
-
-def decoder_kinds() -> list[str]:
-    import engine.decoders  # noqa: F401  (registers the built-in kinds; imports this module)
-
-    return sorted(_DECODER_LOADERS)
-
-
-def _load_decoder(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> SceneDecoder:
-    known = decoder_kinds()
-    loader = _DECODER_LOADERS.get(bundle.decoder_kind)
-    if loader is None:
-        raise ModelLoadError(
-            f"bundle {bundle.name!r}: unknown decoder kind {bundle.decoder_kind!r} (known: {', '.join(known)})"
-        )
-    return loader(bundle, device, dtype)
 
 
 # ----------------------------------------------------------------------------- results
@@ -176,7 +115,7 @@ class GenerationResult:
         model: identity of the model parts (paths, quick hashes, hub ids).
         timings: seconds per stage ("load" is the pipeline's load time).
         device, dtype: where the transformer ran, e.g. "cuda:0", "torch.bfloat16".
-        memory: the memory policy in force (``engine.memory.MemoryPolicy.to_dict()``), or None.
+        memory: the memory policy in force (``engine.pipeline.memory.MemoryPolicy.to_dict()``), or None.
         unknown_words: words of the prompt that the model's tokenizer does not know (it maps them to
             its unknown token); empty for open-vocabulary tokenizers such as the real UMT5's.
     """
@@ -256,8 +195,8 @@ def check_cancel(cancel: CancelCheck) -> None:
 
 def _memory_policy(runtime: RuntimeOptions, device: torch.device, loaded: dict, decoder, device_memory):
     """The memory policy for the loaded parts (explicit runtime choices kept, None decided)."""
-    from engine.memory import choose_memory_policy, module_bytes
-    from engine.memory import device_memory as query
+    from engine.pipeline.memory import choose_memory_policy, module_bytes
+    from engine.pipeline.memory import device_memory as query
 
     sizes = {name: module_bytes(loaded[name]) for name in ("text_encoder", "transformer", "vae")}
     sizes["decoder"] = module_bytes(decoder)
@@ -331,6 +270,7 @@ class Vist3aPipeline:
         self.text_encoder = text_encoder
         self.transformer = transformer
         self.vae = vae
+        self.vae_adapter = WanVAEAdapter(vae)
         self.scheduler_config = dict(scheduler_config)
         self.decoder = decoder
         self.runtime = runtime
@@ -340,7 +280,7 @@ class Vist3aPipeline:
         self.load_seconds = load_seconds
         # the conditioning preset that settings with conditioning "auto" get (see GenerationSettings)
         self.default_conditioning = default_conditioning
-        # engine.memory.MemoryPolicy: the offload/tiling choice and its reasons (recorded in metadata)
+        # engine.pipeline.memory.MemoryPolicy: the offload/tiling choice and its reasons (recorded in metadata)
         self.memory_policy = memory_policy
         # True while free_gpu_memory has moved the resident models off the GPU (they return on next use)
         self._parked = False
@@ -372,7 +312,7 @@ class Vist3aPipeline:
             device_memory: (free, total) bytes to plan the automatic memory policy for, instead of
                 asking the device (a dry run on the meta device simulates a card with it).
 
-        Memory: options of ``runtime`` left None are decided by ``engine.memory.choose_memory_policy``
+        Memory: options of ``runtime`` left None are decided by ``engine.pipeline.memory.choose_memory_policy``
         from the free GPU memory and the models' sizes: the models are then loaded into CPU memory
         first, measured, and moved to the GPU unless CPU offload is chosen.
 
@@ -381,9 +321,6 @@ class Vist3aPipeline:
             ModelLoadError: a part exists but cannot be loaded.
             SettingsError: a runtime option cannot be honoured here (e.g. CUDA requested, none present).
         """
-        from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
         start = time.perf_counter()
         bundle = model if isinstance(model, ModelBundle) else ModelBundle.load(model)
         bundle.check_files()
@@ -395,52 +332,10 @@ class Vist3aPipeline:
         gpu = device.type in ("cuda", "meta")
         automatic = gpu and (runtime.cpu_offload is None or runtime.vae_tiling is None)
         home = offload_device(device) if (runtime.cpu_offload or automatic) else device
-        source = resolve_wan_source(bundle)
-        hub: dict = {}
-
-        parts: list[tuple[str, Callable]] = [
-            ("tokenizer", lambda: AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)),
-            (
-                "text_encoder",
-                lambda: UMT5EncoderModel.from_pretrained(
-                    source, subfolder="text_encoder", dtype=dtype, use_safetensors=True, **hub
-                ),
-            ),
-            (
-                "transformer",
-                lambda: WanTransformer3DModel.from_pretrained(
-                    source, subfolder="transformer", torch_dtype=dtype, use_safetensors=True, **hub
-                ),
-            ),
-            # The Wan VAE is numerically sensitive; it always runs in float32.
-            (
-                "vae",
-                lambda: AutoencoderKLWan.from_pretrained(
-                    source, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True, **hub
-                ),
-            ),
-            ("scheduler", lambda: UniPCMultistepScheduler.load_config(source, subfolder="scheduler", **hub)),
-        ]
-        loaded: dict = {}
-        total = len(parts) + 1 + (bundle.lora_path is not None)
-        step = 0
-        for name, load in parts:
-            check_cancel(cancel)
-            loaded[name] = _load_part(name, source, load)
-            if isinstance(loaded[name], torch.nn.Module):
-                loaded[name] = loaded[name].to(home).eval().requires_grad_(False)
-            step += 1
-            if progress:
-                progress("load", step, total, None)
-        if bundle.lora_path is not None:
-            check_cancel(cancel)
-            loaded["transformer"] = apply_lora_adapter(loaded["transformer"], bundle.lora_path)
-            step += 1
-            if progress:
-                progress("load", step, total, None)
+        loaded = _load_wan_parts(bundle, dtype, home, progress, cancel)
         check_cancel(cancel)
         if decoder is None:
-            decoder = _load_part("decoder", str(bundle.decoder_path), lambda: _load_decoder(bundle, home, dtype))
+            decoder = _load_part("decoder", str(bundle.decoder_path), lambda: load_decoder(bundle, home, dtype))
         if isinstance(decoder, torch.nn.Module):
             decoder = decoder.to(home).eval().requires_grad_(False)
         policy = _memory_policy(runtime, device, loaded, decoder, device_memory)
@@ -452,6 +347,7 @@ class Vist3aPipeline:
             if isinstance(decoder, torch.nn.Module):
                 decoder = decoder.to(device)
         if progress:
+            total = _load_steps(bundle)
             progress("load", total, total, None)
         identity = bundle_identity(bundle)
         identity["decoder"]["class"] = type(decoder).__qualname__
@@ -468,6 +364,51 @@ class Vist3aPipeline:
             default_conditioning=default_conditioning_for(bundle),
             memory_policy=policy,
         )
+
+    def save_pretrained(self, directory: Union[str, Path], name: Optional[str] = None) -> Path:
+        """Writes this pipeline as a model bundle that :meth:`from_pretrained` loads; returns the folder.
+
+        Layout: ``wan/`` (a diffusers ``WanPipeline`` folder; a LoRA applied on load is saved merged into the
+        transformer), ``decoder/`` (``StitchedDecoder.save_pretrained``) and ``vist3a.json`` (decoder kind
+        ``stitched``; the decoder's default voxel size as ``extra.voxel_size``). Written atomically.
+
+        Raises:
+            ValueError: the 3D decoder is not a stitched decoder whose settings the ``stitched`` kind keeps
+                (a custom decoder, or the released kind, which reads unclamped frames).
+        """
+        from diffusers import UniPCMultistepScheduler, WanPipeline
+
+        from engine.io.atomic import atomic_directory
+        from engine.pipeline.decoders import STITCHED_KIND, StitchedSceneDecoder
+
+        scene_decoder = self.decoder
+        if not isinstance(scene_decoder, StitchedSceneDecoder) or not scene_decoder.clamp_frames:
+            raise ValueError(
+                f"only a pipeline with a stitched decoder of kind {STITCHED_KIND!r} can be saved, "
+                f"not {type(scene_decoder).__name__} (clamped frames: {getattr(scene_decoder, 'clamp_frames', None)})"
+            )
+        directory = Path(directory)
+        self._unpark()
+        with atomic_directory(directory) as tmp:
+            wan = WanPipeline(
+                tokenizer=self.tokenizer,
+                text_encoder=self.text_encoder,
+                transformer=self.transformer,
+                vae=self.vae,
+                scheduler=UniPCMultistepScheduler.from_config(self.scheduler_config),
+            )
+            wan.save_pretrained(str(tmp / "wan"))
+            scene_decoder.decoder.save_pretrained(tmp / "decoder")
+            extra = {} if scene_decoder.voxel_size is None else {"voxel_size": scene_decoder.voxel_size}
+            ModelBundle(
+                root=tmp,
+                name=name or self.model_identity.get("name", directory.name),
+                wan="wan",
+                decoder_kind=STITCHED_KIND,
+                decoder_checkpoint="decoder",
+                extra=extra,
+            ).save()
+        return directory
 
     # ------------------------------------------------------------------ geometry of the latent
 
@@ -578,27 +519,24 @@ class Vist3aPipeline:
         noise = torch.randn(self.latent_shape(settings), generator=generator, dtype=torch.float32)
         return noise.to(self.device)
 
-    def _latent_scale(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        channels = self.vae.config.z_dim
-        mean = torch.tensor(self.vae.config.latents_mean, dtype=like.dtype, device=like.device)
-        std = torch.tensor(self.vae.config.latents_std, dtype=like.dtype, device=like.device)
-        return mean.view(1, channels, 1, 1, 1), std.view(1, channels, 1, 1, 1)
-
     def denormalize_latent(self, latent: Tensor) -> Tensor:
         """Sampler space -> VAE space: latent * latents_std + latents_mean (per channel)."""
-        mean, std = self._latent_scale(latent)
-        return latent * std + mean
+        return self.vae_adapter.denormalize(latent)
 
-    @torch.no_grad()
-    def decode_frames(self, vae_latent: Tensor) -> Tensor:
-        """(1, C, T_lat, h, w) un-normalised latent -> (1, T, 3, H, W) float32 RGB, (VAE output + 1) / 2.
+    def decode_video(self, vae_latent: Tensor) -> Tensor:
+        """(B, C, T_lat, h, w) un-normalised latent -> (B, T, 3, H, W) float32 RGB, (VAE output + 1) / 2.
 
+        Differentiable (the reward finetuning backpropagates through it); the VAE must be on the device.
         Not clamped here (the diffusers Wan VAE clamps its output to [-1, 1] itself); the released
         stitched decoder reads these values as they are, as in the official inference.
         """
-        with self._on_device(self.vae) as vae:
-            video = vae.decode(vae_latent.to(self.device, torch.float32), return_dict=False)[0]
-        return ((video.float() + 1) / 2).permute(0, 2, 1, 3, 4)
+        return self.vae_adapter.decode_raw(vae_latent.to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def decode_frames(self, vae_latent: Tensor) -> Tensor:
+        """:meth:`decode_video` without gradients, the VAE brought to the device for the call (CPU offload)."""
+        with self._on_device(self.vae):
+            return self.decode_video(vae_latent)
 
     @torch.no_grad()
     def preview(self, x0_estimate: Tensor) -> np.ndarray:
@@ -636,30 +574,29 @@ class Vist3aPipeline:
             progress("encode_prompt", 1, 1, None)
 
         scheduler = self.make_scheduler(settings)
-        latents = self.initial_noise(settings, seed)
         total = len(scheduler.timesteps)
+
+        def step_end(index: int, latents: Tensor, velocity: Tensor) -> None:
+            image = None
+            if preview_every and ((index + 1) % preview_every == 0 or index + 1 == total):
+                # Flow matching: x_t = (1 - sigma) x0 + sigma * noise, velocity = noise - x0.
+                sigma = scheduler.sigmas[index].to(latents.device)
+                image = self.preview(latents - sigma * velocity)
+            if progress:
+                progress("denoise", index + 1, total, image)
+
         with self._on_device(self.transformer) as transformer:
-            for index, timestep in enumerate(scheduler.timesteps):
-                check_cancel(cancel)
-                model_input = latents.to(self.dtype)
-                t = timestep.expand(latents.shape[0])
-                velocity = transformer(
-                    hidden_states=model_input, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False
-                )[0]
-                if negative_embeds is not None:
-                    velocity_uncond = transformer(
-                        hidden_states=model_input, timestep=t, encoder_hidden_states=negative_embeds, return_dict=False
-                    )[0]
-                    velocity = velocity_uncond + settings.guidance_scale * (velocity - velocity_uncond)
-                velocity = velocity.float()
-                image = None
-                if preview_every and ((index + 1) % preview_every == 0 or index + 1 == total):
-                    # Flow matching: x_t = (1 - sigma) x0 + sigma * noise, velocity = noise - x0.
-                    sigma = scheduler.sigmas[index].to(latents.device)
-                    image = self.preview(latents - sigma * velocity)
-                latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
-                if progress:
-                    progress("denoise", index + 1, total, image)
+            latents = denoise(
+                transformer,
+                scheduler,
+                self.initial_noise(settings, seed),
+                prompt_embeds,
+                negative_embeds,
+                settings.guidance_scale,
+                dtype=self.dtype,
+                on_step_start=lambda index, with_grad: check_cancel(cancel),
+                on_step_end=step_end,
+            )
         if not latents.is_meta and not torch.isfinite(latents).all():
             raise FloatingPointError(
                 "the denoised latent contains NaN or infinity (try dtype float32 or bfloat16 instead of float16)"
@@ -805,61 +742,65 @@ def _scene_of_kind(decoded: DecodedScene, kind: str) -> Union[GaussianScene, Poi
     )
 
 
+def _load_steps(bundle: ModelBundle) -> int:
+    """Progress steps of loading ``bundle``: five Wan parts, the LoRA if any, the 3D decoder."""
+    return 5 + 1 + (bundle.lora_path is not None)
+
+
+def _load_wan_parts(bundle: ModelBundle, dtype: torch.dtype, home: torch.device, progress, cancel) -> dict:
+    """Tokenizer, text encoder, transformer (its LoRA merged), VAE and scheduler config of ``bundle``, on ``home``."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    source = resolve_wan_source(bundle)
+    hub: dict = {}
+
+    parts: list[tuple[str, Callable]] = [
+        ("tokenizer", lambda: AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)),
+        (
+            "text_encoder",
+            lambda: UMT5EncoderModel.from_pretrained(
+                source, subfolder="text_encoder", dtype=dtype, use_safetensors=True, **hub
+            ),
+        ),
+        (
+            "transformer",
+            lambda: WanTransformer3DModel.from_pretrained(
+                source, subfolder="transformer", torch_dtype=dtype, use_safetensors=True, **hub
+            ),
+        ),
+        # The Wan VAE is numerically sensitive; it always runs in float32.
+        (
+            "vae",
+            lambda: AutoencoderKLWan.from_pretrained(
+                source, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True, **hub
+            ),
+        ),
+        ("scheduler", lambda: UniPCMultistepScheduler.load_config(source, subfolder="scheduler", **hub)),
+    ]
+    loaded: dict = {}
+    total = _load_steps(bundle)
+    step = 0
+    for name, load in parts:
+        check_cancel(cancel)
+        loaded[name] = _load_part(name, source, load)
+        if isinstance(loaded[name], torch.nn.Module):
+            loaded[name] = loaded[name].to(home).eval().requires_grad_(False)
+        step += 1
+        if progress:
+            progress("load", step, total, None)
+    if bundle.lora_path is not None:
+        check_cancel(cancel)
+        loaded["transformer"] = apply_lora_adapter(loaded["transformer"], bundle.lora_path)
+        step += 1
+        if progress:
+            progress("load", step, total, None)
+    return loaded
+
+
 def default_conditioning_for(bundle: ModelBundle) -> str:
     """The conditioning preset a bundle's model was trained with: ``released`` for the released kind."""
     return RELEASED_CONDITIONING if bundle.decoder_kind == "anysplat-stitched" else OWN_CONDITIONING
-
-
-def official_flow_schedule(
-    num_steps: int, flow_shift: float, num_train_timesteps: int = 1000
-) -> tuple[np.ndarray, np.ndarray]:
-    """diffusers 0.33.1's UniPC flow schedule (``use_flow_sigmas=True``, no dynamic shifting).
-
-    Source: ``UniPCMultistepScheduler.set_timesteps`` of diffusers 0.33.1 (what the released VIST3A was
-    sampled with): ``alphas = linspace(1, 1/N, n + 1)``, ``sigmas = 1 - alphas``, shifted by
-    ``s·σ / (1 + (s - 1)·σ)``, reversed and the last (zero) dropped; timesteps ``int64(σ·N)`` from the
-    float64 sigmas; the final sigma 0 appended (``final_sigmas_type="zero"``) and the sigmas stored as
-    float32. Later releases take ``linspace(1, 1/N, n + 1)[:-1]`` instead, one step finer at the end: at
-    50 steps and shift 5 the last timesteps are 241/172/92 here and 244/175/96 there.
-
-    Returns (sigmas (n + 1,) float32, timesteps (n,) int64).
-    """
-    alphas = np.linspace(1, 1 / num_train_timesteps, num_steps + 1)
-    sigmas = 1.0 - alphas
-    sigmas = np.flip(flow_shift * sigmas / (1 + (flow_shift - 1) * sigmas))[:-1].copy()
-    timesteps = (sigmas * num_train_timesteps).astype(np.int64)
-    return np.concatenate([sigmas, [0.0]]).astype(np.float32), timesteps
-
-
-def flow_scheduler(
-    scheduler_config: dict, num_steps: int, flow_shift: float, device: torch.device, schedule: str = "installed"
-):
-    """A fresh diffusers UniPC scheduler in flow-matching mode, its timesteps set for ``num_steps``.
-
-    ``scheduler_config`` is the Wan pipeline's scheduler config (keys starting with ``_`` are ignored;
-    ``{}``: diffusers' defaults, as the official inference builds it). ``schedule``: "installed" keeps the
-    installed diffusers' sigmas, "diffusers-0.33.1" replaces them by ``official_flow_sigmas``.
-
-    The step index starts at 0 explicitly (``set_begin_index``): diffusers otherwise finds it by looking
-    the first timestep up in the schedule and, when the first two timesteps coincide (a large shift with
-    many steps, e.g. 11 steps at shift 100, 201 at shift 5), starts at the second and runs out of sigmas.
-    """
-    from diffusers import UniPCMultistepScheduler
-
-    if schedule not in ("installed", "diffusers-0.33.1"):
-        raise ValueError(f"schedule must be 'installed' or 'diffusers-0.33.1', got {schedule!r}")
-    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    config.update(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=float(flow_shift))
-    scheduler = UniPCMultistepScheduler.from_config(config)
-    scheduler.set_timesteps(int(num_steps), device=device)
-    if schedule == "diffusers-0.33.1":
-        sigmas, timesteps = official_flow_schedule(
-            int(num_steps), float(flow_shift), scheduler.config.num_train_timesteps
-        )
-        scheduler.sigmas = torch.from_numpy(sigmas)
-        scheduler.timesteps = torch.from_numpy(timesteps).to(device=device)
-    scheduler.set_begin_index(0)
-    return scheduler
 
 
 def _hub_offline() -> bool:

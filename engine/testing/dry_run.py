@@ -26,7 +26,7 @@ Configurations (public, cited):
   either as our ``stitched`` checkpoint folder or as the released ``anysplat_stitched.pth`` on
   ``lhjiang/anysplat`` (LoRA rank 64 on every Linear/Conv2d, merged).
 
-The tokenizer is the tiny one of ``engine.tiny`` (the UMT5 tokenizer is data, not shape: on meta only
+The tokenizer is the tiny one of ``engine.testing.tiny`` (the UMT5 tokenizer is data, not shape: on meta only
 the padded length, 512, matters). The meta run skips voxel merging (its output size depends on values),
 so the Gaussian count is the upper bound, one per pixel.
 """
@@ -45,7 +45,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.pipeline_settings import ModelBundle
+from engine.pipeline.settings import ModelBundle
 
 UMT5_XXL = {
     "vocab_size": 256384,
@@ -141,7 +141,7 @@ WAN_SCHEDULER = {
     "timestep_spacing": "linspace",
 }
 DECODER_KINDS = ("anysplat-stitched", "stitched")
-_PLACEHOLDER = "no weights: a meta-device dry-run bundle (engine.dry_run)\n"
+_PLACEHOLDER = "no weights: a meta-device dry-run bundle (engine.testing.dry_run)\n"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -158,7 +158,7 @@ def write_dry_run_bundle(root: str | Path, kind: str = "anysplat-stitched", tran
     from engine.models.config import AnySplatConfig
     from engine.stitching.decoder import RELEASED_CUT_STAGE, RELEASED_SPEC
     from engine.stitching.decoder import WAN_VAE as WAN_VAE_REF
-    from engine.tiny import build_tokenizer
+    from engine.testing.tiny import build_tokenizer
 
     if kind not in DECODER_KINDS or transformer not in WAN_TRANSFORMERS:
         raise ValueError(f"kind must be one of {DECODER_KINDS} and transformer one of {sorted(WAN_TRANSFORMERS)}")
@@ -256,48 +256,46 @@ def meta_released_checkpoint(decoder) -> dict:
     }
 
 
-@contextlib.contextmanager
-def meta_weight_loading() -> Iterator[None]:
-    """Within the block, reading weights builds the models from their configs on the meta device.
+def _keep_in_float32(model: torch.nn.Module) -> None:
+    """As ``from_pretrained`` with a dtype: the model's ``_keep_in_fp32_modules`` go back to float32."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if any(part in keep for part in name.split(".")):
+            module.float()
 
-    Patched (and nothing else): the ``from_pretrained`` of ``UMT5EncoderModel``, ``WanTransformer3DModel``
-    and ``AutoencoderKLWan``; ``safetensors.torch.load_file`` for stitched-decoder folders;
-    ``engine.models.loading.read_state_dict`` for AnySplat weights; ``torch.load`` for the released
-    stitched checkpoint. Every config is still read from the bundle's files.
-    """
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+def _meta_text_encoder(cls, source, subfolder=None, dtype=None, **kwargs):
+    """``UMT5EncoderModel.from_pretrained`` on the meta device (config read from the bundle)."""
     from transformers import UMT5Config, UMT5EncoderModel
 
+    config = UMT5Config.from_pretrained(str(Path(source) / (subfolder or "")))
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    model = model.to(dtype or torch.float32)
+    if dtype == torch.float16:  # as transformers' from_pretrained: T5 feed-forward outputs stay float32
+        _keep_in_float32(model)
+    return model
+
+
+def _meta_diffusers_loader(model_cls):
+    """``model_cls.from_pretrained`` (a diffusers model) on the meta device."""
+
+    def load(cls, source, subfolder=None, torch_dtype=None, **kwargs):
+        config = model_cls.load_config(str(source), subfolder=subfolder)
+        with torch.device("meta"):
+            model = model_cls.from_config(config)
+        model = model.to(torch_dtype or torch.float32)
+        _keep_in_float32(model)  # as diffusers' from_pretrained(torch_dtype=...)
+        return model
+
+    return load
+
+
+def _meta_decoder_readers():
+    """(load_file, read_state_dict, torch_load) stand-ins giving meta state dicts of the 3D decoders."""
     from engine.models.config import AnySplatConfig, config_from_dict
     from engine.models.loading import build_model
     from engine.stitching.decoder import RELEASED_CUT_STAGE, RELEASED_SPEC, WAN_VAE, StitchedDecoder
-
-    def text_encoder(cls, source, subfolder=None, dtype=None, **kwargs):
-        config = UMT5Config.from_pretrained(str(Path(source) / (subfolder or "")))
-        with torch.device("meta"):
-            model = UMT5EncoderModel(config)
-        model = model.to(dtype or torch.float32)
-        if dtype == torch.float16:  # as transformers' from_pretrained: T5 feed-forward outputs stay float32
-            keep = getattr(model, "_keep_in_fp32_modules", None) or []
-            for name, module in model.named_modules():
-                if any(part in keep for part in name.split(".")):
-                    module.float()
-        return model
-
-    def diffusers_model(model_cls):
-        def load(cls, source, subfolder=None, torch_dtype=None, **kwargs):
-            config = model_cls.load_config(str(source), subfolder=subfolder)
-            with torch.device("meta"):
-                model = model_cls.from_config(config)
-            model = model.to(torch_dtype or torch.float32)
-            # as diffusers' from_pretrained(torch_dtype=...): these modules stay float32
-            keep = getattr(model, "_keep_in_fp32_modules", None) or []
-            for name, module in model.named_modules():
-                if any(part in keep for part in name.split(".")):
-                    module.float()
-            return model
-
-        return load
 
     real_load_file = __import__("safetensors.torch", fromlist=["load_file"]).load_file
     real_torch_load = torch.load
@@ -327,14 +325,30 @@ def meta_weight_loading() -> Iterator[None]:
             return meta_released_checkpoint(decoder)
         return real_torch_load(path, *args, **kwargs)
 
+    return load_file, read_state_dict, load_checkpoint
+
+
+@contextlib.contextmanager
+def meta_weight_loading() -> Iterator[None]:
+    """Within the block, reading weights builds the models from their configs on the meta device.
+
+    Patched (and nothing else): the ``from_pretrained`` of ``UMT5EncoderModel``, ``WanTransformer3DModel``
+    and ``AutoencoderKLWan``; ``safetensors.torch.load_file`` for stitched-decoder folders;
+    ``engine.models.checkpoint.read_state_dict`` for AnySplat weights; ``torch.load`` for the released
+    stitched checkpoint. Every config is still read from the bundle's files.
+    """
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    load_file, read_state_dict, load_checkpoint = _meta_decoder_readers()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(UMT5EncoderModel, "from_pretrained", classmethod(text_encoder)))
+        stack.enter_context(mock.patch.object(UMT5EncoderModel, "from_pretrained", classmethod(_meta_text_encoder)))
         for model_cls in (WanTransformer3DModel, AutoencoderKLWan):
             stack.enter_context(
-                mock.patch.object(model_cls, "from_pretrained", classmethod(diffusers_model(model_cls)))
+                mock.patch.object(model_cls, "from_pretrained", classmethod(_meta_diffusers_loader(model_cls)))
             )
         stack.enter_context(mock.patch("safetensors.torch.load_file", load_file))
-        stack.enter_context(mock.patch("engine.models.loading.read_state_dict", read_state_dict))
+        stack.enter_context(mock.patch("engine.models.checkpoint.read_state_dict", read_state_dict))
         stack.enter_context(mock.patch("torch.load", load_checkpoint))
         yield
 
@@ -399,8 +413,8 @@ def dry_run(
     (pipeline, result). Defaults: the released recipe's 13 frames at 512², 1 step, the CUDA default
     dtype and the automatic memory policy for a 12 GB card (``device_memory``).
     """
-    from engine.pipeline import Vist3aPipeline
-    from engine.pipeline_settings import GenerationSettings, RuntimeOptions
+    from engine.pipeline.settings import GenerationSettings, RuntimeOptions
+    from engine.pipeline.vist3a import Vist3aPipeline
 
     settings = settings or GenerationSettings(prompt="a red chair in a sunny garden", num_steps=1, seed=0)
     runtime = runtime or RuntimeOptions(device="meta")
