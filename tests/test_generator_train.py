@@ -15,6 +15,7 @@ TINY_VAE = [
     "--base-dim", "4", "--dim-mult", "1", "1", "1", "1", "--size", "32", "--num-frames", "5",
     "--crop-size", "16", "--crop-frames", "5", "--train-clips", "2", "--eval-clips", "1",
     "--stats-clips", "2", "--log-every", "1", "--no-progress", "--threads", "1",
+    "--image-steps", "1", "--image-batch-size", "2", "--image-crop-size", "16",
 ]  # fmt: skip
 TINY_VIDEO = [
     "--num-layers", "1", "--num-attention-heads", "2", "--attention-head-dim", "8", "--ffn-dim", "16",
@@ -44,7 +45,7 @@ def test_vae_run_writes_logs_plot_checkpoints_and_a_wan_vae_folder(tiny_vae_run)
     assert all(r["loss"] > 0 and "l1" in r and "kl" in r for r in train)
     evals = read_jsonl(out / EVAL_LOG)
     assert [r["step"] for r in evals] == [0, 2, 4]
-    assert all(5.0 < r["psnr"] < 60.0 for r in evals)
+    assert all(5.0 < r["psnr"] < 60.0 and 5.0 < r["psnr_first_frame"] < 60.0 for r in evals)
     assert (out / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
 
@@ -98,6 +99,38 @@ def test_vae_config_rejects_bad_sizes():
         VAEConfig(crop_frames=4)
     with pytest.raises(ValueError, match="crop_size"):
         VAEConfig(crop_size=20)
+    with pytest.raises(ValueError, match="image_crop_size"):
+        VAEConfig(image_crop_size=20)
+    with pytest.raises(ValueError, match="image_steps"):
+        VAEConfig(image_steps=-1)
+
+
+def test_vae_trains_on_single_frames_during_the_image_stage(tiny_vae_run):
+    config = VAEConfig(**json.loads((tiny_vae_run / "config.json").read_text()))
+    assert config.image_steps == 1
+    trainer = VAETrainer(config, None, clip_cache=tiny_vae_run / "clips")
+    assert trainer.crop_shape(0) == (2, 1, 16)
+    assert trainer.crop_shape(1) == (config.batch_size, config.crop_frames, config.crop_size)
+    first = trainer.sample_crops()
+    assert first.shape == (2, 3, 1, 16, 16)
+    trainer.step = 1
+    assert trainer.sample_crops().shape == (
+        config.batch_size,
+        3,
+        config.crop_frames,
+        config.crop_size,
+        config.crop_size,
+    )
+    # a crop is a piece of a training frame (or its mirror image)
+    frames = [trainer.train_clips.frames(i) for i in range(len(trainer.train_clips))]
+    crop = first[0, :, 0]
+    found = False
+    for clip in frames:
+        for frame in clip:
+            for image in (frame, frame.flip(-1)):
+                windows = image.unfold(1, 16, 1).unfold(2, 16, 1)  # (3, h, w, 16, 16)
+                found |= bool((windows == crop[:, None, None]).all(0).all(-1).all(-1).any())
+    assert found
 
 
 @pytest.fixture(scope="module")

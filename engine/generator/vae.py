@@ -5,6 +5,14 @@ frames, H/8 x W/8 (causal 3D convolutions: the first frame is encoded on its own
 It is fully convolutional, so it trains on short crops (``crop_frames`` = 4k + 1 frames, ``crop_size``
 squared pixels) of the world's 13 x 128 x 128 clips and is evaluated on whole held-out clips.
 
+Curriculum (Wan 2.1's, technical report section 3.1: a 2D image VAE of the same structure first, then
+inflated to the causal 3D VAE, "which drastically improves training speed compared to training a video
+VAE from scratch"): the first ``image_steps`` steps train on single frames (``image_batch_size`` crops of
+``image_crop_size`` squared pixels). A causal VAE encodes a clip's first frame on its own, so single frames
+train exactly the spatial path that every frame goes through; the later steps train on video crops, which
+adds the temporal path. Measured here: from scratch, 300 single-frame steps (4 x 64^2) reached 21.9 dB on
+held-out first frames where 300 video steps (2 x 9 x 40^2) reached 16.0 dB, in the same wall time.
+
 Loss: mean squared error of the decoded posterior mean (what PSNR measures; it fitted a fixed batch
 faster than L1 here) + ``kl_weight`` x KL to N(0, I) per latent element
 (the small KL keeps the latents bounded for the diffusion model, as in latent-diffusion VAEs). The mean,
@@ -49,6 +57,10 @@ class VAEConfig:
     crop_frames: int = 9
     crop_size: int = 40
     kl_weight: float = 1e-6
+    # Image stage (Wan's first stage): single-frame crops for the first image_steps steps.
+    image_steps: int = 2000
+    image_batch_size: int = 4
+    image_crop_size: int = 64
     # Architecture (AutoencoderKLWan arguments; Wan 2.1 itself: 96, [1, 2, 4, 4], 2).
     base_dim: int = 32
     dim_mult: list = field(default_factory=lambda: [1, 2, 2, 2])
@@ -71,12 +83,14 @@ class VAEConfig:
             value = getattr(self, name)
             if value < 1 or (value - 1) % 4:
                 raise ValueError(f"{name} must be 4k + 1 (the Wan VAE's causal time grouping), got {value}")
-        for name in ("crop_size", "size"):
+        for name in ("crop_size", "size", "image_crop_size"):
             if getattr(self, name) % 8:
                 raise ValueError(
                     f"{name} must be a multiple of 8 (the VAE's spatial factor), got {getattr(self, name)}"
                 )
-        if self.crop_frames > self.num_frames or self.crop_size > self.size:
+        if self.image_steps < 0 or self.image_batch_size < 1:
+            raise ValueError("image_steps must be >= 0 and image_batch_size >= 1")
+        if self.crop_frames > self.num_frames or max(self.crop_size, self.image_crop_size) > self.size:
             raise ValueError("crops must fit in the clips (crop_frames <= num_frames, crop_size <= size)")
         self.dim_mult = list(self.dim_mult)
 
@@ -138,23 +152,33 @@ class VAETrainer(Trainer):
         self.train_clips = ClipCache(cache, "train", config.train_clips, **common)
         self.eval_clips = ClipCache(cache, "heldout", config.eval_clips, **common)
         self.setup(out_dir, resume, context)
+        self.context.per_rank(config.image_batch_size)  # raises if the processes cannot share the batch
+
+    def crop_shape(self, step: int) -> tuple[int, int, int]:
+        """(batch, frames, size) of the training crops at ``step``: single frames during the image stage."""
+        cfg = self.config
+        if step < cfg.image_steps:
+            return cfg.image_batch_size, 1, cfg.image_crop_size
+        return cfg.batch_size, cfg.crop_frames, cfg.crop_size
 
     def sample_crops(self, indices: Optional[range] = None) -> torch.Tensor:
-        """(B', 3, crop_frames, crop_size, crop_size) random crops (and mirror images) of training clips:
-        samples ``indices`` (default: all) of a global batch of ``batch_size``. Every sample's draws are
-        made, so the generator advances the same whichever samples are returned."""
+        """(B', 3, frames, size, size) random crops (and mirror images) of training clips, of the shape
+        :meth:`crop_shape` gives at the current step: samples ``indices`` (default: all) of the global
+        batch. Every sample's draws are made, so the generator advances the same whichever samples are
+        returned."""
         cfg, g = self.config, self.generator
-        indices = range(cfg.batch_size) if indices is None else indices
+        batch, crop_frames, crop_size = self.crop_shape(self.step)
+        indices = range(batch) if indices is None else indices
         crops = []
-        for j in range(cfg.batch_size):
+        for j in range(batch):
             index = int(torch.randint(len(self.train_clips), (1,), generator=g))
-            t0 = int(torch.randint(cfg.num_frames - cfg.crop_frames + 1, (1,), generator=g))
-            y0, x0 = (int(v) for v in torch.randint(cfg.size - cfg.crop_size + 1, (2,), generator=g))
+            t0 = int(torch.randint(cfg.num_frames - crop_frames + 1, (1,), generator=g))
+            y0, x0 = (int(v) for v in torch.randint(cfg.size - crop_size + 1, (2,), generator=g))
             flip = bool(torch.rand((), generator=g) < 0.5)
             if j not in indices:
                 continue
             frames = self.train_clips.frames(index)  # (T, 3, H, W)
-            crop = frames[t0 : t0 + cfg.crop_frames, :, y0 : y0 + cfg.crop_size, x0 : x0 + cfg.crop_size]
+            crop = frames[t0 : t0 + crop_frames, :, y0 : y0 + crop_size, x0 : x0 + crop_size]
             if flip:
                 crop = crop.flip(-1)
             crops.append(crop.permute(1, 0, 2, 3))
@@ -165,7 +189,8 @@ class VAETrainer(Trainer):
         return posterior, self.model.decode(posterior.mode()).sample
 
     def loss(self):
-        video = self.sample_crops(self.local_indices())
+        batch = self.crop_shape(self.step)[0]
+        video = self.sample_crops(self.context.local_indices(batch))
         posterior, reconstruction = self.forward(self._reconstruct, video)
         mse = F.mse_loss(reconstruction, video)
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
@@ -173,12 +198,18 @@ class VAETrainer(Trainer):
         return mse + self.config.kl_weight * kl, extra
 
     def evaluate(self) -> dict:
-        """PSNR (dB, mean over held-out clips) of whole 13 x 128 x 128 clips through the posterior mode."""
-        values = []
+        """PSNR (dB, mean over held-out clips) of whole 13 x 128 x 128 clips through the posterior mode,
+        and of their first frames alone (what the image stage trains)."""
+        values, first = [], []
         for index in range(len(self.eval_clips)):
             video = self.eval_clips.frames(index).permute(1, 0, 2, 3)[None]
             values.append(psnr(reconstruct(self.model, video), video))
-        return {"psnr": sum(values) / len(values), "psnr_min": min(values)}
+            first.append(psnr(reconstruct(self.model, video[:, :, :1]), video[:, :, :1]))
+        return {
+            "psnr": sum(values) / len(values),
+            "psnr_min": min(values),
+            "psnr_first_frame": sum(first) / len(first),
+        }
 
     def export(self, folder: Path, stats_clips: Optional[int] = None) -> Path:
         """Writes the trained VAE as a diffusers folder (fp16 safetensors) with latent statistics."""
