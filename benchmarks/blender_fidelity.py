@@ -98,14 +98,15 @@ def prepare_case(folder: Path, seed: int, spacing: float, size: int) -> Case:
     from engine.data.clips import clip_cameras
     from engine.data.scenes import SKY_COLOR, generate_scene
     from engine.io import write_cameras_json, write_gaussian_ply
+    from engine.io.run_format import CAMERAS_FILE, SCENE_FILE
     from engine.io.scene_io import camera_arrays_from_cameras, gaussian_arrays_from_scene
     from engine.render import rasterize
 
     scene = generate_scene(seed, surface_spacing=spacing, floor_spacing=min(0.2, 2.5 * spacing))
     cameras = clip_cameras(scene, "orbit", 5, size, size, np.random.default_rng(seed))
     folder.mkdir(parents=True, exist_ok=True)
-    write_gaussian_ply(folder / "scene.ply", gaussian_arrays_from_scene(scene.gaussians))
-    write_cameras_json(folder / "cameras.json", camera_arrays_from_cameras(cameras))
+    write_gaussian_ply(folder / SCENE_FILE, gaussian_arrays_from_scene(scene.gaussians))
+    write_cameras_json(folder / CAMERAS_FILE, camera_arrays_from_cameras(cameras))
     with torch.no_grad():
         out = rasterize(scene.gaussians, cameras[0:1], background=SKY_COLOR, backend="torch")
     reference = out.rgb[0].clamp(0, 1).numpy().astype(np.float64)

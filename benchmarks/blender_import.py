@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.io import GaussianArrays, write_gaussian_ply  # noqa: E402
+from engine.io.run_format import CAMERAS_FILE, SCENE_FILE  # noqa: E402
 
 SH_C0 = 0.28209479177387814
 
@@ -137,13 +138,13 @@ def main() -> int:
         for size in args.sizes:
             folder = tmp / f"scene_{size}"
             folder.mkdir()
-            write_gaussian_ply(folder / "scene.ply", synthetic_scene(size))
+            write_gaussian_ply(folder / SCENE_FILE, synthetic_scene(size))
             f = args.render_size * 0.8
             camera = {"c2w": np.eye(4).tolist(), "fx": f, "fy": f, "cx": args.render_size / 2,
                       "cy": args.render_size / 2, "w": args.render_size, "h": args.render_size}  # fmt: skip
             document = {"format": "vist3a-cameras", "version": 1, "convention": "opencv", "cameras": [camera]}
-            (folder / "cameras.json").write_text(json.dumps(document))
-            plys[str(size)] = str(folder / "scene.ply")
+            (folder / CAMERAS_FILE).write_text(json.dumps(document))
+            plys[str(size)] = str(folder / SCENE_FILE)
         png = str((args.png or tmp / "render.png").resolve())
         prelude = (
             f"ZIP = {str(zip_path)!r}\nPLYS = {plys!r}\nRENDER_SIZE = {args.render_size}\n"
