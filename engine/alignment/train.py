@@ -331,18 +331,21 @@ class AlignmentTrainer:
         vae_latent = pipe.denormalize_latent(latent.float())
         frames = pipe.decode_video(vae_latent).clamp(0, 1)[0]  # (T, 3, H, W)
         num_views = frames.shape[0]
-        scene_decoder = pipe.decoder
-        size = scene_decoder.input_size(num_views, tuple(latent.shape[-2:]))
-        network_frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
-        network = scene_decoder.decoder
-        param = next(network.parameters())
-        prediction = network(vae_latent.to(param.dtype), network_frames[None].to(param.dtype))
+        # the stitched decoder's differentiable decode, in the network's frame, one Gaussian per pixel
+        param = next(pipe.decoder.decoder.parameters())
+        decoded_scene = pipe.decoder.decode(
+            vae_latent,
+            frames[None],
+            voxel_merge=False,
+            relative_to_first=False,
+            clamp_frames=True,
+            input_dtype=param.dtype,
+        )
+        network_frames = decoded_scene.frames
         render_views, decoded_views = self.reward.select_views(num_views, generator)
-        cameras = prediction.cameras(0, relative_to_first=False).to(dtype=torch.float32)
-        scene = prediction.gaussian_scene(0, relative_to_first=False).to(dtype=torch.float32)
         rendered = rasterize(
-            scene,
-            cameras[torch.tensor(render_views)],
+            decoded_scene.gaussians,
+            decoded_scene.cameras[torch.tensor(render_views)],
             background=self.config.background,
             near_plane=self.config.near_plane,
             far_plane=self.config.far_plane,
