@@ -107,9 +107,9 @@ def test_train_vae_rejects_a_batch_the_processes_cannot_share(tmp_path):
 
 @pytest.mark.slow
 def test_teacher_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
-    from engine.models.config import tiny_anysplat_config
     from engine.teachers.data import build_cache
     from engine.teachers.train import TeacherTrainConfig, save_config
+    from engine.testing.tiny import tiny_anysplat_config
 
     data = tmp_path / "data"
     build_cache(data, "train", 4, num_views=3, size=56, progress=False)
