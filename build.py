@@ -315,21 +315,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 # Runs inside Blender-as-a-module: installs the built extension into a throwaway profile, imports the
 # run folder with the add-on's own operator and renders the first generated camera with Cycles.
-BLENDER_DEMO_SCRIPT = """
-import json, sys
-import bpy
-zip_path, run_dir, png = sys.argv[1:4]
-bpy.ops.wm.read_factory_settings(use_empty=True)
-bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
-result = bpy.ops.vist3a.import_result(directory=run_dir, set_scene_camera=True)
-if result != {"FINISHED"}:
-    raise SystemExit(f"the add-on could not import {run_dir}: {result}")
-scene = bpy.context.scene
-camera = scene.camera
-bpy.ops.vist3a.render_camera(camera_name=camera.name, filepath=png, samples=32, show=False)
-clouds = [o for o in scene.objects if o.type == "POINTCLOUD"]
-print(json.dumps({"objects": len(scene.objects), "points": sum(len(o.data.points) for o in clouds), "png": png}))
-"""
+BLENDER_DEMO_SCRIPT = ROOT / "tools" / "blender_demo.py"
 
 
 def blender_available() -> bool:
@@ -361,7 +347,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         env = dict(os.environ, BLENDER_USER_RESOURCES=profile)
         log("importing into Blender with the add-on and rendering with Cycles")
         result = subprocess.run(
-            [str(venv_python()), "-c", BLENDER_DEMO_SCRIPT, str(zip_path), str((ROOT / out).resolve()), str(png)],
+            [str(venv_python()), str(BLENDER_DEMO_SCRIPT), str(zip_path), str((ROOT / out).resolve()), str(png)],
             cwd=profile,
             env=env,
             capture_output=True,

@@ -1,18 +1,16 @@
 """Past generations: the run folders (with a ``metadata.json``) in the outputs folder.
 
-Standard library only (no bpy). The panel lists what ``scan_runs`` finds, newest first, and
+Standard library only (no bpy); the run folder's format (file names, metadata format tag) is the
+engine's one definition, :mod:`engine.io.run_format` of the bundled engine. The panel lists what ``scan_runs`` finds, newest first, and
 re-imports a run from its folder. Folders being written by the engine are hidden siblings (their
 names start with a dot) until they are complete, so a scan never lists a half-written run.
 """
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
-METADATA_FILE = "metadata.json"
-SCENE_FILE = "scene.ply"
-RUN_FORMAT = "vist3a-run"
+from .engine.io.run_format import METADATA_FILE, SCENE_FILE, read_run_metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,17 +31,17 @@ class RunRecord:
 
 
 def read_run(path: str) -> RunRecord:
-    """The record of one run folder. Raises ValueError naming the folder when it is not a complete run."""
+    """The record of one run folder. Raises ValueError naming the folder when it is not a complete run.
+
+    Runs of any metadata version are listed: only the fields every version has are read.
+    """
     metadata_path = os.path.join(path, METADATA_FILE)
+    if not os.path.isfile(metadata_path):
+        raise ValueError(f"{path}: not a VIST3A run folder (no {METADATA_FILE})")
     try:
-        with open(metadata_path, encoding="utf-8") as file:
-            data = json.load(file)
-    except FileNotFoundError as exc:
-        raise ValueError(f"{path}: not a VIST3A run folder (no {METADATA_FILE})") from exc
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = read_run_metadata(metadata_path, check_version=False)
+    except OSError as exc:
         raise ValueError(f"{metadata_path}: cannot be read ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
-        raise ValueError(f"{metadata_path}: not VIST3A run metadata (format {RUN_FORMAT!r} expected)")
     if not os.path.isfile(os.path.join(path, SCENE_FILE)):
         raise ValueError(f"{path}: the run has no {SCENE_FILE}")
     settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}

@@ -21,9 +21,7 @@ from .engine.io import (
     read_cameras_json,
     read_scene_file,
 )
-
-RESULT_SCENE_FILE = "scene.ply"
-RESULT_CAMERAS_FILE = "cameras.json"
+from .engine.io.run_format import CAMERAS_FILE, SCENE_FILE
 
 # Files the import reads: splats (standard or compressed PLY, .splat, .spz), point PLYs, cameras JSON.
 SCENE_EXTENSIONS = (".ply", ".splat", ".spz")
@@ -70,10 +68,10 @@ def load_result(path: str, *, skip_invalid: bool = True) -> LoadedResult:
     """
     path = _absolute(path)
     if os.path.isdir(path):
-        scene_file = os.path.join(path, RESULT_SCENE_FILE)
-        cameras_file = os.path.join(path, RESULT_CAMERAS_FILE)
+        scene_file = os.path.join(path, SCENE_FILE)
+        cameras_file = os.path.join(path, CAMERAS_FILE)
         if not os.path.isfile(scene_file):
-            raise ResultImportError(f"{path}: not a VIST3A result folder (no {RESULT_SCENE_FILE} in it)")
+            raise ResultImportError(f"{path}: not a VIST3A result folder (no {SCENE_FILE} in it)")
         result = LoadedResult(name=os.path.basename(path.rstrip(os.sep)), source=path)
         _read_scene_file(scene_file, result, skip_invalid)
         if os.path.isfile(cameras_file):

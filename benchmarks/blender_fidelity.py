@@ -36,48 +36,8 @@ if str(ROOT) not in sys.path:
 
 RESULT_MARKER = "@@FIDELITY@@ "
 
-# Runs in Blender (the bpy module) as ``python -c SCRIPT ZIP RUN_DIR MODE PNG SAMPLES R G B``.
-BLENDER_SCRIPT = r"""
-import json, resource, sys, time
-import bpy
-import numpy as np
-
-zip_path, run_dir, mode, png, samples = sys.argv[1:6]
-background_srgb = [float(v) for v in sys.argv[6:9]]
-bpy.ops.wm.read_factory_settings(use_empty=True)
-bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
-scene = bpy.context.scene
-# The reference composites over the sky colour (display values); the world emits the same values (the
-# import sets the Raw view transform: display-referred values pass through untouched).
-world = bpy.data.worlds.new("sky")
-world.use_nodes = True
-world.node_tree.nodes["Background"].inputs["Color"].default_value = (*background_srgb, 1.0)
-world.node_tree.nodes["Background"].inputs["Strength"].default_value = 1.0
-scene.world = world
-start = time.perf_counter()
-outcome = bpy.ops.vist3a.import_result(directory=run_dir, splat_mode=mode)
-import_seconds = time.perf_counter() - start
-if outcome != {"FINISHED"}:
-    raise SystemExit(f"import failed: {outcome}")
-camera = sorted((o for o in scene.objects if o.type == "CAMERA"), key=lambda o: o.name)[0]
-scene.cycles.device = "CPU"
-scene.cycles.seed = 0
-start = time.perf_counter()
-outcome = bpy.ops.vist3a.render_camera(camera_name=camera.name, filepath=png, samples=int(samples), show=False)
-render_seconds = time.perf_counter() - start
-if outcome != {"FINISHED"}:
-    raise SystemExit(f"render failed: {outcome}")
-image = bpy.data.images.load(png)
-width, height = image.size
-pixels = np.empty(width * height * 4, dtype=np.float32)
-image.pixels.foreach_get(pixels)
-np.save(png + ".npy", pixels.reshape(height, width, 4)[::-1, :, :3])  # Blender's rows run bottom-up
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print("@@FIDELITY@@ " + json.dumps({
-    "import_s": import_seconds, "render_s": render_seconds, "peak_mb": peak_mb,
-    "transparent_max_bounces": scene.cycles.transparent_max_bounces,
-}))
-"""
+# Runs in Blender (the bpy module): python blender_scripts/fidelity_render.py PARAMS.json
+BLENDER_SCRIPT = Path(__file__).resolve().parent / "blender_scripts" / "fidelity_render.py"
 
 
 @dataclass
@@ -98,14 +58,15 @@ def prepare_case(folder: Path, seed: int, spacing: float, size: int) -> Case:
     from engine.data.clips import clip_cameras
     from engine.data.scenes import SKY_COLOR, generate_scene
     from engine.io import write_cameras_json, write_gaussian_ply
+    from engine.io.run_format import CAMERAS_FILE, SCENE_FILE
     from engine.io.scene_io import camera_arrays_from_cameras, gaussian_arrays_from_scene
     from engine.render import rasterize
 
     scene = generate_scene(seed, surface_spacing=spacing, floor_spacing=min(0.2, 2.5 * spacing))
     cameras = clip_cameras(scene, "orbit", 5, size, size, np.random.default_rng(seed))
     folder.mkdir(parents=True, exist_ok=True)
-    write_gaussian_ply(folder / "scene.ply", gaussian_arrays_from_scene(scene.gaussians))
-    write_cameras_json(folder / "cameras.json", camera_arrays_from_cameras(cameras))
+    write_gaussian_ply(folder / SCENE_FILE, gaussian_arrays_from_scene(scene.gaussians))
+    write_cameras_json(folder / CAMERAS_FILE, camera_arrays_from_cameras(cameras))
     with torch.no_grad():
         out = rasterize(scene.gaussians, cameras[0:1], background=SKY_COLOR, backend="torch")
     reference = out.rgb[0].clamp(0, 1).numpy().astype(np.float64)
@@ -134,8 +95,17 @@ def render_in_blender(
     Returns the Blender figures plus ``psnr`` (dB against the reference) and ``image`` (H, W, 3)."""
     profile.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(profile))
-    command = [python, "-c", BLENDER_SCRIPT, str(zip_path), str(case.run_dir) + os.sep, mode, str(png), str(samples)]
-    command += [str(c) for c in case.background]
+    parameters = {
+        "zip": str(zip_path),
+        "run_dir": str(case.run_dir) + os.sep,
+        "mode": mode,
+        "png": str(png),
+        "samples": int(samples),
+        "background": [float(c) for c in case.background],
+    }
+    params_file = profile / "fidelity_params.json"
+    params_file.write_text(json.dumps(parameters), encoding="utf-8")
+    command = [python, str(BLENDER_SCRIPT), str(params_file)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=profile, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARKER)]
     if done.returncode != 0 or not lines:

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -27,74 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.io import GaussianArrays, write_gaussian_ply  # noqa: E402
+from engine.io.run_format import CAMERAS_FILE, SCENE_FILE  # noqa: E402
 
 SH_C0 = 0.28209479177387814
 
-# Runs inside Blender. Placeholders: ZIP, PLYS (size -> path), CAMERAS, RENDER_SIZE, SAMPLES, OUT_PNG.
-BLENDER_SCRIPT = r"""
-import json, math, os, sys, time
-import bpy
-import numpy as np
-
-bpy.ops.extensions.package_install_files(filepath=ZIP, repo="user_default", enable_on_install=True)
-import bl_ext.user_default.vist3a as addon
-from bl_ext.user_default.vist3a.engine.io import read_gaussian_ply
-
-def clear():
-    for obj in list(bpy.data.objects):
-        bpy.data.objects.remove(obj)
-    for blocks in (bpy.data.meshes, bpy.data.pointclouds, bpy.data.materials, bpy.data.cameras):
-        for block in list(blocks):
-            blocks.remove(block)
-
-def naive_import(path):
-    # The per-point pattern of existing splat add-ons: a mesh vertex and every attribute set in a loop.
-    g = read_gaussian_ply(path)
-    n = len(g.means)
-    mesh = bpy.data.meshes.new("naive")
-    mesh.vertices.add(n)
-    for name, data_type in (("base_color", "FLOAT_COLOR"), ("opacity", "FLOAT"), ("scale", "FLOAT_VECTOR"),
-                            ("rotation", "QUATERNION")):
-        mesh.attributes.new(name, data_type, "POINT")
-    # Looked up after all are created: adding an attribute invalidates earlier Python references.
-    color, opacity, scale, rotation = (mesh.attributes[name] for name in ("base_color", "opacity", "scale", "rotation"))
-    for i in range(n):
-        mesh.vertices[i].co = g.means[i]
-        rgb = [min(max(0.5 + 0.28209479177387814 * float(c), 0.0), 1.0) for c in g.f_dc[i]]
-        color.data[i].color = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb] + [1.0]
-        opacity.data[i].value = 1.0 / (1.0 + math.exp(-float(g.opacity[i])))
-        scale.data[i].vector = [math.exp(float(s)) for s in g.scale[i]]
-        q = g.rot[i]
-        norm = math.sqrt(sum(float(v) * float(v) for v in q))
-        rotation.data[i].value = [float(v) / norm for v in q]
-    obj = bpy.data.objects.new("naive", mesh)
-    bpy.context.scene.collection.objects.link(obj)
-    return obj
-
-results = {"import": {}}
-for size, path in PLYS.items():
-    clear()
-    start = time.perf_counter()
-    addon.blender_data.import_result(bpy.context, path, splat_mode=addon.blender_data.SplatMode.POINTS)
-    ours = time.perf_counter() - start
-    clear()
-    start = time.perf_counter()
-    naive_import(path)
-    naive = time.perf_counter() - start
-    results["import"][size] = {"ours_s": ours, "naive_s": naive}
-
-clear()
-largest = max(PLYS, key=int)
-addon.blender_data.import_result(bpy.context, os.path.dirname(PLYS[largest]) + os.sep,
-                             splat_mode=addon.blender_data.SplatMode.POINTS)
-scene = bpy.context.scene
-scene.cycles.device = "CPU"
-start = time.perf_counter()
-addon.rendering.render_from_camera(scene, scene.camera, OUT_PNG, samples=SAMPLES)
-results["render"] = {"splats": int(largest), "size": RENDER_SIZE, "samples": SAMPLES,
-                     "seconds": time.perf_counter() - start, "png": OUT_PNG}
-print("@@RESULT@@ " + json.dumps(results))
-"""
+# Runs inside Blender: python blender_scripts/import_speed.py PARAMS.json
+BLENDER_SCRIPT = Path(__file__).resolve().parent / "blender_scripts" / "import_speed.py"
 
 
 def synthetic_scene(count: int, seed: int = 0) -> GaussianArrays:
@@ -137,22 +74,21 @@ def main() -> int:
         for size in args.sizes:
             folder = tmp / f"scene_{size}"
             folder.mkdir()
-            write_gaussian_ply(folder / "scene.ply", synthetic_scene(size))
+            write_gaussian_ply(folder / SCENE_FILE, synthetic_scene(size))
             f = args.render_size * 0.8
             camera = {"c2w": np.eye(4).tolist(), "fx": f, "fy": f, "cx": args.render_size / 2,
                       "cy": args.render_size / 2, "w": args.render_size, "h": args.render_size}  # fmt: skip
             document = {"format": "vist3a-cameras", "version": 1, "convention": "opencv", "cameras": [camera]}
-            (folder / "cameras.json").write_text(json.dumps(document))
-            plys[str(size)] = str(folder / "scene.ply")
+            (folder / CAMERAS_FILE).write_text(json.dumps(document))
+            plys[str(size)] = str(folder / SCENE_FILE)
         png = str((args.png or tmp / "render.png").resolve())
-        prelude = (
-            f"ZIP = {str(zip_path)!r}\nPLYS = {plys!r}\nRENDER_SIZE = {args.render_size}\n"
-            f"SAMPLES = {args.samples}\nOUT_PNG = {png!r}\n"
-        )
+        params_file = tmp / "params.json"
+        parameters = {"zip": str(zip_path), "plys": plys, "render_size": args.render_size, "samples": args.samples}
+        params_file.write_text(json.dumps({**parameters, "png": png}), encoding="utf-8")
         env_dir = tmp / "blender_user"
         env_dir.mkdir()
         completed = subprocess.run(
-            [sys.executable, "-X", "faulthandler", "-c", prelude + textwrap.dedent(BLENDER_SCRIPT)],
+            [sys.executable, "-X", "faulthandler", str(BLENDER_SCRIPT), str(params_file)],
             env={**os.environ, "BLENDER_USER_RESOURCES": str(env_dir)},
             capture_output=True,
             text=True,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from addon_modules import load_addon_module
 from blender_env import run_in_blender
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def _load(name):
 
 
 setup_env = _load("setup_env")
-history = _load("history")
+history = load_addon_module("history")
 
 FAKE_WORKER = Path(__file__).resolve().parent / "blender_scripts" / "fake_worker.py"
 

@@ -5,37 +5,19 @@ The module is loaded as part of a stand-in for the installed extension package (
 project's ``engine`` as its bundled ``engine`` subpackage), as Blender would load it, but without bpy.
 """
 
-import importlib
 import json
 import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
+from addon_modules import PACKAGE, load_addon_module
 from cases import CASES
 
 import engine
 import engine.io
 from engine.io import GaussianArrays, PointArrays, write_gaussian_ply, write_point_ply
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "vist3a_addon_without_blender"
-
-
-def _load_reading():
-    if PACKAGE not in sys.modules:
-        package = types.ModuleType(PACKAGE)
-        package.__path__ = [str(ROOT / "addon")]  # the add-on's folder, without running its __init__ (bpy)
-        sys.modules[PACKAGE] = package
-        # The extension ships the engine inside itself: its ``.engine.io`` is the project's engine.io, the
-        # same module objects (aliases, so no second copy replaces ``engine.io`` for other tests).
-        sys.modules[f"{PACKAGE}.engine"] = engine
-        sys.modules[f"{PACKAGE}.engine.io"] = engine.io
-    return importlib.import_module(f"{PACKAGE}.reading")
-
-
-reading = _load_reading()
+reading = load_addon_module("reading")
 
 
 def _gaussians(n, seed=0):

@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file
 from test_stitching_vae import tiny_wan
 
-from engine.distributed import DistributedContext, sample_generator
 from engine.models.anysplat import AnySplat
 from engine.testing.tiny import tiny_anysplat_config
+from engine.training.distributed import DistributedContext, sample_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = "conv3d_k5x3x3_o32_s1x2x2_p2x1x1"

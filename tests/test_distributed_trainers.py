@@ -97,8 +97,8 @@ def test_train_video_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
 
 
 def test_train_vae_rejects_a_batch_the_processes_cannot_share(tmp_path):
-    from engine.distributed import DistributedContext
     from engine.generator.vae import VAEConfig, VAETrainer
+    from engine.training.distributed import DistributedContext
 
     config = VAEConfig(base_dim=4, dim_mult=[1, 1, 1, 1], size=32, num_frames=5, crop_size=16, crop_frames=5)
     with pytest.raises(ValueError, match="batch size 3 cannot be split evenly over 2 processes"):
@@ -154,8 +154,8 @@ def test_teacher_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path)
 
 def test_fsdp_units_are_the_transformer_blocks_and_only_lora_may_train():
     from engine.alignment.lora import add_video_lora, lora_parameters
-    from engine.distributed import fsdp_units, shard_transformer
     from engine.testing.tiny import build_wan_pipeline
+    from engine.training.distributed import fsdp_units, shard_transformer
 
     transformer = build_wan_pipeline().transformer
     model = add_video_lora(transformer, 4, 4.0)

@@ -15,12 +15,14 @@ from engine.models.vggt import VGGT
 from engine.pipeline.settings import RuntimeOptions
 from engine.pipeline.vist3a import Vist3aPipeline
 from engine.stitching.decoder import StitchedDecoder
+from engine.stitching.vae import VideoVAEAdapter, WanVAEAdapter
 from engine.testing.tiny import (
     build_stitched_decoder,
     build_tiny_bundle,
     build_tiny_clip_scorer,
     tiny_anysplat_config,
     tiny_vggt_config,
+    tiny_wan_adapter,
 )
 
 
@@ -30,6 +32,8 @@ def _tensors(obj) -> dict[str, torch.Tensor]:
         parts = {"text_encoder": obj.text_encoder, "transformer": obj.transformer, "vae": obj.vae}
         parts["decoder"] = obj.decoder.decoder
         return {f"{part}.{k}": v for part, module in parts.items() for k, v in module.state_dict().items()}
+    if isinstance(obj, VideoVAEAdapter):
+        return dict(obj.vae.state_dict())
     return {k: v for k, v in obj.state_dict().items() if not k.endswith("position_ids")}
 
 
@@ -44,6 +48,7 @@ LOADABLES = {
     "StitchedDecoder": (lambda tmp: build_stitched_decoder(seed=3), StitchedDecoder, 0.0),
     "Vist3aPipeline": (_pipeline, Vist3aPipeline, 0.0),
     "CLIPScorer": (lambda tmp: build_tiny_clip_scorer(folder=tmp / "tok"), CLIPScorer, 1e-3),  # fp16 weights
+    "VideoVAEAdapter": (lambda tmp: tiny_wan_adapter(seed=2), VideoVAEAdapter, 0.0),  # picks WanVAEAdapter
 }
 
 
@@ -90,3 +95,12 @@ def test_a_pipeline_whose_decoder_the_bundle_format_cannot_keep_is_refused(tmp_p
     with pytest.raises(ValueError, match="stitched decoder"):
         pipeline.save_pretrained(tmp_path / "saved")
     assert not (tmp_path / "saved").exists()
+
+
+def test_a_vae_adapter_loads_only_its_own_family(tmp_path):
+    folder = tiny_wan_adapter(seed=1).save_pretrained(tmp_path / "vae")
+    assert type(WanVAEAdapter.from_pretrained(folder)) is WanVAEAdapter
+    from engine.stitching.vae import CogVideoXVAEAdapter
+
+    with pytest.raises(TypeError, match="AutoencoderKLWan; CogVideoXVAEAdapter reads AutoencoderKLCogVideoX"):
+        CogVideoXVAEAdapter.from_pretrained(folder)

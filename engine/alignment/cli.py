@@ -92,7 +92,7 @@ def _read_prompts(path: Path | None) -> list[str] | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from engine.distributed import close_distributed, init_distributed
+    from engine.training.distributed import close_distributed, init_distributed
 
     context = init_distributed()
     try:

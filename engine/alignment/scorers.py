@@ -564,6 +564,10 @@ def load_scorer(
 ) -> CLIPScorer:
     """Loads the scorer ``name`` (one of ``SCORERS``) from ``source`` (default: its hub id).
 
+    A converter of foreign formats (the hub's open_clip / transformers weights of DFN-CLIP, HPS v2.1,
+    PickScore): the ``CLIPScorer`` it returns follows the contract (``save_pretrained`` /
+    ``CLIPScorer.from_pretrained``, which also reads the default model's caption scorer).
+
     Args:
         name: "dfn-clip", "hpsv2.1" or "pickscore".
         source: a folder of the default model's caption scorer (``caption_scorer.json``, see

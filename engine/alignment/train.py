@@ -14,7 +14,7 @@ the text encoder, the VAE and the stitched 3D decoder are frozen. Each step:
 3. loss = fm_weight · L_fm − reward_weight · r, averaged over the step's ``batch_size`` samples (each a
    clip, a prompt and a rollout); AdamW (lr 1e-4), gradient-norm clipping; EMA update of the LoRA factors.
 
-Data-parallel (``engine.distributed``, under torchrun or accelerate launch): ``batch_size`` is the global
+Data-parallel (``engine.training.distributed``, under torchrun or accelerate launch): ``batch_size`` is the global
 batch; every process takes its share of a step's samples, each drawn from its own seeded generator (clip,
 noise, sigma, prompt, rollout plan, views), so N processes compute what one process computes with the same
 ``batch_size``. The LoRA model runs in DistributedDataParallel; rank 0 logs, evaluates and writes.
@@ -47,13 +47,20 @@ from torch import Tensor
 from engine.alignment.lora import LoraEMA, add_video_lora, lora_parameters, save_adapter
 from engine.alignment.rewards import RewardOutput, SceneReward
 from engine.alignment.rollout import RolloutConfig, RolloutPlan, rollout, sample_plan
-from engine.distributed import DistributedContext, sample_generator
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.pipeline.sampler import flow_scheduler
 from engine.pipeline.settings import DEFAULT_NEGATIVE_PROMPT, ORBIT_PROMPT_TEMPLATE, ModelBundle
 from engine.pipeline.vist3a import Vist3aPipeline
 from engine.render import rasterize
-from engine.training import checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
+from engine.training.checkpoints import (
+    checkpoint_dir,
+    latest_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    rng_state,
+    truncate_log,
+)
+from engine.training.distributed import DistributedContext, sample_generator
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +194,7 @@ class AlignmentTrainer:
         out_dir: run folder; None keeps everything in memory.
         context: this process's place in a data-parallel run (default: a single process).
         fsdp: shard the transformer's frozen weights over the processes (FSDP2, one unit per block;
-            see ``engine.distributed.shard_transformer``) instead of a full copy per process under DDP.
+            see ``engine.training.distributed.shard_transformer``) instead of a full copy per process under DDP.
             Needs a data-parallel run, and when rollouts are trained, one number of sampler steps
             (``steps_range`` T1 == T2: every process must run as many transformer forwards); ValueError
             otherwise.
@@ -251,7 +258,7 @@ class AlignmentTrainer:
             pipeline.decoder.decoder.set_gradient_checkpointing(True)
         self.trainable = lora_parameters(self.model)
         if fsdp:  # the frozen weights sharded, the LoRA weights whole; their gradients averaged by hand
-            from engine.distributed import shard_transformer
+            from engine.training.distributed import shard_transformer
 
             inner = shard_transformer(self.model, self.trainable.values())
             frozen = [p for p in inner.parameters() if not p.requires_grad]
@@ -324,18 +331,21 @@ class AlignmentTrainer:
         vae_latent = pipe.denormalize_latent(latent.float())
         frames = pipe.decode_video(vae_latent).clamp(0, 1)[0]  # (T, 3, H, W)
         num_views = frames.shape[0]
-        scene_decoder = pipe.decoder
-        size = scene_decoder.input_size(num_views, tuple(latent.shape[-2:]))
-        network_frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
-        network = scene_decoder.decoder
-        param = next(network.parameters())
-        prediction = network(vae_latent.to(param.dtype), network_frames[None].to(param.dtype))
+        # the stitched decoder's differentiable decode, in the network's frame, one Gaussian per pixel
+        param = next(pipe.decoder.decoder.parameters())
+        decoded_scene = pipe.decoder.decode(
+            vae_latent,
+            frames[None],
+            voxel_merge=False,
+            relative_to_first=False,
+            clamp_frames=True,
+            input_dtype=param.dtype,
+        )
+        network_frames = decoded_scene.frames
         render_views, decoded_views = self.reward.select_views(num_views, generator)
-        cameras = prediction.cameras(0, relative_to_first=False).to(dtype=torch.float32)
-        scene = prediction.gaussian_scene(0, relative_to_first=False).to(dtype=torch.float32)
         rendered = rasterize(
-            scene,
-            cameras[torch.tensor(render_views)],
+            decoded_scene.gaussians,
+            decoded_scene.cameras[torch.tensor(render_views)],
             background=self.config.background,
             near_plane=self.config.near_plane,
             far_plane=self.config.far_plane,

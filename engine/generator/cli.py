@@ -4,7 +4,7 @@ Each stage writes a run folder (see :mod:`engine.generator.runs`) and, when its 
 exported part: ``RUN/vae`` (diffusers ``AutoencoderKLWan`` folder) or ``RUN/pipeline`` (a whole
 ``WanPipeline`` folder). ``--export DIR`` also writes that part to DIR (e.g. into models/default/).
 
-Both stages run data-parallel under ``torchrun`` / ``accelerate launch`` (:mod:`engine.distributed`):
+Both stages run data-parallel under ``torchrun`` / ``accelerate launch`` (:mod:`engine.training.distributed`):
 ``--batch-size`` is the global batch, rank 0 writes the run folder and the export.
 """
 
@@ -121,7 +121,7 @@ def _data_parallel(run):
     """``run(args, context)`` inside the process group of a torchrun / accelerate launch (if any)."""
 
     def command(args) -> int:
-        from engine.distributed import close_distributed, init_distributed
+        from engine.training.distributed import close_distributed, init_distributed
 
         context = init_distributed()
         try:

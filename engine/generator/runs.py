@@ -12,7 +12,7 @@ A run folder holds::
 every random draw comes from one generator whose state is in the checkpoint; log records of steps after
 the checkpoint (redone) are dropped first.
 
-Data-parallel runs (torchrun / accelerate launch, :mod:`engine.distributed`): every process keeps the same
+Data-parallel runs (torchrun / accelerate launch, :mod:`engine.training.distributed`): every process keeps the same
 generator and draws the whole global batch (indices, crops, noise: cheap), then computes only its share
 (``context.local_indices``); the training forward goes through DDP, which averages the gradients. So a
 run draws the same samples as a 1-process run with the same ``batch_size`` (and a 1-process run draws
@@ -31,9 +31,8 @@ from typing import Optional
 
 import torch
 
-from engine.distributed import DistributedContext, Forward
 from engine.io.atomic import atomic_directory, atomic_write
-from engine.training import (
+from engine.training.checkpoints import (
     checkpoint_dir,
     latest_checkpoint,
     prune_checkpoints,
@@ -41,6 +40,7 @@ from engine.training import (
     rng_state,
     truncate_log,
 )
+from engine.training.distributed import DistributedContext, Forward
 
 CONFIG_FILE = "config.json"
 TRAIN_LOG = "train_log.jsonl"

@@ -224,7 +224,7 @@ def export_run_checkpoint(run_dir: Path, folder: Path, clip_cache: Optional[Path
     from safetensors.torch import load_model
 
     from engine.generator.runs import CONFIG_FILE, MODEL_FILE
-    from engine.training import latest_checkpoint
+    from engine.training.checkpoints import latest_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():

@@ -74,6 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from engine.io.run_format import CAMERAS_FILE
     from engine.io.scene_io import save_cameras_json, save_gaussian_ply, save_point_ply
     from engine.models.checkpoint import CheckpointError
     from engine.models.frames import FramesError, official_mode, preprocess_frames, read_frames
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     args.out.mkdir(parents=True, exist_ok=True)
-    save_cameras_json(args.out / "cameras.json", cameras)
+    save_cameras_json(args.out / CAMERAS_FILE, cameras)
     if model_type == "anysplat":
         voxel_size = model.config.voxel_size if args.voxel_size is None else args.voxel_size
         scene = prediction.gaussian_scene(0, voxel_size=voxel_size or None, relative_to_first=relative)

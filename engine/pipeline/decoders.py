@@ -48,12 +48,14 @@ class DecodedScene:
         gaussians: the Gaussians, or None for a points-only decoder.
         points: coloured points, or None (then they are derived from the Gaussians when asked for).
         depth: (V, H, W) z-depth per camera at the cameras' image size, or None.
+        frames: (V, 3, H, W) the RGB the network read (float, [0, 1]), or None.
     """
 
     cameras: Cameras
     gaussians: Optional[GaussianScene] = None
     points: Optional[PointScene] = None
     depth: Optional[Tensor] = None
+    frames: Optional[Tensor] = None
 
     def __post_init__(self):
         if self.gaussians is None and self.points is None:
@@ -107,35 +109,82 @@ class StitchedSceneDecoder(torch.nn.Module):
         patch = self.decoder.network.aggregator.patch_size
         return grid_h * patch, grid_w * patch
 
-    @torch.no_grad()
-    def forward(self, latent: Tensor, frames: Tensor, voxel_merge: Optional[bool] = None) -> DecodedScene:
-        """latent (1, C, T_lat, h, w) un-normalised; frames (1, T, 3, H, W), (VAE output + 1) / 2.
+    def network_frames(self, frames: Tensor, latent_hw: tuple[int, int], clamp: Optional[bool] = None) -> Tensor:
+        """Frames (T, 3, H, W) -> (T, 3, h, w) float32 at the network's input size (``input_size``).
 
-        ``voxel_merge``: None uses ``voxel_size`` (the model's default); False gives one Gaussian per
-        pixel; True merges at ``voxel_size`` (ValueError when the model has none).
+        Bilinear per frame (align_corners=False) = the official trilinear resize that keeps the frame
+        count; clamped to [0, 1] when ``clamp`` (default: the decoder's ``clamp_frames``). Differentiable.
+        """
+        size = self.input_size(frames.shape[0], tuple(latent_hw))
+        resized = F.interpolate(frames.float(), size=size, mode="bilinear", align_corners=False)
+        if self.clamp_frames if clamp is None else clamp:
+            resized = resized.clamp(0, 1)
+        return resized
+
+    def _merge_voxel_size(self, voxel_merge: Optional[bool]) -> Optional[float]:
+        if voxel_merge is False:
+            return None
+        if voxel_merge is True and self.voxel_size is None:
+            raise ValueError("this model has no voxel size for merging Gaussians (set extra.voxel_size in its bundle)")
+        return self.voxel_size
+
+    def decode(
+        self,
+        latent: Tensor,
+        frames: Tensor,
+        voxel_merge: Optional[bool] = None,
+        *,
+        relative_to_first: bool = True,
+        clamp_frames: Optional[bool] = None,
+        input_dtype: torch.dtype = torch.float32,
+    ) -> DecodedScene:
+        """The differentiable decode: latent + frames -> ``DecodedScene`` (gradients flow to both inputs).
+
+        Args:
+            latent: (1, C, T_lat, h, w) un-normalised video latent.
+            frames: (1, T, 3, H, W), (VAE output + 1) / 2; resized by ``network_frames`` (which the
+                returned ``DecodedScene.frames`` holds: the RGB the network read, (T, 3, h, w) float32).
+            voxel_merge: None uses ``voxel_size`` (the model's default); False gives one Gaussian per
+                pixel; True merges at ``voxel_size`` (ValueError when the model has none). Merging is not
+                differentiable with respect to the Gaussians' count; pass False when training.
+            relative_to_first: cameras and scene in the first camera's frame (True, the pipeline's
+                convention) or in the network's own frame (False, the reward finetuning's).
+            clamp_frames: clamp the resized frames to [0, 1] (default: the decoder's ``clamp_frames``).
+            input_dtype: the dtype latent and frames are handed to the network in.
+
+        Runs the network in its current mode (``forward`` is the inference wrapper: eval mode, no grad).
+        Raises ValueError for frames not shaped (1, T, 3, H, W).
         """
         if frames.ndim != 5 or frames.shape[0] != 1:
             raise ValueError(f"frames must be (1, T, 3, H, W), got {tuple(frames.shape)}")
-        voxel_size = self.voxel_size
-        if voxel_merge is False:
-            voxel_size = None
-        elif voxel_merge is True and voxel_size is None:
-            raise ValueError("this model has no voxel size for merging Gaussians (set extra.voxel_size in its bundle)")
-        num_frames = frames.shape[1]
-        size = self.input_size(num_frames, tuple(latent.shape[-2:]))
+        voxel_size = self._merge_voxel_size(voxel_merge)
+        resized = self.network_frames(frames[0], tuple(latent.shape[-2:]), clamp_frames)
         device = next(self.decoder.parameters()).device
-        # bilinear per frame = the official trilinear resize that keeps the frame count (align_corners=False)
-        resized = F.interpolate(frames[0].float(), size=size, mode="bilinear", align_corners=False)
-        if self.clamp_frames:
-            resized = resized.clamp(0, 1)
-        prediction = self.decoder.predict(latent.to(device=device, dtype=torch.float32), resized[None].to(device))
-        cameras = prediction.cameras().to(dtype=torch.float32)
+        prediction = self.decoder(
+            latent.to(device=device, dtype=input_dtype), resized[None].to(device=device, dtype=input_dtype)
+        )
+        cameras = prediction.cameras(0, relative_to_first=relative_to_first).to(dtype=torch.float32)
         depth = prediction.depth[0, ..., 0].float()
         if self.decoder.model_type == "anysplat":
-            gaussians = prediction.gaussian_scene(voxel_size=voxel_size).to(dtype=torch.float32)
-            return DecodedScene(cameras=cameras, gaussians=gaussians, depth=depth)
-        points = prediction.point_scene(min_confidence=self.min_confidence).to(dtype=torch.float32)
-        return DecodedScene(cameras=cameras, points=points, depth=depth)
+            gaussians = prediction.gaussian_scene(0, voxel_size=voxel_size, relative_to_first=relative_to_first)
+            return DecodedScene(
+                cameras=cameras, gaussians=gaussians.to(dtype=torch.float32), depth=depth, frames=resized
+            )
+        points = prediction.point_scene(0, min_confidence=self.min_confidence, relative_to_first=relative_to_first)
+        return DecodedScene(cameras=cameras, points=points.to(dtype=torch.float32), depth=depth, frames=resized)
+
+    def forward(self, latent: Tensor, frames: Tensor, voxel_merge: Optional[bool] = None) -> DecodedScene:
+        """Inference: :meth:`decode` in eval mode without gradients (cameras relative to the first).
+
+        latent (1, C, T_lat, h, w) un-normalised; frames (1, T, 3, H, W), (VAE output + 1) / 2.
+        """
+        was_training = self.decoder.training
+        self.decoder.eval()
+        try:
+            with torch.no_grad():
+                return self.decode(latent, frames, voxel_merge)
+        finally:
+            self.decoder.train(was_training)
 
 
 def _voxel_size(bundle: ModelBundle, default: Optional[float]) -> Optional[float]:

@@ -1,16 +1,9 @@
-"""The run folder of one generation, written atomically, and re-running a generation from it.
+"""Writing a generation's run folder atomically, and re-running a generation from it.
 
-Layout of a run folder::
-
-    scene.ply        3DGS PLY (output_kind "gaussians") or coloured point PLY ("points")
-    cameras.json     the predicted cameras, one per video frame (``vist3a-cameras`` format)
-    frames.mp4       the decoded video (the RGB the 3D decoder saw)
-    depth.mp4        the decoder's depth per frame, colour-mapped (near = bright)
-    flythrough.mp4   the scene rendered along the predicted cameras, with interpolated in-between poses
-    metadata.json    every setting, the seed, model identities, software versions and timings
-
-The folder is built in a hidden sibling and renamed into place at the end, so a reader never sees a
-half-written run and a failed or cancelled run leaves nothing behind.
+The folder's layout (file names, metadata format and version) is defined once, in
+:mod:`engine.io.run_format`, which the add-on reads too. The folder is built in a hidden sibling and
+renamed into place at the end, so a reader never sees a half-written run and a failed or cancelled run
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -28,6 +21,18 @@ from torch import Tensor
 
 from engine.geometry.cameras import interpolate_cameras, orthonormalized
 from engine.io import atomic_directory, atomic_write
+from engine.io.run_format import (
+    CAMERAS_FILE,
+    DEPTH_FILE,
+    FLYTHROUGH_FILE,
+    FRAMES_FILE,
+    METADATA_FILE,
+    OUTPUT_FILES,
+    RUN_FORMAT,
+    RUN_VERSION,
+    SCENE_FILE,
+    read_run_metadata,
+)
 from engine.pipeline.settings import GenerationSettings, ModelNotFoundError, RuntimeOptions
 from engine.pipeline.vist3a import (
     CancelCheck,
@@ -41,10 +46,6 @@ from engine.scene import Cameras, GaussianScene, PointScene
 
 logger = logging.getLogger(__name__)
 
-RUN_FORMAT = "vist3a-run"
-RUN_VERSION = 1
-METADATA_FILE = "metadata.json"
-OUTPUT_FILES = ("scene.ply", "cameras.json", "frames.mp4", "depth.mp4", "flythrough.mp4", METADATA_FILE)
 VIDEO_FPS = 12
 FLYTHROUGH_FPS = 24
 # Interpolated poses between two consecutive predicted cameras in the fly-through.
@@ -147,7 +148,7 @@ def render_flythrough(
 
 
 def metadata_of(result: GenerationResult, files: dict) -> dict:
-    """The metadata.json content of a result."""
+    """The metadata.json content of a result (format ``RUN_FORMAT``, version ``RUN_VERSION``)."""
     return {
         "format": RUN_FORMAT,
         "version": RUN_VERSION,
@@ -177,7 +178,7 @@ def write_outputs(
     render_device: Optional[torch.device] = None,
     render_backend: str = "auto",
 ) -> Path:
-    """Writes the run folder (see the module docstring) atomically; returns its path.
+    """Writes the run folder (``engine.io.run_format``) atomically; returns its path.
 
     Raises:
         FileExistsError: ``out_dir`` exists already (nothing is written).
@@ -204,14 +205,14 @@ def write_outputs(
         check_cancel(cancel)
         files = {"scene_kind": result.settings.output_kind, "num_primitives": len(result.scene)}
         if isinstance(result.scene, GaussianScene):
-            files["dropped_non_finite"] = save_gaussian_ply(work / "scene.ply", result.scene, non_finite="drop")
+            files["dropped_non_finite"] = save_gaussian_ply(work / SCENE_FILE, result.scene, non_finite="drop")
         else:
-            files["dropped_non_finite"] = save_point_ply(work / "scene.ply", result.scene, non_finite="drop")
+            files["dropped_non_finite"] = save_point_ply(work / SCENE_FILE, result.scene, non_finite="drop")
         advance()
         cameras = orthonormalized(result.cameras)
-        save_cameras_json(work / "cameras.json", cameras)
+        save_cameras_json(work / CAMERAS_FILE, cameras)
         advance()
-        _write_video(work / "frames.mp4", _to_uint8(result.frames.permute(0, 2, 3, 1)), VIDEO_FPS)
+        _write_video(work / FRAMES_FILE, _to_uint8(result.frames.permute(0, 2, 3, 1)), VIDEO_FPS)
         advance()
         flythrough_rgb, flythrough_depth = render_flythrough(
             result.scene, cameras, device=render_device, backend=render_backend, cancel=cancel
@@ -220,9 +221,9 @@ def write_outputs(
             depth, files["depth_source"] = result.depth, "decoder"
         else:  # the rendered depth at the predicted cameras (every (poses_between+1)-th fly-through frame)
             depth, files["depth_source"] = flythrough_depth[:: FLYTHROUGH_POSES_BETWEEN + 1], "rendered"
-        _write_video(work / "depth.mp4", colorize_depth(depth), VIDEO_FPS)
+        _write_video(work / DEPTH_FILE, colorize_depth(depth), VIDEO_FPS)
         advance()
-        _write_video(work / "flythrough.mp4", _to_uint8(flythrough_rgb), FLYTHROUGH_FPS)
+        _write_video(work / FLYTHROUGH_FILE, _to_uint8(flythrough_rgb), FLYTHROUGH_FPS)
         files["flythrough_frames"] = len(flythrough_rgb)
         advance()
         result.timings["write_outputs"] = round(time.perf_counter() - start, 3)
@@ -248,21 +249,6 @@ def unique_run_dir(root: Union[str, Path], settings: GenerationSettings) -> Path
 
 
 # ----------------------------------------------------------------------------- reproducing a run
-
-
-def read_run_metadata(path: Union[str, Path]) -> dict:
-    """Reads a run's metadata.json (the file or its run folder) and checks its format."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / METADATA_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
-        raise ValueError(f"{path} is not a VIST3A run metadata file (format {RUN_FORMAT!r})")
-    if data.get("version") != RUN_VERSION:
-        raise ValueError(f"{path}: unsupported run metadata version {data.get('version')!r}")
-    return data
 
 
 def regenerate(

@@ -56,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from engine.distributed import close_distributed, init_distributed
+    from engine.training.distributed import close_distributed, init_distributed
 
     context = init_distributed()
     try:

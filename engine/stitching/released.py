@@ -287,6 +287,10 @@ def load_released_stitched(
 ) -> tuple[StitchedDecoder, ReleasedLoadReport]:
     """The released stitched decoder, LoRA merged; returns (decoder in eval mode, report).
 
+    A converter of a foreign format (the official ``anysplat_stitched.pth`` on a base AnySplat), not a
+    loader of ours: the ``StitchedDecoder`` it returns follows the contract (``save_pretrained`` /
+    ``StitchedDecoder.from_pretrained``).
+
     Args:
         checkpoint: path of ``anysplat_stitched.pth`` (read with ``torch.load(weights_only=True)``) or the
             loaded dict.

@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 import torch
 
-from engine.distributed import DistributedContext
 from engine.io.atomic import atomic_write
 from engine.stitching.layer_spec import ConvSpec, StitchingLayer, format_spec, latent_patches, parse_spec
+from engine.training.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ def find_stitch_layer(
         accumulate_device: where the float64 moments live (default: the first latent's device).
         out_dir: if given, the report (JSON, PNG, safetensors) is written there.
         extra_settings: recorded as-is in the report's settings (e.g. model paths).
-        context: a data-parallel run (``engine.distributed``): each process passes its own share of the
+        context: a data-parallel run (``engine.training.distributed``): each process passes its own share of the
             clips, the moments are summed over processes before the fit, every process returns the same
             result and only rank 0 writes the report.
     Returns:

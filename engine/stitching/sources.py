@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine.distributed import DistributedContext
 from engine.models.frames import IMAGE_SUFFIXES, FramesError, preprocess_frames, read_frames
 from engine.models.reconstruction import ReconstructionModel
+from engine.training.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ student's RGB input; loss = weighted L1 to the teacher (``engine.stitching.losse
 linear warm-up then cosine decay, gradient-norm clipping. On CUDA the aggregators run under bf16
 autocast with the heads in fp32 (``ReconstructionModel``); gradient checkpointing is a switch.
 
-Data-parallel (``engine.distributed``, under torchrun or accelerate launch): every process draws its share
+Data-parallel (``engine.training.distributed``, under torchrun or accelerate launch): every process draws its share
 of each step's global batch (sample j of step s always comes from the same seeded generator, so N processes
 see what one process with the same ``batch_size`` sees), the student runs in DistributedDataParallel, the
 logged losses are averaged over processes, and only rank 0 writes logs, checkpoints and the export.
@@ -39,14 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.distributed import DistributedContext, sample_generator
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.models.reconstruction import ReconstructionModel
 from engine.stitching.clips import ClipSource
 from engine.stitching.decoder import StitchedDecoder, VAEReference
 from engine.stitching.layer_spec import StitchingLayer
 from engine.stitching.losses import PRESETS, distillation_loss
-from engine.training import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
+from engine.training.checkpoints import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
+from engine.training.distributed import DistributedContext, sample_generator
 
 log = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ def _stitching_init(path: Path):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from engine.distributed import close_distributed, init_distributed
+    from engine.training.distributed import close_distributed, init_distributed
 
     context = init_distributed()
     try:

@@ -54,6 +54,41 @@ class VideoVAEAdapter(ABC):
             raise TypeError(f"{type(self).__name__} wraps {self.vae_class.__name__}, got {type(vae).__name__}")
         self.vae = vae
 
+    # -- save / load ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        **from_pretrained_kwargs,
+    ) -> VideoVAEAdapter:
+        """A diffusers VAE folder (or pipeline folder, or hub id) -> its adapter; see :func:`load_video_vae`.
+
+        Called on ``VideoVAEAdapter`` it picks the adapter from the config's ``_class_name``; called on a
+        subclass (e.g. ``WanVAEAdapter``) it also raises TypeError for a VAE of another family.
+        """
+        adapter = load_video_vae(name_or_path, subfolder, torch_dtype, device, **from_pretrained_kwargs)
+        if not isinstance(adapter, cls):
+            raise TypeError(
+                f"{name_or_path} holds a {type(adapter.vae).__name__}; {cls.__name__} reads {cls.vae_class.__name__}"
+            )
+        return adapter
+
+    def save_pretrained(self, directory: str | Path, replace: bool = True) -> Path:
+        """Writes the VAE in diffusers format (``config.json`` + safetensors weights) atomically; returns the folder.
+
+        :meth:`from_pretrained` reads it back (the config's ``_class_name`` names the adapter).
+        """
+        from engine.io import atomic_directory
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_directory(directory, replace=replace) as tmp:
+            self.vae.save_pretrained(str(tmp), safe_serialization=True)
+        return directory
+
     # -- geometry -------------------------------------------------------------------------------------
     @property
     @abstractmethod
@@ -347,6 +382,9 @@ def load_video_vae(
     **from_pretrained_kwargs,
 ) -> VideoVAEAdapter:
     """Load a diffusers video VAE and wrap it in the adapter named by its config's ``_class_name``.
+
+    The body of ``VideoVAEAdapter.from_pretrained`` (the save/load contract; ``save_pretrained`` writes
+    what this reads).
 
     ``name_or_path`` is a VAE folder (config.json + weights) or a diffusers pipeline folder (then the
     ``vae`` subfolder is used unless ``subfolder`` says otherwise), or a hub id (with ``subfolder``).

@@ -19,7 +19,7 @@ come from the world's training split, held-out scenes from its held-out split (s
 pairs never drawn for training). Held-out metric: image -> caption top-1 among ``retrieval_pool``
 (32) held-out scenes, using each scene's reference view.
 
-Data-parallel (``teacher caption train`` under torchrun / accelerate launch, :mod:`engine.distributed`):
+Data-parallel (``teacher caption train`` under torchrun / accelerate launch, :mod:`engine.training.distributed`):
 every process draws the whole global batch (scenes, views, jitter), encodes its share through DDP and
 all-gathers the features (with their gradients), so the contrastive loss has the negatives of the
 whole batch and equals a single process's; rank 0 writes the run folder.
@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.alignment.scorers import CAPTION_SCORER_FILE, CAPTION_SCORER_KIND, CLIP_MEAN, CLIP_STD, CLIPScorer
-from engine.distributed import DistributedContext, Forward
 from engine.io.atomic import atomic_directory, atomic_write
-from engine.training import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
+from engine.training.checkpoints import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
+from engine.training.distributed import DistributedContext, Forward
 
 log = logging.getLogger(__name__)
 
@@ -526,7 +526,7 @@ def _run_data(args) -> int:
 
 
 def _run_train(args) -> int:
-    from engine.distributed import close_distributed, init_distributed
+    from engine.training.distributed import close_distributed, init_distributed
 
     context = init_distributed()
     try:

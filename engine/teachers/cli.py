@@ -89,7 +89,7 @@ def run_data(args) -> int:
 
 
 def run_train(args) -> int:
-    from engine.distributed import close_distributed, init_distributed
+    from engine.training.distributed import close_distributed, init_distributed
 
     context = init_distributed()
     try:
@@ -156,7 +156,7 @@ def _run_train(args, context) -> int:
 
 def run_export(args) -> int:
     from engine.teachers.train import TeacherTrainer, load_config
-    from engine.training import latest_checkpoint
+    from engine.training.checkpoints import latest_checkpoint
 
     config = load_config(args.run)
     found = latest_checkpoint(args.run)

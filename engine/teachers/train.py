@@ -20,7 +20,7 @@ step, RNG; ``--resume`` continues exactly), and ``final/`` (the model, ``save_pr
 
 A step trains on ``batch_size`` scenes (default 1), drawn one after the other from the run's generator
 (scene, direction, rendered views), their gradients accumulated. Data-parallel (torchrun / accelerate
-launch, :mod:`engine.distributed`): every process draws the whole global batch, computes its share
+launch, :mod:`engine.training.distributed`): every process draws the whole global batch, computes its share
 (``batch_size`` must be a multiple of the number of processes) and DDP averages the gradients, so N
 processes train as one process with the same ``batch_size`` does; rank 0 writes the run folder, and a
 run resumes on any number of processes.
@@ -40,11 +40,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from engine.distributed import DistributedContext, Forward
 from engine.io.atomic import atomic_directory, atomic_write
 from engine.teachers import losses
 from engine.teachers.data import TeacherBatch, gt_pose_encoding, load_cache, normalise, random_reverse
-from engine.training import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
+from engine.training.checkpoints import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
+from engine.training.distributed import DistributedContext, Forward
 
 log = logging.getLogger(__name__)
 

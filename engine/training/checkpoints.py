@@ -1,7 +1,8 @@
-"""Run-folder helpers shared by the trainers (stitched-decoder finetuning, reward finetuning).
+"""A training run's folder, shared by the trainers (stitched decoder, reward finetuning, the default model's).
 
-A run folder holds a JSONL log (one record per step, with a ``step`` key) and ``checkpoints/step_<n>/``
-folders; a resumed run redoes the steps after its checkpoint, so their log records are dropped first.
+A training run folder (not a generation's run folder: that is ``engine.io.run_format``) holds a JSONL log
+(one record per step, with a ``step`` key) and ``checkpoints/step_<n>/`` folders; a resumed run redoes the
+steps after its checkpoint, so their log records are dropped first.
 """
 
 from __future__ import annotations
