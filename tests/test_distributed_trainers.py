@@ -100,9 +100,13 @@ def test_train_vae_rejects_a_batch_the_processes_cannot_share(tmp_path):
     from engine.generator.vae import VAEConfig, VAETrainer
     from engine.training.distributed import DistributedContext
 
-    config = VAEConfig(base_dim=4, dim_mult=[1, 1, 1, 1], size=32, num_frames=5, crop_size=16, crop_frames=5)
+    config = VAEConfig(
+        base_dim=4, dim_mult=[1, 1, 1, 1], size=32, num_frames=5, crop_size=16, crop_frames=5, image_crop_size=16
+    )
     with pytest.raises(ValueError, match="batch size 3 cannot be split evenly over 2 processes"):
         VAETrainer(VAEConfig(**{**config.__dict__, "batch_size": 3}), None, context=DistributedContext(0, 2))
+    with pytest.raises(ValueError, match="batch size 3 cannot be split evenly over 2 processes"):  # image stage
+        VAETrainer(VAEConfig(**{**config.__dict__, "image_batch_size": 3}), None, context=DistributedContext(0, 2))
 
 
 @pytest.mark.slow

@@ -73,6 +73,7 @@ class Trainer:
 
     name = "train"
     eval_metric = "loss"  # the held-out metric drawn in loss.png
+    find_unused_parameters = False  # DDP: some steps leave parameters out of the loss
 
     def setup(self, out_dir: Optional[Path], resume: bool, context: Optional[DistributedContext] = None) -> None:
         """Optimizer, schedule and the run folder; restores the newest checkpoint when ``resume``.
@@ -82,7 +83,7 @@ class Trainer:
         cfg = self.config
         self.context = context or DistributedContext()
         self.context.per_rank(cfg.batch_size)  # raises if the processes cannot share the batch
-        self.ddp = self.context.wrap(Forward(self.model))
+        self.ddp = self.context.wrap(Forward(self.model), find_unused_parameters=self.find_unused_parameters)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.writes = self.out_dir is not None and self.context.is_main
         self.generator = torch.Generator().manual_seed(cfg.seed)

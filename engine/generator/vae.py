@@ -151,8 +151,14 @@ class VAETrainer(Trainer):
         common = dict(seed=config.data_seed, num_frames=config.num_frames, height=config.size, width=config.size)
         self.train_clips = ClipCache(cache, "train", config.train_clips, **common)
         self.eval_clips = ClipCache(cache, "heldout", config.eval_clips, **common)
+        if context is not None:  # the image stage's batch too must split over the processes (raises)
+            context.per_rank(config.image_batch_size)
         self.setup(out_dir, resume, context)
-        self.context.per_rank(config.image_batch_size)  # raises if the processes cannot share the batch
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Single-frame steps leave the temporal convolutions out of the loss (DDP must know)."""
+        return self.config.image_steps > 0
 
     def crop_shape(self, step: int) -> tuple[int, int, int]:
         """(batch, frames, size) of the training crops at ``step``: single frames during the image stage."""
