@@ -58,7 +58,10 @@ def normalized_quaternions(rot: np.ndarray) -> np.ndarray:
 
 
 def quaternions_to_matrices(rot: np.ndarray) -> np.ndarray:
-    """(N, 4) unit wxyz quaternions -> (N, 3, 3) rotation matrices (columns: the rotated x, y, z axes)."""
+    """(N, 4) unit wxyz quaternions -> (N, 3, 3) rotation matrices (columns: the rotated x, y, z axes).
+
+    The numpy twin of ``engine.geometry.rotations.quaternion_to_matrix``: the add-on runs in Blender's
+    Python without torch (tests/test_addon_conversions.py checks that the two agree)."""
     w, x, y, z = np.moveaxis(np.asarray(rot, dtype=np.float64), -1, 0)
     return np.stack(
         [

@@ -85,3 +85,15 @@ def test_sphere_layers_along_camera_rays():
     back = np.diag([-1.0, 1.0, -1.0, 1.0])
     assert conversions.max_spheres_along_ray(centres[:10], radii[:10], back, 50.0, 50.0, 32.0, 32.0, 64, 64) == 0
     assert conversions.max_spheres_along_axes(centres[:10], radii[:10]) == 10
+
+
+def test_quaternion_matrices_agree_with_the_engine_geometry():
+    import torch
+
+    from engine.geometry.rotations import quaternion_to_matrix
+
+    q = conversions.normalized_quaternions(np.random.default_rng(4).normal(size=(64, 4)))
+    ours = conversions.quaternions_to_matrices(q)
+    engine = quaternion_to_matrix(torch.from_numpy(q)).numpy()
+    np.testing.assert_allclose(ours, engine, atol=1e-12)
+    np.testing.assert_allclose(ours @ ours.transpose(0, 2, 1), np.broadcast_to(np.eye(3), ours.shape), atol=1e-12)

@@ -226,3 +226,15 @@ def test_default_model_parts_fit_the_budget():
         if name in sizes:
             assert sizes[name] <= budget, (name, sizes[name])
     assert sum(sizes.values()) <= 40e6, sizes
+
+
+def test_a_run_config_with_an_unknown_setting_is_refused(tmp_path):
+    from engine.teachers.train import CONFIG_FILE, load_config, save_config
+
+    save_config(TeacherTrainConfig(model_type="vggt", data_dir="cache"), tmp_path)
+    assert load_config(tmp_path) == TeacherTrainConfig(model_type="vggt", data_dir="cache")
+    data = json.loads((tmp_path / CONFIG_FILE).read_text())
+    data["learning_rate"] = 1e-3  # a typo of lr must not pass silently
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="unknown field.*learning_rate"):
+        load_config(tmp_path)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from engine.generator.clipcache import ClipCache
 from engine.generator.runs import Trainer
+from engine.strict_config import dataclass_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,9 @@ def export_run_checkpoint(run_dir: Path, folder: Path, clip_cache: Optional[Path
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
-    config = VAEConfig(**json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+    config = dataclass_from_dict(
+        VAEConfig, json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")), f"{run_dir / CONFIG_FILE}"
+    )
     vae = build_vae(config)
     load_model(vae, str(checkpoint / MODEL_FILE), strict=True)
     cache = clip_cache if clip_cache is not None else run_dir / "clips"
