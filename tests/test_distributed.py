@@ -112,7 +112,7 @@ def test_stitch_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
     train = ["stitch", "train", "--base-model", str(model_dir), "--vae", str(vae_dir), "--synthetic", "1"]
     train += ["--cut-stage", "patch_embed.blocks.0", "--spec", TRAIN_SPEC, "--views", "5", "5", "--vae-size", "32"]
     train += ["--model-size", "56", "--lora-rank", "4", "--lora-alpha", "2", "--lr", "2e-3", "--warmup", "0"]
-    train += ["--batch-size", "2", "--save-every", "3", "--seed", "3", "--device", "cpu"]
+    train += ["--batch-size", "2", "--save-every", "3", "--seed", "3", "--device", "cpu", "--gradient-checkpointing"]
     single, double = tmp_path / "single", tmp_path / "double"
     run_engine([*train, "--out", str(single), "--steps", "3"], 1, tmp_path)
     run_engine([*train, "--out", str(double), "--steps", "3"], 2, tmp_path)
