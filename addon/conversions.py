@@ -1,7 +1,8 @@
 """Numbers only: 3DGS values -> Blender attribute values, OpenCV cameras -> Blender camera settings.
 
 Nothing here touches bpy, so every conversion can be checked with plain NumPy (and is, in
-tests/test_addon_conversions.py). importer.py turns the results into Blender data.
+tests/test_addon_conversions.py). blender_data.py turns the results into Blender data, materials.py builds
+the node graphs.
 """
 
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ def ray_footprint_alpha(
     p, q the offset and direction along the axes and s^2 = sigma^2 + dilation,
     d^2 = |p/s|^2 - ((p/s).(q/s))^2 / |q/s|^2 is the ray's squared distance from the centre in units of
     the Gaussian (its maximum along the ray, as in ray-traced 3DGS; equal to the splatted 2D Gaussian
-    in an orthographic view). The reference for the node graphs in importer.py.
+    in an orthographic view). The reference for the node graphs in materials.py.
     """
     p = np.einsum("nji,nj->ni", axes, offsets)
     q = np.einsum("nji,nj->ni", axes, directions)

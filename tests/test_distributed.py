@@ -16,14 +16,18 @@ import pytest
 import test_alignment_cli
 import torch
 from safetensors.torch import load_file
-from test_stitching_vae import tiny_wan
 
 from engine.models.anysplat import AnySplat
-from engine.testing.tiny import tiny_anysplat_config
+from engine.testing.tiny import (
+    ADAPTER_WAN_LATENTS_MEAN,
+    ADAPTER_WAN_LATENTS_STD,
+    TINY_SPEC,
+    tiny_anysplat_config,
+    tiny_wan_vae,
+)
 from engine.training.distributed import DistributedContext, sample_generator
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_SPEC = "conv3d_k5x3x3_o32_s1x2x2_p2x1x1"
 reward_models = test_alignment_cli.reward_models  # the tiny reward models, as a fixture here too
 
 
@@ -51,7 +55,9 @@ def run_engine(
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    tiny_wan().save_pretrained(root / "vae")
+    tiny_wan_vae(latents_mean=ADAPTER_WAN_LATENTS_MEAN, latents_std=ADAPTER_WAN_LATENTS_STD).save_pretrained(
+        root / "vae"
+    )
     torch.manual_seed(0)
     AnySplat(tiny_anysplat_config()).eval().save_pretrained(root / "anysplat")
     return root / "vae", root / "anysplat"
@@ -104,13 +110,13 @@ def _log(run: Path, name: str) -> list[dict]:
 @pytest.mark.slow
 def test_stitch_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path):
     from engine.models.checkpoint import save_checkpoint
+    from engine.testing.tiny import FINETUNE_CUT_STAGE, build_visible_anysplat
     from engine.testing.tiny import FINETUNE_SPEC as TRAIN_SPEC
-    from engine.testing.tiny import build_visible_anysplat, tiny_wan_vae
 
     model_dir, vae_dir = save_checkpoint(build_visible_anysplat(), tmp_path / "model"), tmp_path / "vae"
     tiny_wan_vae().save_pretrained(str(vae_dir))
     train = ["stitch", "train", "--base-model", str(model_dir), "--vae", str(vae_dir), "--synthetic", "1"]
-    train += ["--cut-stage", "patch_embed.blocks.0", "--spec", TRAIN_SPEC, "--views", "5", "5", "--vae-size", "32"]
+    train += ["--cut-stage", FINETUNE_CUT_STAGE, "--spec", TRAIN_SPEC, "--views", "5", "5", "--vae-size", "32"]
     train += ["--model-size", "56", "--lora-rank", "4", "--lora-alpha", "2", "--lr", "2e-3", "--warmup", "0"]
     train += ["--batch-size", "2", "--save-every", "3", "--seed", "3", "--device", "cpu", "--gradient-checkpointing"]
     single, double = tmp_path / "single", tmp_path / "double"

@@ -5,21 +5,25 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_stitching_vae import tiny_wan
 
 from engine.cli import main
 from engine.models.anysplat import AnySplat
 from engine.stitching.sources import ModelActivations, clip_sources, folder_clips, synthetic_clips
-from engine.testing.tiny import tiny_anysplat_config
-
-# tiny Wan: spatial factor 4 -> 16 px frames give a 4x4 latent, stride 2 -> 2x2 tokens -> 28 px model input
-TINY_SPEC = "conv3d_k5x3x3_o32_s1x2x2_p2x1x1"
+from engine.testing.tiny import (
+    ADAPTER_WAN_LATENTS_MEAN,
+    ADAPTER_WAN_LATENTS_STD,
+    TINY_SPEC,
+    tiny_anysplat_config,
+    tiny_wan_vae,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    tiny_wan().save_pretrained(root / "vae")
+    tiny_wan_vae(latents_mean=ADAPTER_WAN_LATENTS_MEAN, latents_std=ADAPTER_WAN_LATENTS_STD).save_pretrained(
+        root / "vae"
+    )
     torch.manual_seed(0)
     model = AnySplat(tiny_anysplat_config()).eval()
     model.save_pretrained(root / "anysplat")

@@ -1,10 +1,10 @@
 """Video-VAE adapters over tiny configurations of the real diffusers classes."""
 
+import functools
 import json
 
 import pytest
 import torch
-from diffusers import AutoencoderKLCogVideoX, AutoencoderKLHunyuanVideo, AutoencoderKLTemporalDecoder, AutoencoderKLWan
 
 from engine.stitching.vae import (
     CogVideoXVAEAdapter,
@@ -14,63 +14,17 @@ from engine.stitching.vae import (
     adapt_video_vae,
     load_video_vae,
 )
+from engine.testing.tiny import (
+    ADAPTER_WAN_LATENTS_MEAN,
+    ADAPTER_WAN_LATENTS_STD,
+    tiny_cogvideox_vae,
+    tiny_hunyuan_vae,
+    tiny_svd_vae,
+    tiny_wan_vae,
+)
 
-WAN_MEAN = [0.1, 0.2, -0.3, 0.4]
-WAN_STD = [1.5, 2.0, 0.5, 1.0]
-
-
-def tiny_wan():
-    torch.manual_seed(0)
-    # two spatial stages -> factor 4, two temporal downsamplings -> factor 4
-    return AutoencoderKLWan(
-        base_dim=8,
-        z_dim=4,
-        dim_mult=[1, 2, 2],
-        num_res_blocks=1,
-        temperal_downsample=[True, True],
-        latents_mean=WAN_MEAN,
-        latents_std=WAN_STD,
-    ).eval()
-
-
-def tiny_cogvideox():
-    torch.manual_seed(0)
-    return AutoencoderKLCogVideoX(
-        block_out_channels=(8, 16, 16),
-        down_block_types=("CogVideoXDownBlock3D",) * 3,
-        up_block_types=("CogVideoXUpBlock3D",) * 3,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        temporal_compression_ratio=4,
-        scaling_factor=0.7,
-    ).eval()
-
-
-def tiny_hunyuan():
-    torch.manual_seed(0)
-    return AutoencoderKLHunyuanVideo(
-        latent_channels=4,
-        block_out_channels=(8, 16, 16),
-        down_block_types=("HunyuanVideoDownBlock3D",) * 3,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 3,
-        layers_per_block=1,
-        norm_num_groups=4,
-        spatial_compression_ratio=4,
-        temporal_compression_ratio=4,
-        scaling_factor=0.476986,
-    ).eval()
-
-
-def tiny_svd():
-    torch.manual_seed(0)
-    return AutoencoderKLTemporalDecoder(
-        block_out_channels=(32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        latent_channels=4,
-        layers_per_block=1,
-        scaling_factor=0.18215,
-    ).eval()
+WAN_MEAN, WAN_STD = ADAPTER_WAN_LATENTS_MEAN, ADAPTER_WAN_LATENTS_STD
+tiny_wan = functools.partial(tiny_wan_vae, latents_mean=WAN_MEAN, latents_std=WAN_STD)
 
 
 def frames(batch, count, size=16, seed=0):
@@ -80,9 +34,9 @@ def frames(batch, count, size=16, seed=0):
 # (factory, adapter class, spatial, temporal, a valid T, its T_lat, an invalid T)
 CASES = {
     "wan": (tiny_wan, WanVAEAdapter, 4, 4, 9, 3, 8),
-    "cogvideox": (tiny_cogvideox, CogVideoXVAEAdapter, 4, 4, 9, 3, 12),
-    "hunyuan": (tiny_hunyuan, HunyuanVideoVAEAdapter, 4, 4, 9, 3, 10),
-    "svd": (tiny_svd, SVDVAEAdapter, 2, 1, 3, 3, 0),
+    "cogvideox": (tiny_cogvideox_vae, CogVideoXVAEAdapter, 4, 4, 9, 3, 12),
+    "hunyuan": (tiny_hunyuan_vae, HunyuanVideoVAEAdapter, 4, 4, 9, 3, 10),
+    "svd": (tiny_svd_vae, SVDVAEAdapter, 2, 1, 3, 3, 0),
 }
 
 
@@ -168,9 +122,9 @@ def test_bad_inputs_are_reported():
     with pytest.raises(ValueError, match=r"latent must be \(B, 4, T_lat, h, w\)"):
         adapter.decode(torch.randn(1, 16, 2, 4, 4))
     with pytest.raises(TypeError, match="WanVAEAdapter wraps AutoencoderKLWan"):
-        WanVAEAdapter(tiny_svd())
+        WanVAEAdapter(tiny_svd_vae())
     with pytest.raises(ValueError, match="odd number of latent frames"):
-        CogVideoXVAEAdapter(tiny_cogvideox()).decode(torch.randn(1, 4, 2, 4, 4))
+        CogVideoXVAEAdapter(tiny_cogvideox_vae()).decode(torch.randn(1, 4, 2, 4, 4))
 
 
 def test_load_video_vae_from_vae_and_pipeline_folders(tmp_path):
@@ -181,7 +135,7 @@ def test_load_video_vae_from_vae_and_pipeline_folders(tmp_path):
     torch.testing.assert_close(adapter.vae.state_dict(), wan.state_dict())
 
     pipeline = tmp_path / "pipeline"
-    tiny_svd().save_pretrained(pipeline / "vae")
+    tiny_svd_vae().save_pretrained(pipeline / "vae")
     (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "StableVideoDiffusionPipeline"}))
     loaded = load_video_vae(pipeline, torch_dtype=torch.float64)
     assert isinstance(loaded, SVDVAEAdapter) and loaded.dtype == torch.float64

@@ -4,7 +4,7 @@ VIST3A's reward finetuning trains only a LoRA (rank 8, alpha 16) on the self- an
 projections of the video DiT (``blocks.<i>.attn1`` / ``attn2``: ``to_q``, ``to_k``, ``to_v``,
 ``to_out.0``); inference uses an EMA of the LoRA weights (method.md §5). Adapters are written as PEFT
 folders (``adapter_config.json`` + ``adapter_model.safetensors``), the layout of the released
-``vist3a_1.3b_lora_ema``, so a bundle's ``lora`` entry (``engine.pipeline.apply_lora_adapter``) loads
+``vist3a_1.3b_lora_ema``, so a bundle's ``lora`` entry (``engine.pipeline.vist3a.apply_lora_adapter``) loads
 them.
 """
 

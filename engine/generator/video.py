@@ -32,12 +32,12 @@ from engine.generator.clipcache import ClipCache
 from engine.generator.runs import Trainer
 from engine.generator.text import build_text_encoder, build_tokenizer, encode_texts
 from engine.io.atomic import atomic_directory, atomic_write
+from engine.pipeline.vist3a import MAX_TEXT_TOKENS  # the text length of the pipeline (padding changes Wan)
 from engine.stitching.vae import WanVAEAdapter
 
 log = logging.getLogger(__name__)
 
 PIPELINE_FOLDER = "pipeline"  # inside a run folder: the exported WanPipeline folder
-MAX_TEXT_TOKENS = 512  # as engine.pipeline.MAX_TEXT_TOKENS (padding changes Wan's cross-attention)
 _EVAL_SIGMAS = (0.2, 0.5, 0.8, 0.95)
 
 

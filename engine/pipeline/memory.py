@@ -6,7 +6,7 @@
 decide. The decision and the figures behind it go into every run's ``metadata.json``.
 
 The activation figures are those measured at full size on the meta device for the released recipe (13
-frames at 512², 1.3B transformer, bf16; ``benchmarks/bench_memory.py``, rounded up):
+frames at 512², 1.3B transformer, bf16; ``benchmarks/memory_full_size.py``, rounded up):
 
 * ``ACTIVATION_RESERVE``: the largest transient need of a stage other than the VAE decode (the stitched
   decoder's aggregator and heads at 13 x 448²; the denoising and the text encoder need less);

@@ -273,7 +273,7 @@ class StitchedDecoder(nn.Module):
         """Writes this decoder (LoRA already merged) into ``directory`` atomically; returns the folder.
 
         Raises StitchedCheckpointError if the decoder still holds unmerged LoRA layers (merge them first,
-        e.g. with ``engine.stitching.train.export_merged``).
+        e.g. with ``engine.stitching.train.merge_lora``).
         """
         from safetensors.torch import save_file
 

@@ -1,8 +1,9 @@
 """Tiny, randomly initialised models built from the *real* model classes, for tests, benchmarks and the demo.
 
 Everything tiny lives here: the bundle of the pipeline (below), the VGGT / AnySplat configurations
-(``tiny_vggt_config``, ``tiny_anysplat_config``), the stitch-finetuning set-up (``tiny_trainer``, a tiny
-Wan VAE) and a tiny CLIP scorer with its tokenizer (``build_tiny_clip_scorer``).
+(``tiny_vggt_config``, ``tiny_anysplat_config``), the stitch-finetuning set-up (``tiny_trainer``), tiny video
+VAEs (``tiny_wan_vae``, ``tiny_cogvideox_vae``, ``tiny_hunyuan_vae``, ``tiny_svd_vae``) and a tiny CLIP scorer
+with its tokenizer (``build_tiny_clip_scorer``).
 
 ``build_tiny_bundle(folder)`` writes a complete bundle that the pipeline, the worker and the add-on
 load exactly like a real one: a diffusers ``WanPipeline`` folder (UMT5 text encoder with a small
@@ -23,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
@@ -44,6 +46,9 @@ TEXT_DIM = 32
 TINY_DECODER_KIND = "stitched"
 TINY_CUT_STAGE = "patch_embed.blocks.1"
 TINY_SPEC_TEMPLATE = "conv3d_k5x3x3_o{dim}_s1x2x2_p2x1x1"
+# the stitching layer for embed_dim 32; on the tiny Wan VAE of the tests (spatial factor 4) 16 px frames give a
+# 4x4 latent, stride 2 -> 2x2 tokens -> 28 px model input
+TINY_SPEC = TINY_SPEC_TEMPLATE.format(dim=32)
 WORDS = (
     "a the of on in with and red blue green yellow white black grey cat dog house tree car chair table "
     "room garden street scene camera orbit around slowly blurry low quality distorted"
@@ -300,9 +305,7 @@ def build_tiny_released_layout(cache: str | Path, bundle: str | Path, seed: int 
     _make_cameras_valid(network.encoder.camera_head, seed)
     save_checkpoint(network, _hub_snapshot(cache, RELEASED_ANYSPLAT_ID, "0" * 39 + "2"))
 
-    decoder = StitchedDecoder.from_network(
-        copy.deepcopy(network), RELEASED_CUT_STAGE, TINY_SPEC_TEMPLATE.format(dim=32), WAN_VAE
-    )
+    decoder = StitchedDecoder.from_network(copy.deepcopy(network), RELEASED_CUT_STAGE, TINY_SPEC, WAN_VAE)
     bundle.mkdir(parents=True, exist_ok=True)
     torch.save(released_checkpoint_for(decoder, seed + 3), bundle / RELEASED_CHECKPOINT)
     build_lora_adapter(pipe.transformer, bundle / RELEASED_LORA_DIR, seed=seed + 1)
@@ -394,8 +397,22 @@ FINETUNE_SETTINGS = dict(
 )
 
 
-def tiny_wan_vae(seed: int = 0):
-    """A randomly initialised diffusers ``AutoencoderKLWan`` of 4 latent channels (non-trivial latent stats)."""
+# latents statistics of the tiny Wan VAE (non-trivial, so that normalisation is exercised): the default
+# ones (stitch finetuning, save/load) and the ones of the adapter and stitch-search tests, whose numbers rely on them
+TINY_WAN_LATENTS_MEAN = (0.1, -0.2, 0.0, 0.3)
+TINY_WAN_LATENTS_STD = (1.5, 0.8, 1.0, 1.2)
+ADAPTER_WAN_LATENTS_MEAN = (0.1, 0.2, -0.3, 0.4)
+ADAPTER_WAN_LATENTS_STD = (1.5, 2.0, 0.5, 1.0)
+
+
+def tiny_wan_vae(
+    seed: int = 0,
+    latents_mean: Sequence[float] = TINY_WAN_LATENTS_MEAN,
+    latents_std: Sequence[float] = TINY_WAN_LATENTS_STD,
+):
+    """A randomly initialised diffusers ``AutoencoderKLWan`` of 4 latent channels: spatial factor 4 (two
+    stages), temporal factor 4 (two downsamplings); ``latents_mean`` / ``latents_std``: its per-channel
+    latents statistics (4 values each)."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
@@ -405,8 +422,58 @@ def tiny_wan_vae(seed: int = 0):
         dim_mult=[1, 2, 2],
         num_res_blocks=1,
         temperal_downsample=[True, True],
-        latents_mean=[0.1, -0.2, 0.0, 0.3],
-        latents_std=[1.5, 0.8, 1.0, 1.2],
+        latents_mean=list(latents_mean),
+        latents_std=list(latents_std),
+    ).eval()
+
+
+def tiny_cogvideox_vae(seed: int = 0):
+    """A randomly initialised diffusers ``AutoencoderKLCogVideoX`` of 4 latent channels (spatial 4x, temporal 4x)."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(seed)
+    return AutoencoderKLCogVideoX(
+        block_out_channels=(8, 16, 16),
+        down_block_types=("CogVideoXDownBlock3D",) * 3,
+        up_block_types=("CogVideoXUpBlock3D",) * 3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        temporal_compression_ratio=4,
+        scaling_factor=0.7,
+    ).eval()
+
+
+def tiny_hunyuan_vae(seed: int = 0):
+    """A randomly initialised diffusers ``AutoencoderKLHunyuanVideo`` of 4 latent channels (spatial 4x, temporal 4x)."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    torch.manual_seed(seed)
+    return AutoencoderKLHunyuanVideo(
+        latent_channels=4,
+        block_out_channels=(8, 16, 16),
+        down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=4,
+        spatial_compression_ratio=4,
+        temporal_compression_ratio=4,
+        scaling_factor=0.476986,
+    ).eval()
+
+
+def tiny_svd_vae(seed: int = 0):
+    """A randomly initialised diffusers ``AutoencoderKLTemporalDecoder`` (SVD) of 4 latent channels (spatial 2x,
+    per-frame)."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    torch.manual_seed(seed)
+    return AutoencoderKLTemporalDecoder(
+        block_out_channels=(32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        latent_channels=4,
+        layers_per_block=1,
+        scaling_factor=0.18215,
     ).eval()
 
 

@@ -42,7 +42,7 @@ Fields:
 - ``runtime``: {device: "auto"|"cpu"|"cuda"|"cuda:N", dtype: "auto"|"float32"|"bfloat16"|"float16",
   cpu_offload: bool|null, vae_tiling: bool|null}; missing keys take their defaults; null (the default)
   lets the engine's memory policy decide from the free GPU memory (recorded in metadata.json).
-- ``settings``: the generation settings (``engine.pipeline.GenerationSettings`` field names): prompt,
+- ``settings``: the generation settings (``engine.pipeline.settings.GenerationSettings`` field names): prompt,
   negative_prompt, orbit_template, num_frames, height, width, num_steps, guidance_scale, flow_shift,
   seed, output_kind ("gaussians" | "points"), reuse_text_embeddings. Only ``prompt`` is required.
 - ``output_dir``: the run folder to create (must not exist); or ``output_root``: a folder in which

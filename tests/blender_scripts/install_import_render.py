@@ -99,7 +99,8 @@ emit_result(out)
 if bpy.app.version < (4, 3, 0):
     # The 4.2 bpy module segfaults while the interpreter shuts down once this add-on has run (a trivial
     # extension does not; bisected, before the add-on was split into modules, to any class registered from
-    # its generate_ui.py, unexplained). Everything above has been checked by then; real Blender quits
+    # its generation UI module, now properties.py, generate_operators.py, setup_operators.py and panel.py;
+    # unexplained). Everything above has been checked by then; real Blender quits
     # through its own exit path.
     sys.stdout.flush()
     os._exit(0)
