@@ -6,6 +6,8 @@ Standard library only (the add-on imports ``engine.pipeline.settings``, which us
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 
@@ -44,3 +46,17 @@ def dataclass_from_dict(cls, data: Any, what: str | None = None):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def dataclass_from_json_file(cls, path):
+    """:func:`dataclass_from_dict` of the JSON object in the file ``path`` (errors name the file).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not JSON, or a dict the dataclass refuses.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    return dataclass_from_dict(cls, data, str(path))

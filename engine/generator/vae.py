@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from engine.generator.clipcache import ClipCache
 from engine.generator.runs import Trainer
-from engine.strict_config import dataclass_from_dict
+from engine.strict_config import dataclass_from_json_file
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,6 @@ class VAETrainer(Trainer):
 def export_run_checkpoint(run_dir: Path, folder: Path, clip_cache: Optional[Path] = None) -> tuple[Path, int]:
     """Exports the newest checkpoint of a VAE run to ``folder`` without touching the run (it may be
     training meanwhile); returns the folder and the checkpoint's step."""
-    import json
 
     from safetensors.torch import load_model
 
@@ -241,9 +240,7 @@ def export_run_checkpoint(run_dir: Path, folder: Path, clip_cache: Optional[Path
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
-    config = dataclass_from_dict(
-        VAEConfig, json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")), f"{run_dir / CONFIG_FILE}"
-    )
+    config = dataclass_from_json_file(VAEConfig, run_dir / CONFIG_FILE)
     vae = build_vae(config)
     load_model(vae, str(checkpoint / MODEL_FILE), strict=True)
     cache = clip_cache if clip_cache is not None else run_dir / "clips"

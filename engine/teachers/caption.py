@@ -43,7 +43,7 @@ from torch import Tensor
 
 from engine.alignment.scorers import CAPTION_SCORER_FILE, CAPTION_SCORER_KIND, CLIP_MEAN, CLIP_STD, CLIPScorer
 from engine.io.atomic import atomic_directory, atomic_write
-from engine.strict_config import dataclass_from_dict
+from engine.strict_config import dataclass_from_json_file
 from engine.training.checkpoints import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
 from engine.training.distributed import DistributedContext, Forward
 
@@ -541,9 +541,7 @@ def _train(args, context) -> int:
     torch.set_num_threads(args.threads)
     out = args.out
     if args.resume:
-        config = dataclass_from_dict(
-            CaptionTrainConfig, json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")), f"{out / CONFIG_FILE}"
-        )
+        config = dataclass_from_json_file(CaptionTrainConfig, out / CONFIG_FILE)
         config.steps = args.steps
     else:
         if out.exists() and any(out.iterdir()):
@@ -579,11 +577,7 @@ def _train(args, context) -> int:
 def _run_export(args) -> int:
     from safetensors.torch import load_file
 
-    config = dataclass_from_dict(
-        CaptionTrainConfig,
-        json.loads((args.run / CONFIG_FILE).read_text(encoding="utf-8")),
-        f"{args.run / CONFIG_FILE}",
-    )
+    config = dataclass_from_json_file(CaptionTrainConfig, args.run / CONFIG_FILE)
     found = latest_checkpoint(args.run)
     if found is None:
         log.error("%s has no checkpoint to export", args.run)

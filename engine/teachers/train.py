@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from engine.io.atomic import atomic_directory, atomic_write
-from engine.strict_config import dataclass_from_dict
+from engine.strict_config import dataclass_from_json_file
 from engine.teachers import losses
 from engine.teachers.data import TeacherBatch, gt_pose_encoding, load_cache, normalise, random_reverse
 from engine.training.checkpoints import latest_checkpoint, prune_checkpoints, restore_rng, rng_state, truncate_log
@@ -530,5 +530,4 @@ def save_config(config: TeacherTrainConfig, out_dir: Path) -> None:
 
 
 def load_config(out_dir: Path) -> TeacherTrainConfig:
-    path = Path(out_dir) / CONFIG_FILE
-    return dataclass_from_dict(TeacherTrainConfig, json.loads(path.read_text(encoding="utf-8")), f"{path}")
+    return dataclass_from_json_file(TeacherTrainConfig, Path(out_dir) / CONFIG_FILE)
