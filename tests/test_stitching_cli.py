@@ -78,3 +78,31 @@ def test_stitch_search_command(tiny_models, tmp_path, capsys):
 
     assert main(["stitch", "search", "--vae", str(vae_dir), "--model", str(model_dir), "--list-stages"]) == 0
     assert "global_blocks.3" in capsys.readouterr().out
+
+
+def test_world_clips_are_the_generators_orbit_clips(tmp_path, tiny_models):
+    """`--world N` feeds the search the procedural world's training orbit clips, reference view first,
+    the same pixels as the generator's clip cache, and the report says so."""
+    from engine.generator.clipcache import ClipCache
+    from engine.stitching.clips import WorldClips
+    from engine.stitching.sources import world_clips
+
+    source = WorldClips(2, cache=tmp_path / "clips", frames=5, size=32)
+    expected = ClipCache(None, "train", 2, num_frames=5, height=32, width=32).get(1)[0]
+    clip = source.clip(1)
+    assert clip.shape == (5, 3, 32, 32)
+    np.testing.assert_allclose(clip.permute(0, 2, 3, 1).numpy() * 255.0, expected, atol=1e-3)
+    assert source.clip(1, num_frames=3, size=16).shape == (3, 3, 16, 16)
+    sample = source.sample(3, 32, torch.Generator().manual_seed(0))
+    assert any(torch.equal(sample, source.clip(i, 3)) for i in range(2))
+    with pytest.raises(ValueError, match="5 frames; 9 asked"):
+        source.clip(0, num_frames=9)
+    assert [c.shape for c in world_clips(2, 5, 32, tmp_path / "clips")] == [(1, 5, 3, 32, 32)] * 2
+
+    vae_dir, model_dir, _ = tiny_models
+    out = tmp_path / "report"
+    args = ["stitch", "search", "--vae", str(vae_dir), "--model", str(model_dir), "--world", "2"]
+    args += ["--clip-cache", str(tmp_path / "clips"), "--frames", "5", "--size", "32", "--spec", TINY_SPEC]
+    assert main(args + ["--out", str(out), "--device", "cpu"]) == 0
+    settings = json.loads((out / "layer_search.json").read_text())["settings"]
+    assert settings["num_clips"] == 2 and settings["data"].startswith("world:2 ")

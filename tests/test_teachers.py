@@ -163,6 +163,12 @@ def test_run_folder_resumes_exactly_and_exports(samples, tmp_path):
     from safetensors.torch import load_file
 
     assert all(t.dtype == torch.float16 for t in load_file(str(exported / "model.safetensors")).values())
+    # a new run can start from the exported weights (`teacher train --init`); a mismatched one is refused
+    started = TeacherTrainer(_tiny_config("anysplat", tmp_path, init_from=str(exported)), None, [], [])
+    for key, value in started.model.state_dict().items():
+        torch.testing.assert_close(value, resumed.model.state_dict()[key].half().float(), msg=key)
+    with pytest.raises(ValueError, match="do not fit this teacher configuration"):
+        TeacherTrainer(_tiny_config("vggt", tmp_path, init_from=str(exported)), None, [], [])
     # a folder of frames and reconstruct: the small model's own input size is the default
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -178,6 +184,18 @@ def test_run_folder_resumes_exactly_and_exports(samples, tmp_path):
 
     assert len(load_gaussian_ply(tmp_path / "rec" / "gaussians.ply")) == VIEWS * SIZE * SIZE
     assert len(load_cameras_json(tmp_path / "rec" / "cameras.json")) == VIEWS
+
+
+def test_loss_weights_from_the_command_line():
+    from engine.teachers.cli import _parse_weights
+
+    assert _parse_weights(["camera=5", "render=0.5"]) == {"camera": 5.0, "depth": 1.0, "points": 1.0, "render": 0.5}
+    with pytest.raises(ValueError, match="TERM one of camera, depth, points, render"):
+        _parse_weights(["pose=2"])
+    with pytest.raises(ValueError, match="'x' is not a number"):
+        _parse_weights(["camera=x"])
+    with pytest.raises(ValueError, match="unknown loss weight"):
+        TeacherTrainConfig(model_type="vggt", data_dir=".", weights={"pose": 1.0})
 
 
 def test_cache_round_trip(tmp_path):

@@ -34,6 +34,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data = search.add_mutually_exclusive_group()
     data.add_argument("--data", type=Path, help="folder of clips: sub-folders of ordered images or video files")
     data.add_argument("--synthetic", type=int, metavar="N", help="N synthetic clips (wiring check, no real data)")
+    data.add_argument(
+        "--world", type=int, metavar="N", help="N orbit clips of the procedural world (the default model's data)"
+    )
+    search.add_argument("--clip-cache", type=Path, help="with --world: keep the rendered clips here")
     search.add_argument("--spec", default=RELEASED_SPEC, help=f"stitching conv spec (default {RELEASED_SPEC})")
     search.add_argument(
         "--layers",
@@ -65,13 +69,28 @@ def run_search(args: argparse.Namespace) -> int:
         close_distributed()
 
 
+def _data_label(args: argparse.Namespace) -> str:
+    """What the search ran on, for its report."""
+    if args.data is not None:
+        return str(args.data)
+    if args.world is not None:
+        return f"world:{args.world} (world version {_world_version()}, training orbit clips)"
+    return f"synthetic:{args.synthetic}"
+
+
+def _world_version() -> int:
+    from engine.data import WORLD_VERSION
+
+    return WORLD_VERSION
+
+
 def _search(args: argparse.Namespace, context) -> int:
     import torch
 
     from engine.models.loading import load_model
     from engine.stitching.layer_spec import parse_spec
     from engine.stitching.search import find_stitch_layer
-    from engine.stitching.sources import ModelActivations, folder_clips, synthetic_clips
+    from engine.stitching.sources import ModelActivations, folder_clips, synthetic_clips, world_clips
     from engine.stitching.vae import load_video_vae
 
     device = context.device(args.device)
@@ -79,8 +98,8 @@ def _search(args: argparse.Namespace, context) -> int:
     if args.list_stages:
         print("\n".join(model.stage_names()))
         return 0
-    if args.out is None or (args.data is None and args.synthetic is None):
-        raise SystemExit("stitch search: --out and one of --data DIR / --synthetic N are required")
+    if args.out is None or (args.data is None and args.synthetic is None and args.world is None):
+        raise SystemExit("stitch search: --out and one of --data DIR / --world N / --synthetic N are required")
 
     spec = parse_spec(args.spec)
     vae = load_video_vae(args.vae, torch_dtype=getattr(torch, args.vae_dtype), device=device)
@@ -100,6 +119,9 @@ def _search(args: argparse.Namespace, context) -> int:
 
     if args.data is not None:
         clips = folder_clips(args.data, args.frames, args.size, args.stride, max_clips=args.max_clips, context=context)
+    elif args.world is not None:
+        count = args.world if args.max_clips is None else min(args.world, args.max_clips)
+        clips = world_clips(count, args.frames, args.size, args.clip_cache, context=context)
     else:
         count = args.synthetic if args.max_clips is None else min(args.synthetic, args.max_clips)
         clips = synthetic_clips(count, args.frames, args.size, args.seed, context=context)
@@ -124,7 +146,7 @@ def _search(args: argparse.Namespace, context) -> int:
         extra_settings={
             "vae": str(args.vae),
             "model": str(args.model),
-            "data": str(args.data) if args.data is not None else f"synthetic:{args.synthetic}",
+            "data": _data_label(args),
             "vae_size": args.size,
             "model_image_size": list(image_size),
         },

@@ -10,6 +10,8 @@ A clip source answers ``sample(num_frames, size, generator) -> (T, 3, size, size
   world frame; frames are resized on the shorter side and centre-cropped (AnySplat's preprocessing).
   Video files are decoded whole for each sample (fine for short clips; convert long videos to frames).
 * :class:`SyntheticClips`: procedural scenes of ``engine.data`` rendered along random camera paths.
+* :class:`WorldClips`: the procedural world's orbit clips, the very clips the default generator learns
+  (``engine.generator.clipcache``): what the default model's stitched decoder must decode.
 * :class:`MixedClips`: picks one of several sources per sample.
 """
 
@@ -119,6 +121,48 @@ class SyntheticClips:
         path = self.paths[_randint(len(self.paths), generator)]
         clip = synthetic_clip(seed, num_frames, size, size, path, num_objects=self.num_objects)
         return clip.frames.permute(0, 3, 1, 2).float().clamp(0, 1)
+
+
+class WorldClips:
+    """Orbit clips of the procedural world (``engine.data``, current world version), one split.
+
+    Clip i is clip i of the default generator's training data (a :class:`ClipCache` over
+    ``SyntheticClipDataset``), rendered at ``frames`` x ``size``² on first use and kept under ``cache``
+    (None: in memory only). A sample of T <= ``frames`` views is the clip's first T frames (the caption's
+    reference view first, the orbit in order), resized to the asked size when it differs.
+
+    Raises ValueError for a count below 1 or an unknown split.
+    """
+
+    def __init__(
+        self, count: int, *, split: str = "train", cache: Path | None = None, frames: int = 13, size: int = 128
+    ) -> None:
+        from engine.generator.clipcache import ClipCache
+
+        if count < 1:
+            raise ValueError(f"the world source needs at least one clip, got {count}")
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        self.cache = ClipCache(cache, split, count, num_frames=frames, height=size, width=size, path="orbit")
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def clip(self, index: int, num_frames: int | None = None, size: int | None = None) -> Tensor:
+        """(T, 3, size, size) frames in [0, 1] of clip ``index``."""
+        num_frames = self.frames if num_frames is None else num_frames
+        if not 1 <= num_frames <= self.frames:
+            raise ValueError(f"world clips have {self.frames} frames; {num_frames} asked")
+        frames, _ = self.cache.get(index)
+        clip = torch.from_numpy(frames[:num_frames]).permute(0, 3, 1, 2).float().div(255.0)
+        if size is not None and clip.shape[-1] != size:
+            clip = torch.nn.functional.interpolate(clip, size=(size, size), mode="bilinear", antialias=True)
+            clip = clip.clamp(0, 1)
+        return clip
+
+    def sample(self, num_frames: int, size: int, generator: torch.Generator) -> Tensor:
+        return self.clip(_randint(len(self), generator), num_frames, size)
 
 
 class MixedClips:

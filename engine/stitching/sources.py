@@ -88,6 +88,20 @@ def synthetic_clips(
         yield clip.permute(0, 2, 1, 3, 4).contiguous()
 
 
+def world_clips(
+    count: int, num_frames: int, size: int, cache: Path | None = None, *, context: DistributedContext | None = None
+) -> Iterator[torch.Tensor]:
+    """Yield ``count`` training orbit clips of the procedural world (1, T, 3, size, size) in [0, 1]
+    (``engine.stitching.clips.WorldClips``); with ``context``, this process's round-robin share."""
+    from engine.stitching.clips import WorldClips
+
+    source = WorldClips(count, cache=cache, frames=num_frames, size=size)
+    for index in range(count):
+        if context is not None and index % context.world_size != context.rank:
+            continue
+        yield source.clip(index).unsqueeze(0)
+
+
 def stage_prefix_tokens(model: ReconstructionModel, stage: str) -> int:
     """Tokens in front of the patch tokens in a stage's output (cls/registers, or camera/registers)."""
     aggregator = model.aggregator

@@ -33,6 +33,11 @@ def add_train_parser(stitch_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="*", default=[], type=Path, help="roots of scene folders / video files")
     p.add_argument("--stride", type=int, default=1, help="frame stride inside a clip window")
     p.add_argument("--synthetic", type=float, default=0.0, help="sampling weight of synthetic clips (0: none)")
+    p.add_argument(
+        "--world", type=int, default=0, metavar="N", help="N orbit clips of the procedural world (0: none)"
+    )
+    p.add_argument("--world-weight", type=float, default=1.0, help="sampling weight of the --world clips")
+    p.add_argument("--clip-cache", type=Path, help="with --world: keep the rendered clips here")
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before the cosine decay")
@@ -87,7 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, context) -> int:
     from engine.models.loading import load_model
-    from engine.stitching.clips import FolderClips, MixedClips, SyntheticClips
+    from engine.stitching.clips import FolderClips, MixedClips, SyntheticClips, WorldClips
     from engine.stitching.decoder import VAEReference
     from engine.stitching.layer_spec import format_spec, parse_spec
     from engine.stitching.train import DistillationTrainer, TrainConfig
@@ -113,8 +118,11 @@ def _train(args: argparse.Namespace, context) -> int:
     if args.synthetic > 0:
         sources.append(SyntheticClips())
         weights.append(args.synthetic)
+    if args.world > 0:
+        sources.append(WorldClips(args.world, cache=args.clip_cache, size=args.vae_size))
+        weights.append(args.world_weight)
     if not sources:
-        raise SystemExit("no training clips: give --data roots and/or --synthetic WEIGHT")
+        raise SystemExit("no training clips: give --data roots, --world N and/or --synthetic WEIGHT")
 
     config = TrainConfig(
         cut_stage=stage,

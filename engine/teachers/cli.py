@@ -57,6 +57,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=1,
         help="scenes per step, over all processes of a torchrun / accelerate launch (a multiple of their number)",
     )
+    train.add_argument(
+        "--init", type=Path, help="start from this exported teacher folder's weights (same configuration)"
+    )
+    train.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="TERM=VALUE",
+        help="loss weight, repeatable: camera, depth, points or render (default 1 each)",
+    )
     train.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     train.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) after this much wall time")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -121,6 +131,11 @@ def _run_train(args, context) -> int:
             log.error("%s already holds a run; pass --resume to continue it or choose another --out", out)
             return 2
         context.barrier()  # every process has checked the folder before rank 0 writes into it
+        try:
+            weights = _parse_weights(args.weight)
+        except ValueError as error:
+            log.error("%s", error)
+            return 2
         config = TeacherTrainConfig(
             model_type=args.model_type,
             data_dir=str(args.data),
@@ -133,6 +148,8 @@ def _run_train(args, context) -> int:
             reverse_augment=args.reverse_augment,
             seed=args.seed,
             batch_size=args.batch_size,
+            weights=weights,
+            init_from=str(args.init) if args.init else None,
         )
         try:
             context.per_rank(config.batch_size)
@@ -154,11 +171,28 @@ def _run_train(args, context) -> int:
     return 0
 
 
+def _parse_weights(items: list[str]) -> dict:
+    """``["camera=5", ...]`` -> the full weight dict (unnamed terms keep weight 1); ValueError if malformed."""
+    from engine.teachers.train import LOSS_TERMS
+
+    weights = {term: 1.0 for term in LOSS_TERMS}
+    for item in items:
+        term, sep, value = item.partition("=")
+        if not sep or term not in LOSS_TERMS:
+            raise ValueError(f"--weight {item!r}: write TERM=VALUE with TERM one of {', '.join(LOSS_TERMS)}")
+        try:
+            weights[term] = float(value)
+        except ValueError:
+            raise ValueError(f"--weight {item!r}: {value!r} is not a number") from None
+    return weights
+
+
 def run_export(args) -> int:
     from engine.teachers.train import TeacherTrainer, load_config
     from engine.training.checkpoints import latest_checkpoint
 
     config = load_config(args.run)
+    config.init_from = None  # the checkpoint's weights replace the starting ones anyway
     found = latest_checkpoint(args.run)
     if found is None:
         log.error("%s has no checkpoint to export", args.run)

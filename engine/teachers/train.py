@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 LOG_FILE = "loss_log.jsonl"
 EVAL_FILE = "eval_log.jsonl"
 CONFIG_FILE = "train_config.json"
+LOSS_TERMS = ("camera", "depth", "points", "render")
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 MODEL_TYPES = ("anysplat", "vggt")
@@ -86,10 +87,16 @@ class TeacherTrainConfig:
     model_config: Optional[dict] = None  # None: the default teacher configuration of model_type
     # Scenes per step, over all processes of a data-parallel run (a multiple of their number).
     batch_size: int = 1
+    # A teacher folder (config.json + model.safetensors, as `teacher export` writes) whose weights start
+    # the run instead of the initialisation below; its configuration must be the run's.
+    init_from: Optional[str] = None
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        unknown = sorted(set(self.weights) - set(LOSS_TERMS))
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {', '.join(unknown)}; the terms are {', '.join(LOSS_TERMS)}")
 
 
 def build_teacher(config: TeacherTrainConfig) -> nn.Module:
@@ -122,7 +129,29 @@ def build_teacher(config: TeacherTrainConfig) -> nn.Module:
         last.weight.mul_(0.01)
         target = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.radians(60), math.radians(60)])
         last.bias.copy_(target / iterations)
+    if config.init_from:
+        _load_initial_weights(model, Path(config.init_from))
     return model
+
+
+def _load_initial_weights(model: nn.Module, folder: Path) -> None:
+    """Start from the weights of an exported teacher ``folder``; ValueError if they do not fit ``model``."""
+    from safetensors.torch import load_file
+
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a teacher folder (no {MODEL_FILE})")
+    state = model.state_dict()
+    tensors = load_file(str(path))
+    missing = sorted(set(state) - set(tensors))
+    unexpected = sorted(set(tensors) - set(state))
+    wrong = sorted(k for k in set(state) & set(tensors) if state[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"the weights in {folder} do not fit this teacher configuration "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape)"
+        )
+    model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
 
 
 def _subset(gaussians, rows: torch.Tensor):
