@@ -33,9 +33,7 @@ def add_train_parser(stitch_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="*", default=[], type=Path, help="roots of scene folders / video files")
     p.add_argument("--stride", type=int, default=1, help="frame stride inside a clip window")
     p.add_argument("--synthetic", type=float, default=0.0, help="sampling weight of synthetic clips (0: none)")
-    p.add_argument(
-        "--world", type=int, default=0, metavar="N", help="N orbit clips of the procedural world (0: none)"
-    )
+    p.add_argument("--world", type=int, default=0, metavar="N", help="N orbit clips of the procedural world (0: none)")
     p.add_argument("--world-weight", type=float, default=1.0, help="sampling weight of the --world clips")
     p.add_argument("--clip-cache", type=Path, help="with --world: keep the rendered clips here")
     p.add_argument("--steps", type=int, default=10000)
@@ -80,6 +78,25 @@ def _stitching_init(path: Path):
     return layer, meta["spec"], meta["layer"]
 
 
+def _clip_sources(args: argparse.Namespace) -> tuple[list, list[float]]:
+    """The clip sources of the command line and their sampling weights; SystemExit when there are none."""
+    from engine.stitching.clips import FolderClips, SyntheticClips, WorldClips
+
+    sources, weights = [], []
+    if args.data:
+        sources.append(FolderClips(args.data, stride=args.stride))
+        weights.append(1.0)
+    if args.synthetic > 0:
+        sources.append(SyntheticClips())
+        weights.append(args.synthetic)
+    if args.world > 0:
+        sources.append(WorldClips(args.world, cache=args.clip_cache, size=args.vae_size))
+        weights.append(args.world_weight)
+    if not sources:
+        raise SystemExit("no training clips: give --data roots, --world N and/or --synthetic WEIGHT")
+    return sources, weights
+
+
 def run_train(args: argparse.Namespace) -> int:
     from engine.training.distributed import close_distributed, init_distributed
 
@@ -92,7 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, context) -> int:
     from engine.models.loading import load_model
-    from engine.stitching.clips import FolderClips, MixedClips, SyntheticClips, WorldClips
+    from engine.stitching.clips import MixedClips
     from engine.stitching.decoder import VAEReference
     from engine.stitching.layer_spec import format_spec, parse_spec
     from engine.stitching.train import DistillationTrainer, TrainConfig
@@ -111,18 +128,7 @@ def _train(args: argparse.Namespace, context) -> int:
         spec, stage = found_spec, found_stage
     spec, stage = spec or RELEASED_SPEC, stage or RELEASED_CUT_STAGE
 
-    sources, weights = [], []
-    if args.data:
-        sources.append(FolderClips(args.data, stride=args.stride))
-        weights.append(1.0)
-    if args.synthetic > 0:
-        sources.append(SyntheticClips())
-        weights.append(args.synthetic)
-    if args.world > 0:
-        sources.append(WorldClips(args.world, cache=args.clip_cache, size=args.vae_size))
-        weights.append(args.world_weight)
-    if not sources:
-        raise SystemExit("no training clips: give --data roots, --world N and/or --synthetic WEIGHT")
+    sources, weights = _clip_sources(args)
 
     config = TrainConfig(
         cut_stage=stage,
