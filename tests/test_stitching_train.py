@@ -274,3 +274,40 @@ def test_cli_search_then_train_then_resume_end_to_end(tmp_path):
     assert redone[4]["loss"] == pytest.approx(records[4]["loss"], rel=1e-4)  # same RNG state -> same step
 
     _check_export_beats_the_search_init(run, search, model_dir, vae_dir, best_stage)
+
+
+def test_stitch_evaluate_reports_both_networks_on_held_out_scenes(tmp_path, capsys):
+    """`stitch evaluate`: the teacher's figures are exactly its own held-out evaluation, the stitched
+    decoder's come from the VAE latent of the same views, and the CLI prints and writes them."""
+    import json
+
+    from engine.cli import main
+    from engine.stitching.evaluate import evaluate_stitched
+    from engine.teachers.data import build_cache, load_cache
+    from engine.teachers.train import evaluate_model
+
+    trainer = make_trainer()
+    decoder_dir = trainer.export(tmp_path / "decoder")
+    build_cache(tmp_path / "data", "heldout", 2, num_views=5, size=56, progress=False)
+    samples = load_cache(tmp_path / "data", "heldout", 2)
+    decoder = StitchedDecoder.from_pretrained(decoder_dir)
+    result = evaluate_stitched(decoder, trainer.teacher, trainer.vae, samples, vae_size=32)
+    teacher_only = evaluate_model(trainer.teacher, samples)
+    for key in ("novel_psnr", "depth_absrel", "rot_err_deg"):
+        assert result[f"teacher_{key}"] == pytest.approx(teacher_only[key], rel=1e-5), key
+        assert math.isfinite(result[f"stitched_{key}"]), key
+    assert result["scenes"] == 2 and math.isfinite(result["stitched_vs_teacher_psnr"])
+    assert result["stitched_vs_teacher_psnr"] < 99  # a random stitch does not reproduce the teacher
+
+    trainer.teacher.save_pretrained(tmp_path / "teacher")
+    trainer.vae.save_pretrained(tmp_path / "vae")
+    args = ["stitch", "evaluate", "--decoder", str(decoder_dir), "--teacher", str(tmp_path / "teacher")]
+    args += ["--vae", str(tmp_path / "vae"), "--data", str(tmp_path / "data"), "--scenes", "2", "--vae-size", "32"]
+    args += ["--json", str(tmp_path / "figures.json"), "--sheet", str(tmp_path / "sheet.png")]
+    assert main(args) == 0
+    assert "stitched renders vs teacher renders" in capsys.readouterr().out
+    written = json.loads((tmp_path / "figures.json").read_text())
+    assert written["stitched_novel_psnr"] == pytest.approx(result["stitched_novel_psnr"], rel=1e-4)
+    import imageio.v3 as iio
+
+    assert iio.imread(tmp_path / "sheet.png").shape[0] == 2 * 3 * 56  # per scene: true views, teacher, stitched

@@ -55,8 +55,56 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int, default=0, help="seed of the synthetic clips")
     search.set_defaults(func=run_search)
     add_train_parser(commands)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="held-out figures of a stitched decoder against its teacher",
+        description="Novel-view PSNR, depth AbsRel and camera error of the teacher (on frames) and the stitched "
+        "decoder (on the video-VAE latent of the same views), and the stitched decoder's renders against the "
+        "teacher's, on held-out scenes of a 'teacher data' cache.",
+    )
+    evaluate.add_argument("--decoder", required=True, type=Path, help="stitched decoder folder (stitch train export)")
+    evaluate.add_argument("--teacher", required=True, help="the 3D network it was cut from (folder, file or hub id)")
+    evaluate.add_argument("--vae", required=True, help="diffusers video VAE folder or pipeline folder")
+    evaluate.add_argument("--data", required=True, type=Path, help="folder written by 'teacher data'")
+    evaluate.add_argument("--scenes", type=int, default=24, help="held-out scenes (default 24)")
+    evaluate.add_argument("--vae-size", type=int, default=128, help="frame size the VAE encodes (default 128)")
+    evaluate.add_argument("--sheet", type=Path, help="write true novel views / teacher / stitched renders to this PNG")
+    evaluate.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    evaluate.add_argument("--threads", type=int, help="torch CPU threads")
+    evaluate.set_defaults(func=run_evaluate)
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
     return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from engine.io.atomic import atomic_write
+    from engine.models.loading import load_model
+    from engine.stitching.decoder import StitchedDecoder
+    from engine.stitching.evaluate import PAIRED_KEYS, evaluate_stitched
+    from engine.stitching.vae import load_video_vae
+    from engine.teachers.data import load_cache
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    decoder = StitchedDecoder.from_pretrained(args.decoder)
+    teacher, _ = load_model(args.teacher, device="cpu")
+    vae = load_video_vae(args.vae)
+    samples = load_cache(args.data, "heldout", args.scenes)
+    result = evaluate_stitched(decoder, teacher, vae, samples, args.vae_size, sheet=args.sheet)
+    print(f"{result['scenes']} held-out scenes          teacher    stitched")
+    for key in PAIRED_KEYS:
+        if f"teacher_{key}" in result:
+            print(f"  {key:<26}{result[f'teacher_{key}']:>9.3f}  {result[f'stitched_{key}']:>9.3f}")
+    if "stitched_vs_teacher_psnr" in result:
+        print(f"  stitched renders vs teacher renders: {result['stitched_vs_teacher_psnr']:.2f} dB")
+    if args.json:
+        with atomic_write(args.json, "w") as f:
+            f.write(json.dumps(result, indent=1))
+    return 0
 
 
 def run_search(args: argparse.Namespace) -> int:
