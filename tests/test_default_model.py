@@ -219,3 +219,16 @@ def test_a_saved_pipeline_keeps_its_bundles_defaults(tiny_with_defaults, tmp_pat
     pipeline = Vist3aPipeline.from_pretrained(tiny_with_defaults, runtime=RuntimeOptions(device="cpu"))
     saved = pipeline.save_pretrained(tmp_path / "saved")
     assert ModelBundle.load(saved).defaults == TINY_DEFAULTS
+
+
+def test_the_readmes_main_job_prompt_is_in_the_default_models_vocabulary():
+    import re
+
+    from engine.generator.text import build_tokenizer, unknown_words
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    prompts = re.findall(r'^python3 build\.py demo "([^"]+)"', readme, flags=re.MULTILINE)
+    assert prompts, "the README shows no main-job command"
+    tokenizer = build_tokenizer()  # the default model's: the procedural world's words
+    for prompt in prompts:
+        assert unknown_words(tokenizer, prompt) == [], prompt
