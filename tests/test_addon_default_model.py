@@ -16,6 +16,7 @@ from test_addon_ui_faults import _run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_WORKER = Path(__file__).resolve().parent / "blender_scripts" / "fake_worker.py"
+PANEL_FIELDS = ("frames", "width", "height", "steps", "guidance")
 DEFAULTS = {"num_frames": 9, "height": 128, "width": 96, "num_steps": 20, "guidance_scale": 4.5, "flow_shift": 3.0}
 
 _spec = importlib.util.spec_from_file_location("vist3a_build_default_model", ROOT / "build.py")
@@ -183,6 +184,8 @@ def test_installed_add_on_uses_its_default_model_and_sends_only_the_artists_choi
     embedded = str(Path(result["extension_dir"]) / "models" / "default")
     assert result["bundle_path"] == "" and result["default_dir"] == embedded
     assert result["model_reference"] == embedded and result["model_defaults"] == DEFAULTS
+    labels = " ".join(text for kind, text in result["preferences_drawn"] if kind == "label")
+    assert "Default model (comes with the add-on):" in labels and "models/default" in labels
     requests = [json.loads(line) for line in Path(f"{started}.requests").read_text().splitlines()]
     assert len(requests) == 2, requests
     assert all(r["model"] == embedded for r in requests)
@@ -190,12 +193,16 @@ def test_installed_add_on_uses_its_default_model_and_sends_only_the_artists_choi
     # Model Defaults on: none of the panel's 512 px values is sent; the unknown word reaches the status.
     assert result["use_model_defaults"] is True and result["panel_before"][:2] == [13, 512]
     assert requests[0]["settings"] == {"prompt": "a red zebra", "seed": 11, "output_kind": "gaussians"}
+    drawn = result["panel_drawn_with_defaults"]
+    assert ["prop", "use_model_defaults"] in drawn and ["prop", "width"] not in drawn
+    assert "9 frames of 96 × 128 px, 20 steps, guidance 4.5" in " ".join(text for _, text in drawn)
     started_ok, kind, level, message = result["with_defaults"]
     assert started_ok == ["FINISHED"] and kind == "result" and level == "WARNING"
     assert "the model does not know: zebra" in message
 
     # Unticked: the fields start from the model's values; the artist's change is sent with them.
     assert result["panel_after_untick"] == [9, 96, 128, 20, 4.5]
+    assert {name for kind, name in result["panel_drawn_own_values"] if kind == "prop"} >= set(PANEL_FIELDS)
     sent = requests[1]["settings"]
     assert (sent["num_frames"], sent["width"], sent["height"], sent["num_steps"]) == (9, 64, 128, 20)
     assert sent["guidance_scale"] == 4.5

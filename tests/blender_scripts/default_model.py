@@ -8,6 +8,7 @@ Used by tests/test_addon_default_model.py.
 
 import importlib
 import os
+import types
 
 import bpy
 from script_io import EXTENSION_MODULE as MODULE
@@ -17,6 +18,7 @@ p = params()
 only_installed_code(p["root"])
 install_extension(p["zip"])
 generation = importlib.import_module(f"{MODULE}.generation")
+panel = importlib.import_module(f"{MODULE}.panel")
 state = importlib.import_module(f"{MODULE}.state")
 prefs = bpy.context.preferences.addons[MODULE].preferences
 settings = bpy.context.scene.vist3a_generate
@@ -28,6 +30,40 @@ out["bundle_path"] = prefs.bundle_path
 out["default_dir"] = prefs.default_bundle_dir()
 out["model_reference"] = prefs.model_reference()
 out["model_defaults"] = prefs.model_defaults()
+
+
+class Recorder:
+    """Stands in for a UILayout (nothing is drawn headless): records labels and property names."""
+
+    def __init__(self):
+        self.items, self.scale_y, self.enabled = [], 1.0, True
+
+    def __getattr__(self, name):  # box, row, column, operator, progress, ...: all record into the same list
+        return lambda *args, **kwargs: self
+
+    def label(self, text="", icon="NONE"):
+        self.items.append(["label", text])
+
+    def prop(self, data, name, **kwargs):
+        self.items.append(["prop", name])
+
+
+# What drawing reads from the context; headless Blender has no region and a UI scale of 0.
+DRAW_CONTEXT = types.SimpleNamespace(
+    region=None,
+    preferences=types.SimpleNamespace(
+        system=types.SimpleNamespace(ui_scale=1.0), addons=bpy.context.preferences.addons
+    ),
+)
+
+
+def drawn(draw):
+    layout = Recorder()
+    draw(layout)
+    return layout.items
+
+
+out["preferences_drawn"] = drawn(lambda layout: prefs._draw_models(layout, DRAW_CONTEXT, ""))
 
 
 def generate():
@@ -47,11 +83,14 @@ settings.prompt = "a red zebra"
 settings.random_seed, settings.seed = False, 11
 out["use_model_defaults"] = settings.use_model_defaults
 out["panel_before"] = [getattr(settings, name) for name in PANEL]
+draw_values = panel.VIST3A_PT_generate.draw_model_values
+out["panel_drawn_with_defaults"] = drawn(lambda layout: draw_values(None, DRAW_CONTEXT, layout, settings))
 out["with_defaults"] = generate()
 
 # 3. Unticking starts the fields from the model's values; what the artist then changes is sent with them.
 settings.use_model_defaults = False
 out["panel_after_untick"] = [getattr(settings, name) for name in PANEL]
+out["panel_drawn_own_values"] = drawn(lambda layout: draw_values(None, DRAW_CONTEXT, layout, settings))
 settings.width = 64
 out["own_values"] = generate()
 
