@@ -30,6 +30,10 @@ VENV = ROOT / ".venv"
 DIST = ROOT / "dist"
 STAMP = VENV / ".vist3a-setup.json"
 MANIFEST = ROOT / "blender_manifest.toml"
+# The embedded default model: shipped inside the extension at the same place relative to the engine package
+# (models/default next to engine/), where engine.pipeline.model_choice finds it.
+DEFAULT_MODEL = ROOT / "models" / "default"
+DEFAULT_MODEL_IN_EXTENSION = Path("models") / "default"
 
 # The CPU build of torch that machines without CUDA install. Where a GPU is present, the CUDA build of
 # the same version is installed instead (the default wheel on PyPI for Linux).
@@ -256,23 +260,78 @@ class BuildError(RuntimeError):
     """The extension could not be validated or built; the message says why."""
 
 
-def stage_extension(stage: Path, manifest: Path) -> None:
-    """Lays out the extension source: the add-on at the root, the engine beside it for the worker."""
+def default_model_files(bundle_dir: Path) -> list[Path]:
+    """The files of the default model bundle in ``bundle_dir`` that the extension ships, relative to it:
+    its ``vist3a.json`` and every file of the parts it names (Wan pipeline folder, LoRA, decoder
+    checkpoint). Files the manifest does not name (e.g. the teachers trained on the way) stay out.
+
+    Returns [] when ``bundle_dir`` has no ``vist3a.json`` (no default model assembled yet). Raises
+    BuildError when the manifest is malformed, names a missing part, or a part outside the folder (a hub
+    id or a path elsewhere): the shipped model must work offline, from the extension alone.
+    """
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from engine.pipeline.settings import BUNDLE_MANIFEST, ModelBundle, ModelBundleError, ModelNotFoundError
+
+    if not (bundle_dir / BUNDLE_MANIFEST).is_file():
+        return []
+    try:
+        bundle = ModelBundle.load(bundle_dir)
+        bundle.check_files()
+    except (ModelBundleError, ModelNotFoundError) as exc:
+        raise BuildError(f"the default model cannot be shipped: {exc}") from exc
+    root = bundle_dir.resolve()
+    parts = {"wan": bundle.wan, "decoder.checkpoint": bundle.decoder_checkpoint}
+    if bundle.lora is not None:
+        parts["lora"] = bundle.lora
+    files = [Path(BUNDLE_MANIFEST)]
+    for key, reference in parts.items():
+        path = (root / reference).resolve()
+        if Path(reference).is_absolute() or not path.is_relative_to(root) or path == root or not path.exists():
+            raise BuildError(
+                f"the default model cannot be shipped: {bundle_dir / BUNDLE_MANIFEST}: {key!r} ({reference}) must be "
+                "a path inside the bundle folder (not a hub id), so that the extension holds the whole model"
+            )
+        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        files += [p.relative_to(root) for p in found if "__pycache__" not in p.parts]
+    return sorted(set(files))
+
+
+def stage_extension(stage: Path, manifest: Path, default_model: Path | None = DEFAULT_MODEL) -> list[Path]:
+    """Lays out the extension source: the add-on at the root, the engine beside it for the worker, and the
+    default model bundle (``default_model_files``) at ``models/default`` beside the engine. Returns the
+    model files shipped ([] when there is no default model)."""
     shutil.copytree(ROOT / "addon", stage, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(manifest, stage / "blender_manifest.toml")
     shutil.copytree(ROOT / "engine", stage / "engine", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("README.md", "pyproject.toml"):
         shutil.copy2(ROOT / name, stage / name)
+    files = default_model_files(default_model) if default_model is not None else []
+    for relative in files:
+        target = stage / DEFAULT_MODEL_IN_EXTENSION / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(default_model / relative, target)
+    return files
 
 
-def build_extension(manifest: Path = MANIFEST, out_dir: Path = DIST) -> Path:
-    """Validates and builds the extension zip with Blender's own tool; returns the zip's path."""
+def build_extension(
+    manifest: Path = MANIFEST, out_dir: Path = DIST, default_model: Path | None = DEFAULT_MODEL
+) -> Path:
+    """Validates and builds the extension zip with Blender's own tool; returns the zip's path.
+
+    ``default_model``: the bundle folder shipped as the add-on's default model (None: none).
+    """
     tool, tags = extension_tool()
     out_dir.mkdir(parents=True, exist_ok=True)
     python = str(venv_python())
     with tempfile.TemporaryDirectory(prefix="vist3a-ext-") as tmp:
         stage = Path(tmp) / "extension"
-        stage_extension(stage, manifest)
+        shipped = stage_extension(stage, manifest, default_model)
+        if shipped:
+            size = sum((default_model / f).stat().st_size for f in shipped) / 1e6
+            log(f"shipping the default model {default_model} ({len(shipped)} files, {size:.1f} MB)")
+        elif default_model is not None:
+            log(f"no default model to ship: {default_model} has no vist3a.json (the add-on will ask for a model)")
         result = subprocess.run(
             [python, str(tool), "validate", "--valid-tags", str(tags), str(stage)], capture_output=True, text=True
         )

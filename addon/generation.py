@@ -18,8 +18,7 @@ from typing import Optional
 
 import bpy
 
-from . import blender_data, client, history, preferences, reading
-from .engine.pipeline.settings import SettingsError
+from . import blender_data, client, generation_request, history, preferences, reading
 from .properties import MAX_SEED_UI
 from .reporting import first_line
 from .state import PREVIEWS, SESSION, SETUP, STATUS
@@ -57,18 +56,18 @@ def start_generation(context) -> str:
     """Sends the scene's settings to the engine; returns the request id. Raises ValueError (ModelMissing
     when no model is configured) or client.EngineUnavailable with a message for the user."""
     prefs = preferences.get(context)
-    settings = context.scene.vist3a_generate
-    try:
-        generation = settings.generation_settings()
-    except SettingsError as exc:
-        raise ValueError(f"Invalid setting: {exc}") from exc
     try:
         model = prefs.model_reference()
+        defaults = prefs.model_defaults()
     except preferences.ModelConfigError as exc:
         raise ModelMissing(str(exc)) from exc
+    # Only what the artist chose is sent; the engine fills in the model's defaults. Checked here first
+    # against the same defaults, so a bad value is reported before the engine starts.
+    request = context.scene.vist3a_generate.request_settings()
+    generation_request.checked_settings(request, defaults)
     request_id = SESSION.start_generation(
         prefs.engine_config(),
-        settings=generation.to_dict(),
+        settings=request,
         model=model,
         runtime=prefs.runtime(),
         output_root=prefs.outputs_dir(),

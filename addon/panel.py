@@ -7,7 +7,7 @@ session state (``state``) and call operators.
 
 import bpy
 
-from . import blender_data, generate_operators, generation, operators
+from . import blender_data, generate_operators, generation, generation_request, operators, preferences
 from .state import PREVIEWS, SESSION, STATUS
 from .ui_text import wrapped_label
 
@@ -80,12 +80,7 @@ class VIST3A_PT_generate(_VIST3APanel, bpy.types.Panel):
         row.prop(settings, "seed")
         row.prop(settings, "random_seed", text="", icon="FILE_REFRESH")
         row.operator(generate_operators.VIST3A_OT_random_seed.bl_idname, text="", icon="MOD_NOISE")
-        column.prop(settings, "steps")
-        column.prop(settings, "guidance")
-        column.prop(settings, "frames")
-        row = column.row(align=True)
-        row.prop(settings, "width")
-        row.prop(settings, "height")
+        self.draw_model_values(context, column, settings)
         column.prop(settings, "output_kind")
         column.prop(settings, "splat_mode")
 
@@ -115,6 +110,25 @@ class VIST3A_PT_generate(_VIST3APanel, bpy.types.Panel):
         layout.prop(settings, "show_history", icon="TRIA_DOWN" if settings.show_history else "TRIA_RIGHT", emboss=False)
         if settings.show_history:
             self.draw_history(context, layout)
+
+    def draw_model_values(self, context, layout, settings):
+        """ "Model Defaults" and either the model's values (read from its manifest) or the fields to set."""
+        layout.prop(settings, "use_model_defaults")
+        if settings.use_model_defaults:
+            try:
+                defaults = preferences.get(context).model_defaults()
+            except preferences.ModelConfigError:
+                wrapped_label(layout, context, "The model's own resolution, frames and steps", icon="INFO")
+                return
+            text = generation_request.summary(generation_request.model_panel_values(defaults))
+            wrapped_label(layout, context, text, icon="INFO")
+            return
+        layout.prop(settings, "steps")
+        layout.prop(settings, "guidance")
+        layout.prop(settings, "frames")
+        row = layout.row(align=True)
+        row.prop(settings, "width")
+        row.prop(settings, "height")
 
     def draw_history(self, context, layout):
         if STATUS.history_root is None:

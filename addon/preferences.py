@@ -1,9 +1,13 @@
 """Add-on preferences: the engine environment, the models, the device and memory options.
 
 Files the add-on owns live in the extension's user directory (``bpy.utils.extension_path_user``),
-which survives upgrades of the extension: the engine environment (``engine-env``), the default model
-bundle (``models/default``), the manifest written for models given part by part (``models/custom``),
-the generations (``outputs``) and the worker's logs (``logs``).
+which survives upgrades of the extension: the engine environment (``engine-env``), a default model
+bundle the user copied there (``models/default``), the manifest written for models given part by part
+(``models/custom``), the generations (``outputs``) and the worker's logs (``logs``).
+
+The default model (the "Bundle" field left empty) is that user copy when it holds a ``vist3a.json``, else
+the *embedded default model* the extension ships in its own folder (``models/default`` beside the bundled
+engine; ``engine.pipeline.model_choice.EMBEDDED_BUNDLE``): it works right after installing, with no download.
 
 The preferences' buttons name their operators (``setup_operators``) by ``bl_idname``: those operators
 read the preferences, so this module does not import them (dependencies point one way).
@@ -14,6 +18,7 @@ import os
 import bpy
 
 from . import client, setup_env
+from .engine.pipeline import model_choice
 from .engine.pipeline.settings import ModelBundle, ModelBundleError, ModelNotFoundError
 from .state import SETUP
 from .ui_text import wrapped_label
@@ -69,14 +74,14 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
     model_source: bpy.props.EnumProperty(
         name="Model",
         items=(
-            ("BUNDLE", "Bundle", "A model bundle folder (with vist3a.json); empty: the default bundle"),
+            ("BUNDLE", "Bundle", "A model bundle folder (with vist3a.json); empty: the default model"),
             ("PARTS", "Parts", "The Wan pipeline, LoRA adapter and stitched decoder given one by one"),
         ),
         default="BUNDLE",
     )
     bundle_path: bpy.props.StringProperty(
         name="Bundle",
-        description="Model bundle folder (with vist3a.json). Empty: the default bundle in the add-on's user folder",
+        description="Model bundle folder (with vist3a.json). Empty: the default model that comes with the add-on",
         subtype="DIR_PATH",
     )
     wan_model: bpy.props.StringProperty(
@@ -173,31 +178,53 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
             "vae_tiling": True if self.vae_tiling else None,
         }
 
+    def default_bundle_dir(self) -> str:
+        """The default model's folder: the user's copy (``models/default`` in the user folder) when it holds
+        a bundle, else the embedded default model shipped in the extension's folder."""
+        user = user_path(DEFAULT_BUNDLE_FOLDER)
+        return user if model_choice.holds_bundle(user) else str(model_choice.embedded_bundle())
+
+    def bundle_dir(self) -> str:
+        """The bundle folder "Bundle" names (the default model's when empty), as an absolute path."""
+        if self.bundle_path:
+            return os.path.abspath(bpy.path.abspath(self.bundle_path))
+        return os.path.abspath(self.default_bundle_dir())
+
+    def load_bundle(self) -> ModelBundle:
+        """The model bundle "Bundle" names. Raises ModelConfigError saying what to do."""
+        path = self.bundle_dir()
+        try:
+            return ModelBundle.load(path)
+        except ModelNotFoundError as exc:
+            if not self.bundle_path:
+                raise ModelConfigError(
+                    f"No model: this copy of the add-on has no default model ({path} has no vist3a.json). "
+                    "Choose a model bundle (a folder with vist3a.json, e.g. the released VIST3A weights) in "
+                    "Preferences > Add-ons > VIST3A > Models > Bundle, or copy one to "
+                    f"{user_path(DEFAULT_BUNDLE_FOLDER)}"
+                ) from exc
+            raise ModelConfigError(
+                f"No model: the bundle folder {path} has no model bundle ({exc}). Choose a folder with "
+                "vist3a.json in Preferences > Add-ons > VIST3A > Models > Bundle"
+            ) from exc
+        except ModelBundleError as exc:
+            raise ModelConfigError(f"The model bundle is malformed: {exc}") from exc
+
+    def model_defaults(self) -> dict:
+        """The chosen model's generation defaults (its manifest's ``defaults``; none for "Parts").
+        Raises ModelConfigError when "Bundle" names no usable bundle. Reads only the manifest."""
+        return self.load_bundle().defaults if self.model_source == "BUNDLE" else {}
+
     def model_reference(self) -> str:
         """The bundle folder to pass to the engine. Raises ModelConfigError for unusable settings.
 
+        With "Bundle": the folder named there, or the default model (``default_bundle_dir``) when empty.
         With "Parts", a manifest naming the given parts (absolute paths, or the hub id) is written to
         ``models/custom`` in the user folder and that folder is the bundle.
         """
         if self.model_source == "BUNDLE":
-            path = bpy.path.abspath(self.bundle_path) if self.bundle_path else user_path(DEFAULT_BUNDLE_FOLDER)
-            path = os.path.abspath(path)
-            try:
-                ModelBundle.load(path)
-            except ModelNotFoundError as exc:
-                if not self.bundle_path:
-                    raise ModelConfigError(
-                        "No model yet: no trained VIST3A model comes with the add-on. Get a model bundle "
-                        "(a folder with vist3a.json, e.g. the released VIST3A weights), then choose it in "
-                        f"Preferences > Add-ons > VIST3A > Models > Bundle, or copy it to {path}"
-                    ) from exc
-                raise ModelConfigError(
-                    f"No model: the bundle folder {path} has no model bundle ({exc}). Choose a folder with "
-                    "vist3a.json in Preferences > Add-ons > VIST3A > Models > Bundle"
-                ) from exc
-            except ModelBundleError as exc:
-                raise ModelConfigError(f"The model bundle is malformed: {exc}") from exc
-            return path
+            self.load_bundle()
+            return self.bundle_dir()
         if not self.wan_model.strip():
             raise ModelConfigError("Model parts: 'Wan Pipeline' is empty (a folder or a hub id)")
         if not self.decoder_path.strip():
@@ -227,7 +254,12 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
 
     def draw(self, context):
         layout = self.layout
-        box = layout.box()
+        python = self._draw_engine(layout.box(), context)
+        self._draw_models(layout.box(), context, python)
+        self._draw_device(layout.box())
+
+    def _draw_engine(self, box, context) -> str:
+        """The engine environment box; returns the engine Python in use ("" when none)."""
         box.label(text="Engine Environment", icon="CONSOLE")
         box.prop(self, "engine_python")
         python = self.resolved_python()
@@ -257,14 +289,23 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
                 column.label(text=line[-160:])
         for line in SETUP.check_lines:
             box.label(text=line)
+        return python
 
-        box = layout.box()
+    def _draw_models(self, box, context, python: str) -> None:
         box.label(text="Models", icon="FILE_BLEND")
         box.row().prop(self, "model_source", expand=True)
         if self.model_source == "BUNDLE":
             box.prop(self, "bundle_path")
             if not self.bundle_path:
-                box.label(text=f"Default bundle: {user_path(DEFAULT_BUNDLE_FOLDER)}")
+                default = self.default_bundle_dir()
+                if not model_choice.holds_bundle(default):
+                    wrapped_label(
+                        box, context, "This copy of the add-on has no default model: choose a bundle", icon="ERROR"
+                    )
+                elif default == user_path(DEFAULT_BUNDLE_FOLDER):
+                    box.label(text=f"Default model (your copy): {default}")
+                else:
+                    box.label(text=f"Default model (comes with the add-on): {default}")
         else:
             box.prop(self, "wan_model")
             box.prop(self, "lora_path")
@@ -279,7 +320,7 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
             wrapped_label(box, context, "Download Models needs the engine: set it up first", icon="INFO")
         box.prop(self, "outputs_path")
 
-        box = layout.box()
+    def _draw_device(self, box) -> None:
         box.label(text="Device and Memory", icon="MEMORY")
         box.prop(self, "device")
         box.prop(self, "dtype")

@@ -6,8 +6,8 @@
 
 import bpy
 
-from . import blender_data, rendering
-from .engine.pipeline.settings import MAX_SEED, GenerationSettings
+from . import blender_data, generation_request, preferences, rendering
+from .engine.pipeline.settings import MAX_SEED
 
 MAX_SEED_UI = MAX_SEED  # the engine keeps seeds within Blender's 32-bit int properties
 
@@ -61,6 +61,18 @@ class VIST3ASceneSettings(bpy.types.PropertyGroup):
     )
 
 
+def _model_defaults_toggled(settings, context):
+    """Unticking "Model Defaults" starts the fields from the model's values (when the model can be read)."""
+    if settings.use_model_defaults:
+        return
+    try:
+        defaults = preferences.get(context).model_defaults()
+    except preferences.ModelConfigError:
+        return  # no usable model yet: the fields keep their values; Generate will say what is missing
+    for name, value in generation_request.model_panel_values(defaults).items():
+        setattr(settings, name, value)
+
+
 class VIST3AGenerateSettings(bpy.types.PropertyGroup):
     """What to generate (stored per scene as ``scene.vist3a_generate``)."""
 
@@ -73,6 +85,13 @@ class VIST3AGenerateSettings(bpy.types.PropertyGroup):
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=MAX_SEED_UI)
     random_seed: bpy.props.BoolProperty(
         name="Random Seed", description="Draw a new seed for every generation (the one used is recorded)", default=True
+    )
+    use_model_defaults: bpy.props.BoolProperty(
+        name="Model Defaults",
+        description="Generate at the resolution, frame count, steps and guidance the model was made for. "
+        "Untick to choose them yourself (the fields start from the model's values)",
+        default=True,
+        update=_model_defaults_toggled,
     )
     steps: bpy.props.IntProperty(name="Steps", description="Denoising steps", default=50, min=1, max=1000)
     guidance: bpy.props.FloatProperty(
@@ -94,19 +113,20 @@ class VIST3AGenerateSettings(bpy.types.PropertyGroup):
     splat_mode: bpy.props.EnumProperty(name="Splats As", items=splat_mode_items)
     show_history: bpy.props.BoolProperty(name="History", default=False)
 
-    def generation_settings(self) -> GenerationSettings:
-        """The engine's settings for these values. Raises SettingsError naming a bad value."""
-        return GenerationSettings(
+    def panel_values(self) -> dict:
+        """The values ``generation_request.request_settings`` reads."""
+        values = {name: getattr(self, name) for name in generation_request.MODEL_DEFAULT_PANEL_FIELDS}
+        values.update(
             prompt=self.prompt,
-            negative_prompt=self.negative_prompt or None,
-            num_frames=self.frames,
-            height=self.height,
-            width=self.width,
-            num_steps=self.steps,
-            guidance_scale=round(self.guidance, 4),
+            negative_prompt=self.negative_prompt,
             seed=None if self.random_seed else self.seed,
             output_kind=self.output_kind,
         )
+        return values
+
+    def request_settings(self) -> dict:
+        """The engine request's settings: what the artist chose (the model's defaults fill in the rest)."""
+        return generation_request.request_settings(self.panel_values(), self.use_model_defaults)
 
 
 def register_properties():

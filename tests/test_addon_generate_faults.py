@@ -63,6 +63,7 @@ def test_generate_faults_leave_the_scene_and_blender_intact(extension_zip, tmp_p
         "root": str(ROOT),
         "zip": str(extension_zip),
         "bundle": str(bundle),
+        "not_a_bundle": str(tmp_path),
         "wrappers": wrappers,
         "python": sys.executable,
     }
@@ -74,7 +75,7 @@ def test_generate_faults_leave_the_scene_and_blender_intact(extension_zip, tmp_p
     outcome, message = result["missing_python"]
     assert outcome == ["CANCELLED"] and "/nonexistent/engine/python" in message and "Preferences" in message
     outcome, message = result["missing_model"]
-    assert outcome == ["CANCELLED"] and "No model" in message and "Preferences" in message
+    assert outcome == ["CANCELLED"] and "No model" in message and "Preferences" in message and str(tmp_path) in message
 
     outcome, message = result["garbage_start"]
     assert outcome == ["CANCELLED"] and "did not start the VIST3A engine worker" in message

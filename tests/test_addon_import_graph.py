@@ -13,7 +13,7 @@ ADDON = Path(__file__).resolve().parents[1] / "addon"
 PACKAGE = "addon"
 
 # Modules that must never import bpy (directly or through another add-on module).
-BPY_FREE = {"conversions", "ui_text", "history", "reading", "reporting", "client", "setup_env"}
+BPY_FREE = {"conversions", "ui_text", "history", "reading", "reporting", "client", "setup_env", "generation_request"}
 
 
 def _module_name(path: Path) -> str:

@@ -17,22 +17,27 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.blender
 def test_build_demo_generates_imports_and_renders(tmp_path):
+    # The user's default model folder holds a tiny bundle whose defaults are small: with no --model and no
+    # size options the demo must find it and generate at its defaults.
+    from engine.testing.tiny import build_tiny_bundle
+
+    home = tmp_path / "home"
+    defaults = {"num_frames": 5, "height": 32, "width": 32, "num_steps": 2}
+    build_tiny_bundle(home / "models" / "default", defaults=defaults)
     out = tmp_path / "run"
-    env = dict(os.environ, VIST3A_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    env = dict(os.environ, VIST3A_HOME=str(home), OMP_NUM_THREADS="1")
     env.pop("VIST3A_MODEL", None)
-    command = [sys.executable, str(ROOT / "build.py"), "demo", "a red chair", "--out", str(out)]
-    command += ["--frames", "5", "--size", "32", "--steps", "2"]
+    command = [sys.executable, str(ROOT / "build.py"), "demo", "a red house", "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # With no trained model on the machine it says so plainly and uses the tiny random one.
-    assert "TINY RANDOMLY INITIALISED" in done.stdout
-    assert (tmp_path / "home" / "models" / "tiny-random" / "vist3a.json").is_file()
+    assert f"Model: {home / 'models' / 'default'} (from the default model folder)" in done.stdout
     for name in ("scene.ply", "cameras.json", "frames.mp4", "depth.mp4", "flythrough.mp4", "metadata.json"):
         assert (out / name).stat().st_size > 0, name
     gaussians = read_gaussian_ply(out / "scene.ply")
     assert len(gaussians.means) == 5 * 28 * 28 and np.isfinite(gaussians.means).all()
     assert len(read_cameras_json(out / "cameras.json").camera_to_world) == 5
-    assert json.loads((out / "metadata.json").read_text())["settings"]["prompt"] == "a red chair"
+    settings = json.loads((out / "metadata.json").read_text())["settings"]
+    assert settings["prompt"] == "a red house" and {k: settings[k] for k in defaults} == defaults
     png = out / "render.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Cycles render" in done.stdout

@@ -7,6 +7,7 @@ decoder's loader in one that writes to stdout, for end-to-end generation on the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from test_pipeline_tiny import build_tiny_bundle
 
+from engine.io.run_format import read_run_metadata
 from engine.pipeline.run_folder import OUTPUT_FILES
 from engine.worker import protocol
 from engine.worker.client import WorkerDied, WorkerProcess
@@ -258,6 +260,25 @@ def test_release_then_generate_reloads(tiny_worker, bundle, tmp_path):
     assert final["type"] == "done" and final["released"] is True
     final, events = _collect(tiny_worker, tiny_worker.send("generate", settings=TINY, output_dir=str(tmp_path / "f")))
     assert final["type"] == "result" and events[0]["stage"] == "load"
+
+
+@pytest.mark.slow
+def test_generate_takes_the_models_defaults_for_settings_left_out(tiny_worker, bundle, tmp_path):
+    # The tiny bundle's parts under a manifest that carries defaults (small, and unlike TINY).
+    manifest = json.loads((bundle / "vist3a.json").read_text())
+    manifest["wan"], manifest["decoder"]["checkpoint"] = str(bundle / "wan"), str(bundle / "decoder")
+    manifest["defaults"] = {"num_frames": 9, "height": 48, "width": 32, "num_steps": 1, "guidance_scale": 2.0}
+    with_defaults = tmp_path / "with-defaults"
+    with_defaults.mkdir()
+    (with_defaults / "vist3a.json").write_text(json.dumps(manifest))
+    settings = {"prompt": "a red house", "seed": 3, "width": 16}  # the width given wins
+    final = tiny_worker.request(
+        "generate", timeout=180, settings=settings, model=str(with_defaults), output_dir=str(tmp_path / "run")
+    )
+    assert final["type"] == "result", final
+    used = read_run_metadata(tmp_path / "run")["settings"]
+    assert (used["num_frames"], used["height"], used["width"], used["num_steps"]) == (9, 48, 16, 1)
+    assert used["guidance_scale"] == 2.0 and used["flow_shift"] == 5.0  # no default for it: the engine's
 
 
 @pytest.mark.slow

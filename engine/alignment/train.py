@@ -569,7 +569,7 @@ class AlignmentTrainer:
 
 
 def write_finetuned_bundle(base: ModelBundle, out_dir: Path, adapter: str, steps: int) -> Path:
-    """A bundle manifest in ``out_dir``: the base bundle's Wan model and decoder, our adapter as LoRA.
+    """A bundle manifest in ``out_dir``: the base bundle's Wan model, decoder and defaults, our adapter as LoRA.
 
     Local parts of the base bundle are referenced by absolute path.
     """
@@ -587,6 +587,7 @@ def write_finetuned_bundle(base: ModelBundle, out_dir: Path, adapter: str, steps
         decoder_checkpoint=reference(base.decoder_checkpoint),
         lora=adapter,
         extra={**base.extra, "reward_finetuning": {"steps": steps, "base_bundle": str(base.root)}},
+        defaults=base.defaults,  # the finetuned model works at the base model's sizes
     )
     if "anysplat" in bundle.extra:
         bundle.extra["anysplat"] = reference(bundle.extra["anysplat"])

@@ -5,7 +5,9 @@ add-on can validate its panel values with the same rules.
 
 Defaults follow the VIST3A inference recipe (Wan 2.1 + stitched AnySplat): 13 frames at 512 x 512,
 50 UniPC flow-matching steps with flow shift 5, classifier-free guidance 7.5, the prompt wrapped in an
-orbit-camera template and a long negative prompt.
+orbit-camera template and a long negative prompt. A model bundle may set its own defaults (its manifest's
+``defaults`` object, e.g. the embedded default model's 13 frames of 128 x 128): a setting takes, in order,
+the value the user gave, the model's default, the default here (``ModelBundle.generation_settings``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,23 @@ BUNDLE_VERSION = 1
 # Seeds stay within a signed 32-bit int: Blender's integer properties (the add-on's Seed field) hold no more.
 MAX_SEED = 2**31 - 1
 
+# The generation settings a model bundle may give defaults for (its manifest's "defaults" object): what
+# the model was made for. The prompt and the seed are the user's alone; reusing text embeddings is a
+# runtime choice.
+MODEL_DEFAULT_FIELDS = (
+    "negative_prompt",
+    "orbit_template",
+    "num_frames",
+    "height",
+    "width",
+    "num_steps",
+    "guidance_scale",
+    "flow_shift",
+    "output_kind",
+    "conditioning",
+    "voxel_merge",
+)
+
 
 class SettingsError(ValueError):
     """A generation setting or runtime option is invalid; the message names it and the allowed range."""
@@ -75,7 +94,7 @@ def _check_manifest_header(data, fail: Callable[[str], None]) -> None:
         fail(f"'format' must be {BUNDLE_FORMAT!r}, got {data.get('format')!r}")
     if data.get("version") != BUNDLE_VERSION:
         fail(f"'version' must be {BUNDLE_VERSION}, got {data.get('version')!r}")
-    known = {"format", "version", "name", "wan", "wan_revision", "lora", "decoder", "extra"}
+    known = {"format", "version", "name", "wan", "wan_revision", "lora", "decoder", "extra", "defaults"}
     unknown = sorted(set(data) - known)
     if unknown:
         fail(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -271,6 +290,26 @@ class RuntimeOptions:
         return _from_dict(cls, data, "runtime")
 
 
+def check_model_defaults(defaults) -> dict:
+    """Validates a bundle's ``defaults`` object; returns it (a copy). Raises ModelBundleError naming the bad key.
+
+    Keys are ``MODEL_DEFAULT_FIELDS``; values follow the rules of :class:`GenerationSettings` (e.g.
+    ``num_frames`` 4k+1, ``height`` a multiple of 16).
+    """
+    if not isinstance(defaults, dict):
+        raise ModelBundleError(f"'defaults' must be an object, got {type(defaults).__name__}")
+    unknown = sorted(set(defaults) - set(MODEL_DEFAULT_FIELDS))
+    if unknown:
+        raise ModelBundleError(
+            f"'defaults' has unknown key(s) {', '.join(unknown)}; known: {', '.join(MODEL_DEFAULT_FIELDS)}"
+        )
+    try:
+        GenerationSettings(prompt="-", **defaults)
+    except SettingsError as exc:
+        raise ModelBundleError(f"'defaults': {exc}") from exc
+    return dict(defaults)
+
+
 def looks_like_hub_id(reference: str) -> bool:
     """ "owner/name" with no path-like start is a Hugging Face hub id (when no such local folder exists)."""
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", reference)) and not reference.startswith(".")
@@ -288,11 +327,14 @@ class ModelBundle:
           "wan": "wan",                        # diffusers WanPipeline folder, or a hub id
           "wan_revision": null,                # hub revision (commit/tag) when "wan" is a hub id
           "lora": "vist3a_1.3b_lora_ema",      # PEFT adapter folder for the transformer, or null
-          "decoder": {"kind": "anysplat-stitched", "checkpoint": "anysplat_stitched.safetensors"}
+          "decoder": {"kind": "anysplat-stitched", "checkpoint": "anysplat_stitched.safetensors"},
+          "defaults": {"num_frames": 13, "height": 128, "width": 128}   # optional: what the model was made for
         }
 
     Relative paths are relative to the bundle folder. Attributes hold the manifest's values; the
-    ``*_path`` properties resolve them.
+    ``*_path`` properties resolve them. ``defaults`` (optional) holds generation settings
+    (``MODEL_DEFAULT_FIELDS``) that the model works best with; settings a user leaves out take them
+    (:meth:`generation_settings`). Raises ModelBundleError on construction for invalid defaults.
     """
 
     root: Path
@@ -303,6 +345,18 @@ class ModelBundle:
     lora: Optional[str] = None
     wan_revision: Optional[str] = None
     extra: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "defaults", check_model_defaults(self.defaults))
+
+    def generation_settings(self, given: dict) -> GenerationSettings:
+        """The settings of a generation with this model: ``given`` (the fields the user set, by
+        GenerationSettings field name; a field present with null counts as given), else the model's
+        ``defaults``, else GenerationSettings' own defaults. Raises SettingsError naming a bad value."""
+        if not isinstance(given, dict):
+            raise SettingsError(f"settings must be a JSON object, got {type(given).__name__}")
+        return GenerationSettings.from_dict({**self.defaults, **given})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModelBundle:
@@ -339,6 +393,10 @@ class ModelBundle:
         extra = data.get("extra", {})
         if not isinstance(extra, dict):
             fail("'extra' must be an object")
+        try:
+            defaults = check_model_defaults(data.get("defaults", {}))
+        except ModelBundleError as exc:
+            fail(str(exc))
         return cls(
             root=Path(root),
             name=data["name"],
@@ -348,10 +406,11 @@ class ModelBundle:
             lora=data.get("lora"),
             wan_revision=data.get("wan_revision"),
             extra=extra,
+            defaults=defaults,
         )
 
     def to_manifest(self) -> dict:
-        return {
+        manifest = {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
             "name": self.name,
@@ -361,6 +420,9 @@ class ModelBundle:
             "decoder": {"kind": self.decoder_kind, "checkpoint": self.decoder_checkpoint},
             "extra": self.extra,
         }
+        if self.defaults:  # written only when set, so bundles without defaults keep their manifest
+            manifest["defaults"] = dict(self.defaults)
+        return manifest
 
     def save(self) -> Path:
         """Writes the manifest into ``root`` (created if needed); returns the manifest path."""

@@ -370,7 +370,8 @@ class Vist3aPipeline:
 
         Layout: ``wan/`` (a diffusers ``WanPipeline`` folder; a LoRA applied on load is saved merged into the
         transformer), ``decoder/`` (``StitchedDecoder.save_pretrained``) and ``vist3a.json`` (decoder kind
-        ``stitched``; the decoder's default voxel size as ``extra.voxel_size``). Written atomically.
+        ``stitched``; the decoder's default voxel size as ``extra.voxel_size``; the loaded bundle's generation
+        ``defaults``). Written atomically.
 
         Raises:
             ValueError: the 3D decoder is not a stitched decoder whose settings the ``stitched`` kind keeps
@@ -407,6 +408,7 @@ class Vist3aPipeline:
                 decoder_kind=STITCHED_KIND,
                 decoder_checkpoint="decoder",
                 extra=extra,
+                defaults=self.model_identity.get("manifest", {}).get("defaults", {}),
             ).save()
         return directory
 

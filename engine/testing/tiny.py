@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised models built from the *real* model classes, for tests, benchmarks and the demo.
+"""Tiny, randomly initialised models built from the *real* model classes, for tests and benchmarks.
 
 Everything tiny lives here: the bundle of the pipeline (below), the VGGT / AnySplat configurations
 (``tiny_vggt_config``, ``tiny_anysplat_config``), the stitch-finetuning set-up (``tiny_trainer``), tiny video
@@ -12,9 +12,9 @@ transformer, and a stitched decoder checkpoint (a tiny AnySplat cut after DINOv2
 Wan-shaped Conv3D stitching layer, as the released VIST3A stitch). Every size is tiny, so a whole
 generation runs in seconds on a CPU.
 
-The weights are random: the scenes it produces are noise. It exists so that the tests and the demo
-exercise the full chain (text -> latent -> stitched decoder -> files -> Blender) on any machine, and the
-demo says so plainly when it falls back to it. The one deliberate choice in the weights: the camera
+The weights are random: the scenes it produces are noise. It exists so that the tests exercise the full
+chain (text -> latent -> stitched decoder -> files -> Blender) on any machine; no user path falls back to
+it (the demo uses a trained model or stops with a message). The one deliberate choice in the weights: the camera
 head's last layer is set so that the predicted cameras are valid (unit quaternion, 60 degree field of
 view, small translations), since a random camera head predicts degenerate fields of view.
 """
@@ -55,14 +55,19 @@ WORDS = (
 ).split()
 
 
-def build_tokenizer():
-    """A UMT5-style tokenizer (unigram over a few words plus single letters) as ``T5TokenizerFast``."""
+def build_tokenizer(closed_vocabulary: bool = False):
+    """A UMT5-style tokenizer (unigram over a few words plus single letters) as ``T5TokenizerFast``.
+
+    ``closed_vocabulary``: the words only, no single letters, so a word outside ``WORDS`` becomes ``<unk>``
+    (as with the default model's tokenizer: ``engine.generator.text.unknown_words`` reports it).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab += [("\u2581" + word, -1.0) for word in WORDS]
-    vocab += [(char, -5.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789,.:;'-"] + [("\u2581", -6.0)]
+    if not closed_vocabulary:
+        vocab += [(char, -5.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789,.:;'-"] + [("\u2581", -6.0)]
     backend = Tokenizer(models.Unigram(vocab, unk_id=2))
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
     backend.decoder = decoders.Metaspace()
@@ -72,12 +77,13 @@ def build_tokenizer():
     )
 
 
-def build_wan_pipeline(seed: int = 0):
-    """A diffusers ``WanPipeline`` of tiny real components (16 latent channels, 8x spatial, 4x temporal)."""
+def build_wan_pipeline(seed: int = 0, closed_vocabulary: bool = False):
+    """A diffusers ``WanPipeline`` of tiny real components (16 latent channels, 8x spatial, 4x temporal);
+    ``closed_vocabulary`` as in :func:`build_tokenizer`."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(closed_vocabulary)
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(
         UMT5Config(
@@ -165,13 +171,22 @@ def _make_cameras_valid(camera_head: torch.nn.Module, seed: int) -> None:
         last.bias.copy_(target / iterations)
 
 
-def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0, visible: bool = False) -> Path:
+def build_tiny_bundle(
+    root: str | Path,
+    with_lora: bool = False,
+    seed: int = 0,
+    visible: bool = False,
+    defaults: Optional[dict] = None,
+    closed_vocabulary: bool = False,
+) -> Path:
     """Writes a complete tiny bundle into ``root`` (created; must not hold a bundle yet); returns it.
 
     ``visible``: use the visible tiny AnySplat as the decoder's network (see :func:`build_stitched_decoder`).
+    ``defaults``: the manifest's generation defaults (``ModelBundle.defaults``), e.g. small sizes.
+    ``closed_vocabulary``: a tokenizer without single letters, so unknown words are reported.
     """
     root = Path(root)
-    pipe = build_wan_pipeline(seed)
+    pipe = build_wan_pipeline(seed, closed_vocabulary)
     pipe.save_pretrained(str(root / "wan"))
     lora = None
     if with_lora:
@@ -185,7 +200,8 @@ def build_tiny_bundle(root: str | Path, with_lora: bool = False, seed: int = 0, 
         decoder_kind=TINY_DECODER_KIND,
         decoder_checkpoint="decoder",
         lora=lora,
-        extra={"note": "randomly initialised tiny model for tests and demos; its scenes are noise"},
+        extra={"note": "randomly initialised tiny model for tests; its scenes are noise"},
+        defaults=defaults or {},
     )
     bundle.save()
     return root

@@ -44,7 +44,8 @@ Fields:
   lets the engine's memory policy decide from the free GPU memory (recorded in metadata.json).
 - ``settings``: the generation settings (``engine.pipeline.settings.GenerationSettings`` field names): prompt,
   negative_prompt, orbit_template, num_frames, height, width, num_steps, guidance_scale, flow_shift,
-  seed, output_kind ("gaussians" | "points"), reuse_text_embeddings. Only ``prompt`` is required.
+  seed, output_kind ("gaussians" | "points"), reuse_text_embeddings. Only ``prompt`` is required; a field
+  left out takes the model's default (the bundle manifest's ``defaults``), else the engine's.
 - ``output_dir``: the run folder to create (must not exist); or ``output_root``: a folder in which
   the worker creates a new, uniquely named run folder.
 - ``preview_every``: send a low-resolution preview image every N denoising steps (0 or absent: none).

@@ -257,12 +257,17 @@ class Worker:
         iio.imwrite(path, image)
         return str(path)
 
-    def _pipeline_for(self, model: Optional[str], runtime_fields: Optional[dict], request_id: str, cancel):
-        """The loaded pipeline for (model, runtime), loading it (and dropping another) if needed."""
-        runtime = RuntimeOptions.from_dict(runtime_fields or {})
+    def _model(self, model: Optional[str]) -> str:
+        """The request's model, else the one loaded last. Raises SettingsError when there is neither."""
         model = model or self._last_model
         if model is None:
             raise SettingsError("no model given and none loaded yet: pass 'model' (a bundle folder)")
+        return model
+
+    def _pipeline_for(self, model: Optional[str], runtime_fields: Optional[dict], request_id: str, cancel):
+        """The loaded pipeline for (model, runtime), loading it (and dropping another) if needed."""
+        runtime = RuntimeOptions.from_dict(runtime_fields or {})
+        model = self._model(model)
         bundle = ModelBundle.load(model)
         key = (str(bundle.root), json.dumps(bundle.to_manifest(), sort_keys=True), runtime)
         if self._pipeline is not None and self._pipeline_key == key:
@@ -289,14 +294,18 @@ class Worker:
         }
 
     def _handle_generate(self, request: protocol.Request, cancel: threading.Event) -> tuple[str, dict]:
-        settings = GenerationSettings.from_dict(request.get("settings"))
-        if settings.seed is None:  # drawn here so that the run folder's name can carry it
-            settings = settings.replace(seed=secrets.randbelow(MAX_SEED + 1))
+        given = request.get("settings")
+        GenerationSettings.from_dict(given)  # the values given are checked before any model is read
         if request.get("output_dir") is not None:
             out_dir = Path(request.get("output_dir")).expanduser()
             if out_dir.exists():
                 raise FileExistsError(f"output folder {out_dir} already exists")
-        pipeline, _ = self._pipeline_for(request.get("model"), request.get("runtime"), request.id, cancel)
+        model = self._model(request.get("model"))
+        # Settings left out take the model's defaults (its manifest's "defaults"), then the engine's.
+        settings = ModelBundle.load(model).generation_settings(given)
+        if settings.seed is None:  # drawn here so that the run folder's name can carry it
+            settings = settings.replace(seed=secrets.randbelow(MAX_SEED + 1))
+        pipeline, _ = self._pipeline_for(model, request.get("runtime"), request.id, cancel)
         from engine.pipeline.run_folder import unique_run_dir, write_outputs
 
         if request.get("output_root") is not None:

@@ -1,8 +1,10 @@
 """A fake engine worker: speaks the protocol just enough, then misbehaves as its mode says.
 
 Run as ``python fake_worker.py MODE STARTED_JSON [worker arguments...]`` (by the wrapper scripts of
-tests/test_addon_generate_faults.py, which stand in for an engine Python). Modes: ``garbage-start``
-(the first line is not protocol), ``garbage-mid`` (garbage during a run), ``hang`` (stops answering).
+tests/test_addon_generate_faults.py and tests/test_addon_default_model.py, which stand in for an engine
+Python). Modes: ``garbage-start`` (the first line is not protocol), ``garbage-mid`` (garbage during a run),
+``hang`` (stops answering), ``record`` (appends each generate request to STARTED_JSON + ".requests", one JSON
+line each, and answers with a result: the run folder ``$VIST3A_FAKE_RUN``, the unknown word "zebra").
 Not run under Blender; it lives here with the scripts that drive it.
 """
 
@@ -39,6 +41,12 @@ for line in sys.stdin:
             send({"type": "done", "id": request["id"], "command": request["type"]})
         continue
     send({"type": "progress", "id": request["id"], "stage": "load", "step": 1, "total": 1})
+    if mode == "record":
+        with open(sys.argv[2] + ".requests", "a") as file:
+            file.write(json.dumps(request) + "\n")
+        run = os.environ["VIST3A_FAKE_RUN"]
+        send({"type": "result", "id": request["id"], "output_dir": run, "seed": 5, "unknown_words": ["zebra"]})
+        continue
     if mode == "garbage-mid":
         sys.stdout.write("\x00\x01 some library printed this\n")
         sys.stdout.flush()

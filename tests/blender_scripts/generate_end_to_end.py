@@ -31,6 +31,7 @@ scene = bpy.context.scene
 scene.cursor.location = (1.0, 2.0, 3.0)
 settings = scene.vist3a_generate
 settings.prompt = "a red house"
+settings.use_model_defaults = False  # the tiny bundle has no defaults: the engine's 512 px would take ages
 settings.frames, settings.width, settings.height, settings.steps = 5, 32, 32, 3
 settings.random_seed, settings.seed = False, 7
 out = {}

@@ -2,7 +2,7 @@
 or hang (fake workers), recovery, offline setup buttons, "Check engine", and a clean disable.
 
 Parameters: ``root`` (the repository, taken off ``sys.path``), ``zip``, ``bundle`` (a fake model
-bundle), ``wrappers`` (mode -> fake engine Python), ``python`` (the project's Python).
+bundle), ``not_a_bundle`` (a folder without one), ``wrappers`` (mode -> fake engine Python), ``python`` (the project's Python).
 Used by tests/test_addon_generate_faults.py.
 """
 
@@ -47,7 +47,7 @@ out["missing_poll"] = generate()
 prefs.engine_python = "/nonexistent/engine/python"
 prefs.bundle_path = p["bundle"]
 out["missing_python"] = generate()
-prefs.bundle_path = ""
+prefs.bundle_path = p["not_a_bundle"]
 prefs.engine_python = p["wrappers"]["hang"]
 out["missing_model"] = generate()
 prefs.bundle_path = p["bundle"]
