@@ -6,6 +6,8 @@
     python build.py build            validate and build the Blender extension zip into dist/
     python build.py demo "PROMPT"    generate a scene with the best local model, import it into
                                      Blender and render it with Cycles
+    python build.py train-default ARGS  train the embedded default model stage by stage (resumable):
+                                     python -m engine train default ARGS (--help lists them)
 
 Run ``python build.py COMMAND --help`` for the options of each command.
 """
@@ -418,6 +420,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_default(engine_args: list[str]) -> int:
+    """Sets up if needed, then runs ``python -m engine train default ENGINE_ARGS`` in the current folder
+    (relative paths stay the caller's); its exit status is returned."""
+    ensure_setup()
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    command = [str(venv_python()), "-m", "engine", "train", "default", *engine_args]
+    return subprocess.run(command, env=env).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="build.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -447,7 +459,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser(
+        "train-default",
+        help="train the embedded default model from data to bundle, stage by stage (resumable); "
+        "ARGS go to 'python -m engine train default' (see its --help)",
+    )
+    p.add_argument("engine_args", nargs=argparse.REMAINDER, help="e.g. --work runs/default [--plan] [--scale smoke]")
+    p.set_defaults(func=lambda args: cmd_train_default(args.engine_args))
+
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-default"]:
+        # Everything after "train-default" goes to the engine verbatim (--help included).
+        return cmd_train_default(argv[1:])
     if argv[:1] == ["test"] and not {"-h", "--help"} & set(argv[1:2]):
         # Everything after "test" goes to pytest verbatim (options such as -k NAME included).
         return cmd_test(argparse.Namespace(pytest_args=argv[1:]))

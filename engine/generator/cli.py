@@ -1,5 +1,8 @@
 """``python -m engine train vae|video``: train the default model's generator on the procedural world.
 
+(``python -m engine train default``, the whole default model stage by stage, is
+:mod:`engine.training.default_chain`.)
+
 Each stage writes a run folder (see :mod:`engine.generator.runs`) and, when its steps are done, its
 exported part: ``RUN/vae`` (diffusers ``AutoencoderKLWan`` folder) or ``RUN/pipeline`` (a whole
 ``WanPipeline`` folder). ``--export DIR`` also writes that part to DIR (e.g. into models/default/).
@@ -60,7 +63,9 @@ VAE_HELP = {
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train the default model's generator (vae, video)")
+    parser = subparsers.add_parser(
+        "train", help="train the default model's generator (vae, video) or the whole default model (default)"
+    )
     stages = parser.add_subparsers(dest="stage", metavar="STAGE")
 
     vae = stages.add_parser("vae", help="train the Wan video VAE on the world's clips")
@@ -87,6 +92,10 @@ def add_parser(subparsers) -> None:
     video.add_argument("--clip-cache", type=Path, default=None, help="rendered clip folder (default: OUT/clips)")
     _add_config_options(video, VideoConfig, VIDEO_HELP)
     video.set_defaults(func=run_video)
+
+    from engine.training.default_chain import add_parser as add_default_chain
+
+    add_default_chain(stages)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
