@@ -37,3 +37,32 @@ def test_wrong_frames_fail_the_check():
 def test_pixels_are_labelled_under_shading():
     names, labels = label_pixels(np.array([[[0.43, 0.07, 0.06], [0.62, 0.78, 0.95]]]))  # a shaded red, clear sky
     assert names[labels[0, 0]] == "object:red" and names[labels[0, 1]] == "sky:clear"
+
+
+def test_every_world_caption_parses_to_its_layout():
+    """parse_caption reads back the objects and relations of the world's own captions, so any prompt in
+    the world's grammar (the README's, a reviewer's) can be checked in a frame."""
+    import pytest
+
+    from engine.generator.quality import parse_caption
+
+    dataset = SyntheticClipDataset(60, split="train", num_frames=1, height=8, width=8)
+    for index in range(60):
+        scene = generate_scene(dataset.item_seed(index))
+        layout = parse_caption(scene.caption)
+        assert sorted((o.color_name, o.shape) for o in layout.objects) == sorted(
+            (o.color_name, o.shape) for o in scene.objects
+        )
+
+        def stated(objects, relations):
+            return sorted((objects[r.subject].color_name, r.relation, objects[r.anchor].color_name) for r in relations)
+
+        assert stated(layout.objects, layout.relations) == stated(scene.objects, scene.relations), scene.caption
+        assert layout.floor == scene.floor_color_name
+    readme = parse_caption("a yellow tree to the left of a blue house on a beige floor under a sunset sky")
+    assert [o.shape for o in readme.objects] == ["tree", "house"] and readme.sky == "sunset"
+    assert [(r.subject, r.relation, r.anchor) for r in readme.relations] == [(0, "to the left of", 1)]
+    with pytest.raises(ValueError, match="'chair' is not a shape of the world"):
+        parse_caption("a red chair to the left of a blue cube")
+    with pytest.raises(ValueError, match="says where nothing is"):
+        parse_caption("a red cube and a blue cube")

@@ -13,11 +13,13 @@ at the floor, where a nearer object stands lower in the image.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.data import FLOOR_COLORS, OBJECT_COLORS, SKY_COLORS, SyntheticScene
+from engine.data.scenes import OBJECT_SHAPES
 
 _BRIGHTNESS = (0.35, 1.1)
 MIN_FRACTION = 0.003  # 49 pixels of a 128 x 128 frame
@@ -46,6 +48,83 @@ def label_pixels(frame: np.ndarray) -> tuple[list[str], np.ndarray]:
     return names, residual.argmin(axis=1).reshape(frame.shape[:2])
 
 
+RELATION_WORDS = ("to the left of", "to the right of", "in front of", "behind")
+
+
+@dataclass(frozen=True)
+class NamedObject:
+    """An object a caption names: its colour (a key of ``OBJECT_COLORS``) and shape."""
+
+    color_name: str
+    shape: str
+
+
+@dataclass(frozen=True)
+class NamedRelation:
+    """``objects[subject]`` is ``relation`` ``objects[anchor]`` (indices into the caption's objects)."""
+
+    subject: int
+    relation: str
+    anchor: int
+
+
+@dataclass(frozen=True)
+class CaptionLayout:
+    """What a caption of the world's grammar states, in the form :func:`check_frame` reads."""
+
+    objects: tuple[NamedObject, ...]
+    relations: tuple[NamedRelation, ...]
+    floor: str | None
+    sky: str | None
+
+
+def parse_caption(caption: str) -> CaptionLayout:
+    """The objects and relations a caption of the world's grammar names (``engine.data.describe_layout``:
+    "a red cube to the left of a blue sphere and a green cone behind the red cube, on a grey floor under
+    a clear sky"), so that any such prompt, not only a world scene's, can be checked in a frame.
+
+    Raises ValueError naming the part of the caption that does not follow the grammar (an unknown colour or
+    shape, a clause without a relation, a colour named for two different objects).
+    """
+    text = " ".join(caption.lower().strip().rstrip(".").split())
+    floor = sky = None
+    ground = re.search(r",? on an? ([a-z ]+?) floor(?: under an? ([a-z]+) sky)?$", text)
+    if ground:
+        floor, sky = ground.group(1), ground.group(2)
+        text = text[: ground.start()]
+    clauses = [c for c in re.split(r", and |, | and ", text) if c]
+    if not clauses:
+        raise ValueError(f"the caption {caption!r} names no object")
+    objects: list[NamedObject] = []
+    relations: list[NamedRelation] = []
+
+    def index_of(phrase: str) -> int:
+        words = phrase.split()
+        if len(words) != 3 or words[0] not in ("a", "an", "the") or words[1] not in OBJECT_COLORS:
+            raise ValueError(f"{phrase!r} is not 'a COLOUR SHAPE' with a colour of the world")
+        if words[2] not in OBJECT_SHAPES:
+            raise ValueError(f"{phrase!r}: {words[2]!r} is not a shape of the world")
+        found = NamedObject(words[1], words[2])
+        for i, known in enumerate(objects):
+            if known.color_name == found.color_name:
+                if known != found:
+                    raise ValueError(f"the colour {found.color_name} names two objects ({known.shape}, {found.shape})")
+                return i
+        objects.append(found)
+        return len(objects) - 1
+
+    for clause in clauses:
+        relation = next((r for r in RELATION_WORDS if f" {r} " in f" {clause} "), None)
+        if relation is None:
+            if len(clauses) > 1:
+                raise ValueError(f"{clause!r} says where nothing is (no relation such as 'to the left of')")
+            index_of(clause)
+            continue
+        subject, anchor = (part.strip() for part in clause.split(f" {relation} ", 1))
+        relations.append(NamedRelation(index_of(subject), relation, index_of(anchor)))
+    return CaptionLayout(tuple(objects), tuple(relations), floor, sky)
+
+
 @dataclass
 class FrameCheck:
     """What a frame shows of a scene's caption."""
@@ -62,8 +141,11 @@ class FrameCheck:
         return float(np.mean(self.relations_correct)) if self.relations_correct else float("nan")
 
 
-def check_frame(frame: np.ndarray, scene: SyntheticScene, min_fraction: float = MIN_FRACTION) -> FrameCheck:
-    """Colour visibility and relation correctness of ``scene``'s caption in ``frame`` (H, W, 3) in [0, 1].
+def check_frame(
+    frame: np.ndarray, scene: SyntheticScene | CaptionLayout, min_fraction: float = MIN_FRACTION
+) -> FrameCheck:
+    """Colour visibility and relation correctness of ``scene``'s caption in ``frame`` (H, W, 3) in [0, 1];
+    ``scene`` is a world scene or a parsed caption (:func:`parse_caption`).
 
     A relation whose subject or anchor colour is not visible counts as wrong.
     """
