@@ -168,6 +168,7 @@ def test_a_whole_chain_runs_each_stage_once_then_skips_everything(tmp_path, caps
     manifest = json.loads((work / "bundle" / "vist3a.json").read_text())
     assert manifest["wan"] == "generator" and manifest["lora"] == "generator_lora"
     assert manifest["decoder"] == {"kind": "stitched", "checkpoint": "stitched_decoder"}
+    assert manifest["defaults"]["num_frames"] == 5 and manifest["defaults"]["height"] == 64  # smoke scale
     bundle = ModelBundle.load(work / "bundle")
     bundle.check_files()
     assert "stitch train" in (bundle.decoder_path / "model.safetensors").read_text()
@@ -252,6 +253,28 @@ def test_install_replaces_only_the_bundles_own_entries(tmp_path, capsys):
     assert f"installed generator, stitched_decoder, generator_lora, vist3a.json into {models}" in (
         capsys.readouterr().out
     )
+
+
+def test_a_bundle_without_reward_finetuning_carries_the_models_defaults(tmp_path):
+    from engine.training.default_bundle import assemble_bundle
+    from engine.training.default_chain import MODEL_DEFAULTS
+
+    parts = tmp_path / "parts"
+    (parts / "generator").mkdir(parents=True)
+    (parts / "generator" / "model_index.json").write_text("{}")
+    (parts / "decoder").mkdir()
+    bundle_dir = assemble_bundle(
+        tmp_path / "bundle",
+        generator=parts / "generator",
+        lora=None,
+        decoder=parts / "decoder",
+        name="b",
+        defaults=MODEL_DEFAULTS,
+    )
+    bundle = ModelBundle.load(bundle_dir)
+    assert bundle.lora is None and not (bundle_dir / "generator_lora").exists()
+    assert bundle.generation_settings({"prompt": "a red cube"}).height == 128
+    assert bundle.generation_settings({"prompt": "a red cube", "height": 96}).height == 96
 
 
 def test_build_py_train_default_forwards_its_arguments(tmp_path):

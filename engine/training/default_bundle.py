@@ -30,22 +30,33 @@ DECODER_KIND = "stitched"
 
 
 def assemble_bundle(
-    target: Path, *, generator: Path, lora: Path, decoder: Path, name: str, extra: Optional[dict] = None
+    target: Path,
+    *,
+    generator: Path,
+    lora: Optional[Path],
+    decoder: Path,
+    name: str,
+    extra: Optional[dict] = None,
+    defaults: Optional[dict] = None,
 ) -> Path:
-    """Copies the three parts into ``target`` (replaced atomically) with its ``vist3a.json``; returns it.
+    """Copies the parts into ``target`` (replaced atomically) with its ``vist3a.json``; returns it.
+
+    ``lora`` None: a bundle without reward finetuning (the generator as trained). ``defaults``: the
+    generation settings the model was made for (the manifest's ``defaults``, e.g. 13 frames of 128²).
 
     Raises:
         FileNotFoundError: a part folder does not exist.
         engine.pipeline.settings.ModelNotFoundError: the assembled bundle lacks a file a loader needs
             (``model_index.json`` of the pipeline, ``adapter_config.json`` / ``adapter_model.safetensors``).
     """
+    parts = [(GENERATOR_ENTRY, generator), (DECODER_ENTRY, decoder)] + ([(LORA_ENTRY, lora)] if lora else [])
     for what, folder in (("generator", generator), ("LoRA adapter", lora), ("stitched decoder", decoder)):
-        if not Path(folder).is_dir():
+        if folder is not None and not Path(folder).is_dir():
             raise FileNotFoundError(f"the {what} folder {folder} does not exist")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(target, replace=True) as staging:
-        for entry, source in ((GENERATOR_ENTRY, generator), (LORA_ENTRY, lora), (DECODER_ENTRY, decoder)):
+        for entry, source in parts:
             shutil.copytree(source, staging / entry)
         bundle = ModelBundle(
             root=staging,
@@ -53,8 +64,9 @@ def assemble_bundle(
             wan=GENERATOR_ENTRY,
             decoder_kind=DECODER_KIND,
             decoder_checkpoint=DECODER_ENTRY,
-            lora=LORA_ENTRY,
+            lora=LORA_ENTRY if lora else None,
             extra=dict(extra or {}),
+            defaults=dict(defaults or {}),
         )
         bundle.save()
         ModelBundle.load(staging).check_files()

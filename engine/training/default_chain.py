@@ -53,6 +53,19 @@ STITCH_SPEC = "conv3d_k5x3x3_o96_s1x2x2_p2x1x1"
 # the camera loss up is the first of the next tries docs/default_model.md lists ("3D teachers").
 TEACHER_WEIGHTS = ("--weight", "camera=5")
 
+# The generation settings the default model is made for, written into its manifest's "defaults": the
+# generator's training format (13 frames of 128², flow shift 3) and the sampler settings its benchmark
+# uses (benchmarks/default_generator.py: 30 steps, guidance 5).
+MODEL_DEFAULTS = {
+    "num_frames": 13,
+    "height": 128,
+    "width": 128,
+    "flow_shift": 3.0,
+    "num_steps": 30,
+    "guidance_scale": 5.0,
+}
+SMOKE_MODEL_DEFAULTS = {"num_frames": 5, "height": 64, "width": 64, "flow_shift": 3.0, "num_steps": 2}
+
 # ---------------------------------------------------------------------------------------- full scale
 # Steps of each training stage, with the figures of docs/default_model.md (2-core CPU, one thread, shared).
 FULL_STEPS = {
@@ -336,7 +349,10 @@ def _final_stages(options: ChainOptions, w: SimpleNamespace) -> list[Stage]:
     }
 
     def bundle() -> None:
-        assemble_bundle(w.bundle, generator=w.generator, lora=w.lora, decoder=w.decoder, name=name, extra=extra)
+        defaults = MODEL_DEFAULTS if options.scale == "full" else SMOKE_MODEL_DEFAULTS
+        assemble_bundle(
+            w.bundle, generator=w.generator, lora=w.lora, decoder=w.decoder, name=name, extra=extra, defaults=defaults
+        )
 
     return [
         Stage(
