@@ -321,8 +321,11 @@ def test_the_smoke_chain_makes_a_bundle_that_generates(tmp_path):
     bundle.check_files()
     assert bundle.decoder_kind == "stitched" and bundle.lora == "generator_lora"
     assert json.loads((work / "parts" / "caption_scorer" / "caption_scorer.json").read_text())
-    reward_log = (work / "align" / "reward_log.jsonl").read_text().splitlines()
-    assert len(reward_log) == 1 and "clip" in reward_log[0]
+    (record,) = [json.loads(line) for line in (work / "align" / "reward_log.jsonl").read_text().splitlines()]
+    reward = json.loads((work / "align" / "align_config.json").read_text())["reward"]
+    assert (reward["preset"], reward["consistency"], reward["scorers"]) == ("paper", "l1", {"clip": "caption-scorer"})
+    assert list(record["terms"]) == reward["terms"] and "consistency_l1" in reward["terms"]
+    assert not any("lpips" in name or "hps" in name for name in reward["terms"])
 
     run = tmp_path / "scene"
     prompt = ["a red cube on a grey floor", "--frames", "5", "--height", "64", "--width", "64", "--steps", "2"]
