@@ -13,7 +13,7 @@ import torch
 from test_alignment_scorers import open_clip_config, random_open_clip_state
 
 from engine.alignment.lpips import LPIPS
-from engine.testing.tiny import build_tiny_bundle, build_tiny_tokenizer
+from engine.testing.tiny import build_tiny_bundle, build_tiny_clip_scorer, build_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--frames", "5", "--height", "32", "--width", "32", "--rollout-steps", "2", "3", "--grad-steps", "1"]
@@ -95,4 +95,37 @@ def test_missing_reward_models_stop_the_run_with_their_names(tmp_path, reward_mo
                       "--dfn-clip", str(reward_models["dfn"]), "--hps", str(reward_models["hps"]),
                       "--clip-tokenizer", str(reward_models["tokenizer"]), env=env)  # fmt: skip
     assert no_lpips.returncode != 0 and "LPIPS" in no_lpips.stderr and "--lpips-backbone" in no_lpips.stderr
+    assert "--consistency l1" in no_lpips.stderr  # the other way out
     assert not (tmp_path / "a" / "adapter_ema").exists() and not (tmp_path / "b" / "adapter_ema").exists()
+
+
+PAPER_L1_TERMS = ["q_decoded", "q_rendered", "decoded_clip", "rendered_clip", "consistency", "consistency_l1", "reward"]
+
+
+def test_paper_preset_on_the_caption_scorer_with_l1_consistency_trains_records_and_resumes(tmp_path):
+    """The default model's reward: no hub, no LPIPS files, no HPSv2.1; every choice explicit and recorded."""
+    bundle = build_tiny_bundle(tmp_path / "bundle", visible=True)
+    scorer = build_tiny_clip_scorer(name="caption-scorer").save_pretrained(tmp_path / "caption_scorer")
+    out = tmp_path / "run"
+    env = {"HF_HOME": str(tmp_path / "empty-hf-home")}
+    base = ["align", "train", "--model", str(bundle), "--out", str(out), "--dfn-clip", str(scorer), *SMALL]
+    first = engine(*base, "--preset", "paper", "--steps", "1", "--consistency", "l1", "--hps-weight", "0", env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "C = -L1 (LPIPS left out: consistency l1)" in first.stderr and "HPSv2.1 left out" in first.stderr
+    (record,) = [json.loads(line) for line in (out / "reward_log.jsonl").read_text().splitlines()]
+    assert list(record["terms"]) == PAPER_L1_TERMS
+    recorded = json.loads((out / "align_config.json").read_text())
+    assert recorded["config"]["preset"] == "paper"
+    reward = recorded["reward"]
+    assert (reward["preset"], reward["consistency"], reward["hps_weight"]) == ("paper", "l1", 0.0)
+    assert reward["scorers"] == {"clip": "caption-scorer"} and reward["terms"] == PAPER_L1_TERMS
+
+    changed = engine(*base, "--steps", "2", "--resume", "--consistency", "l1+lpips", env=env)
+    assert changed.returncode != 0 and "started with consistency 'l1'" in changed.stderr
+    assert "Traceback" not in changed.stderr
+    resumed = engine(*base, "--steps", "2", "--resume", env=env)  # the run's own choices, not the preset's defaults
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming with the run's reward settings" in resumed.stderr and "consistency l1" in resumed.stderr
+    records = [json.loads(line) for line in (out / "reward_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(list(r["terms"]) == PAPER_L1_TERMS for r in records)
+    assert json.loads((out / "align_config.json").read_text())["reward"] == reward

@@ -10,6 +10,7 @@ from engine.alignment.rewards import (
     PaperReward,
     ReleasedReward,
     RewardModelSources,
+    RewardSettings,
     build_reward,
 )
 
@@ -120,3 +121,110 @@ def test_unknown_preset_and_missing_weights_are_clear_errors(tmp_path, monkeypat
         build_reward("paper", lpips_files)
     with pytest.raises(RewardWeightsMissing, match="no-such-pick"):
         build_reward("released", RewardModelSources(pickscore=str(tmp_path / "no-such-pick")))
+
+
+# ------------------------------------------------------------------ terms left out by an explicit choice
+def test_l1_consistency_and_no_hps_give_the_reduced_formula_and_log_only_active_terms():
+    clip = MeanScorer(1.0)
+    reward = PaperReward(clip, None, ConsistencyReward(), hps_weight=0.0)
+    decoded, rendered = _images(0.6), _images(0.2)
+    out = reward(decoded, rendered, "a red chair")
+    q_decoded, q_rendered, consistency = 0.6 - 1, 0.2 - 1, -abs(0.6 - 0.2)
+    expected = q_decoded / 16 + q_rendered / 16 + 0.05 * consistency
+    assert float(out.reward.detach()) == pytest.approx(expected, abs=1e-6)
+    assert list(out.terms) == reward.term_names()
+    assert set(out.terms) == {
+        "q_decoded", "q_rendered", "decoded_clip", "rendered_clip", "consistency", "consistency_l1", "reward"
+    }  # fmt: skip
+    assert out.terms["consistency_l1"] == pytest.approx(0.4, abs=1e-6)
+    described = reward.describe()
+    assert described["consistency"] == "l1" and described["lpips_weight"] == 0.0 and described["hps_weight"] == 0.0
+    assert described["scorers"] == {"clip": "MeanScorer"} and described["terms"] == list(out.terms)
+    assert "LPIPS left out" in reward.summary() and "HPSv2.1 left out" in reward.summary()
+    out.reward.backward()
+    n = decoded[0].numel()
+    assert torch.allclose(decoded.grad, torch.full_like(decoded, (1 / 16 - 0.05) / (2 * n)), atol=1e-9)
+
+    with_lpips = PaperReward(MeanScorer(1.0), MeanScorer(0.5), ConsistencyReward(ConstantLPIPS(0.2)), hps_weight=2.0)
+    out = with_lpips(decoded, rendered, "x")
+    q = lambda v: (v - 1) + 2.0 * (0.5 * v - 1)  # noqa: E731
+    expected = (q(0.6) + q(0.2)) / 16 + 0.05 * (-0.4 - 0.25 * 0.2)
+    assert float(out.reward.detach()) == pytest.approx(expected, abs=1e-6)
+    assert out.terms["consistency_lpips"] == pytest.approx(0.2) and list(out.terms) == with_lpips.term_names()
+    assert with_lpips.describe()["consistency"] == "l1+lpips"
+    with pytest.raises(ValueError, match="no HPSv2.1 scorer"):
+        PaperReward(MeanScorer(1.0), None, ConsistencyReward(), hps_weight=1.0)
+
+
+def test_released_reward_without_pickscore_is_the_clip_loss_alone():
+    reward = ReleasedReward(None, MeanScorer(0.5), pickscore_weight=0.0)
+    out = reward(_images(0.5, 1), _images(0.25, 13), "a cat")
+    loss = lambda v: 0.25 * (1 - 0.5 * v)  # noqa: E731
+    assert float(out.reward.detach()) == pytest.approx(-(loss(0.25) + loss(0.5)), abs=1e-6)
+    assert list(out.terms) == reward.term_names() and not any("pickscore" in k for k in out.terms)
+    assert reward.describe()["pickscore_weight"] == 0.0 and "PickScore left out" in reward.summary()
+    with pytest.raises(ValueError, match="no PickScore scorer"):
+        ReleasedReward(None, MeanScorer(0.5))
+
+
+def test_reward_settings_defaults_other_presets_options_and_resuming():
+    assert RewardSettings().resolve() == RewardSettings("paper", "l1+lpips", 1.0, None)
+    assert RewardSettings("released").resolve() == RewardSettings("released", None, None, 0.25)
+    assert RewardSettings("paper", "l1", 0).resolve() == RewardSettings("paper", "l1", 0.0, None)
+    for bad, message in (
+        (RewardSettings("released", consistency="l1"), "--consistency belongs to the paper preset"),
+        (RewardSettings("released", hps_weight=0), "--hps-weight belongs to the paper preset"),
+        (RewardSettings("paper", pickscore_weight=0), "--pickscore-weight belongs to the released preset"),
+        (RewardSettings("paper", "lpips"), "unknown consistency 'lpips'"),
+        (RewardSettings("paper", hps_weight=-1), "--hps-weight must be >= 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            bad.resolve()
+
+    run = RewardSettings.of_run(PaperReward(MeanScorer(1.0), None, ConsistencyReward(), hps_weight=0).describe())
+    assert run == RewardSettings("paper", "l1", 0.0, None)
+    assert RewardSettings.of_run("paper") == RewardSettings("paper", "l1+lpips", 1.0, None)  # a run from before
+    assert RewardSettings.of_run(None) is None
+    kept, taken = RewardSettings().for_resume(run)
+    assert kept == run and taken == ["preset", "consistency", "hps_weight"]
+    assert RewardSettings("paper", "l1", 0.0).for_resume(run) == (run, [])
+    with pytest.raises(ValueError, match=r"started with consistency 'l1'.*'l1\+lpips' \(--consistency\)"):
+        RewardSettings(consistency="l1+lpips").for_resume(run)
+    with pytest.raises(ValueError, match=r"hps weight 0.0.*--hps-weight"):
+        RewardSettings(hps_weight=1.0).for_resume(run)
+
+
+def test_build_reward_loads_only_the_active_terms_and_names_the_way_out(tmp_path, monkeypatch):
+    from engine.alignment.scorers import RewardWeightsMissing
+    from engine.testing.tiny import build_tiny_clip_scorer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    caption = build_tiny_clip_scorer(name="caption-scorer").save_pretrained(tmp_path / "caption_scorer")
+    with pytest.raises(RewardWeightsMissing, match=r"--lpips-backbone, --lpips-lin\), or .*--consistency l1"):
+        build_reward("paper", RewardModelSources(dfn_clip=str(caption)), hps_weight=0)
+    with pytest.raises(RewardWeightsMissing, match=r"xswu/HPSv2.*--hps-weight 0"):
+        build_reward("paper", RewardModelSources(dfn_clip=str(caption)), consistency="l1")
+
+    reward = build_reward("paper", RewardModelSources(dfn_clip=str(caption)), consistency="l1", hps_weight=0)
+    assert isinstance(reward, PaperReward) and reward.hps is None and reward.consistency.lpips is None
+    assert reward.describe()["scorers"] == {"clip": "caption-scorer"}
+    out = reward(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), "a red cube on a grey floor")
+    assert set(out.terms) == set(reward.term_names()) and "consistency_l1" in out.terms
+    assert not {"consistency_lpips", "decoded_hps", "rendered_hps"} & set(out.terms)
+
+    released = build_reward("released", RewardModelSources(dfn_clip=str(caption)), pickscore_weight=0)
+    assert isinstance(released, ReleasedReward) and released.pickscore is None
+
+    lpips_files = dict(lpips_backbone=tmp_path / "vgg16.pth", lpips_lin=tmp_path / "vgg.pth")
+    for sources, settings, message in (
+        (RewardModelSources(dfn_clip=str(caption), **lpips_files), {"consistency": "l1"}, "drop them, or use"),
+        (RewardModelSources(dfn_clip=str(caption), hps=str(caption)), {"hps_weight": 0}, "--hps-weight 0 leaves"),
+        (RewardModelSources(pickscore=str(caption)), {"consistency": "l1"}, "--pickscore belongs to the released"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            build_reward("paper", sources, **settings)
+    with pytest.raises(ValueError, match="--pickscore-weight 0 leaves PickScore out"):
+        build_reward("released", RewardModelSources(pickscore=str(caption)), pickscore_weight=0)
+    with pytest.raises(ValueError, match="--hps belongs to the paper preset"):
+        build_reward("released", RewardModelSources(hps=str(caption)))

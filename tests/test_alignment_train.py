@@ -192,6 +192,25 @@ class BrightnessScorer(QualityScorer):
         return images.flatten(1).mean(1)
 
 
+def test_the_paper_reward_with_l1_consistency_trains_and_logs_exactly_its_active_terms(bundle, tmp_path):
+    out = tmp_path / "run"
+    reward = PaperReward(BrightnessScorer(), None, ConsistencyReward(), hps_weight=0.0)
+    trainer = make_trainer(bundle, out, reward=reward, steps=1)
+    lora_before = {n: p.detach().clone() for n, p in trainer.trainable.items()}
+    trainer.train(progress=False)
+    assert any(not torch.equal(lora_before[n], p) for n, p in trainer.trainable.items() if "lora_B" in n)
+
+    (record,) = [json.loads(line) for line in (out / "reward_log.jsonl").read_text().splitlines()]
+    expected = ["q_decoded", "q_rendered", "decoded_clip", "rendered_clip", "consistency", "consistency_l1", "reward"]
+    assert list(record["terms"]) == expected
+    assert record["terms"]["consistency_l1"] > 0
+    assert record["terms"]["consistency"] == pytest.approx(-record["terms"]["consistency_l1"], abs=1e-7)
+    recorded = json.loads((out / "align_config.json").read_text())["reward"]
+    assert recorded["preset"] == "paper" and recorded["consistency"] == "l1" and recorded["lpips_weight"] == 0.0
+    assert recorded["hps_weight"] == 0.0 and recorded["scorers"] == {"clip": "brightness"}
+    assert recorded["terms"] == expected
+
+
 def test_a_few_dozen_reward_steps_raise_the_heldout_reward(bundle, capsys):
     torch.manual_seed(0)
     reward = PaperReward(BrightnessScorer(), BrightnessScorer(), ConsistencyReward(LPIPS("vgg")))

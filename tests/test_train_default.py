@@ -116,8 +116,8 @@ def test_plan_lists_every_stage_with_its_commands_and_paths_and_runs_nothing(tmp
         f"stitch train --base-model {w}/parts/anysplat_teacher --vae {w}/vae/vae --stitching-init {w}/search "
         f"--clip-cache {w}/clips --out {w}/stitch",
         "--world 800 --views 13 13 --vae-size 128 --model-size 112",
-        f"align train --model {w}/align_base --out {w}/align --no-progress --steps 1000 --preset released "
-        f"--dfn-clip {w}/parts/caption_scorer --pickscore {w}/parts/caption_scorer",
+        f"align train --model {w}/align_base --out {w}/align --no-progress --steps 1000 --preset paper "
+        f"--dfn-clip {w}/parts/caption_scorer --hps-weight 0 --consistency l1 --frames 13",
         f"write the base bundle {w}/align_base/vist3a.json",
         f"assemble {w}/bundle",
     ]
@@ -136,17 +136,61 @@ def test_every_planned_command_is_accepted_by_the_engines_own_parser(tmp_path, s
         assert callable(args.func)
         if command.threads:
             assert args.threads == 3
+    (align,) = [parse(list(c.argv)) for c in commands if c.argv[0] == "align"]
+    assert_reward_options_fit(align, consistency="l1")
 
 
-def test_paper_preset_needs_the_lpips_files_and_passes_them(tmp_path, capsys):
-    assert chain(tmp_path / "w", "--plan", "--align-preset", "paper") == 2
-    assert "--lpips-backbone" in capsys.readouterr().out
+def assert_reward_options_fit(args, **expected):
+    """``align train``'s own checks of its reward options (what runs before any model is loaded)."""
+    from engine.alignment.cli import reward_settings
+    from engine.alignment.rewards import RewardModelSources, check_sources
+
+    settings = reward_settings(args)
+    sources = RewardModelSources(
+        dfn_clip=args.dfn_clip,
+        hps=args.hps,
+        pickscore=args.pickscore,
+        lpips_backbone=args.lpips_backbone,
+        lpips_lin=args.lpips_lin,
+    )
+    check_sources(settings, sources)  # raises for options that contradict each other or miss LPIPS files
+    assert Path(args.dfn_clip).name == "caption_scorer"
+    for name, value in expected.items():
+        assert getattr(settings, name) == value, name
+
+
+def align_args(work: Path, *options: str, capsys):
+    """The align stage's command of the chain's plan with ``options``, parsed by ``align train``'s parser."""
+    assert chain(work, "--plan", *options) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "python -m engine align train" in x)
+    return parse(shlex.split(line.split("python -m engine ", 1)[1]))
+
+
+def test_the_align_stage_runs_the_paper_preset_with_explicit_choices(tmp_path, capsys):
+    work = tmp_path / "w"
+    args = align_args(work, capsys=capsys)  # the default: L1 consistency, no HPSv2.1, no LPIPS files
+    assert (args.preset, args.consistency, args.hps_weight) == ("paper", "l1", 0.0)
+    assert args.lpips_backbone is None and args.hps is None and args.pickscore is None
+    assert_reward_options_fit(args, preset="paper", consistency="l1", hps_weight=0.0)
+
+    # L1 + LPIPS: only with both files, which the plan passes on
+    assert chain(work, "--plan", "--align-consistency", "l1+lpips") == 2
+    out = capsys.readouterr().out
+    assert "--lpips-backbone" in out and "--align-consistency l1" in out
     backbone, lin = tmp_path / "vgg16.pth", tmp_path / "vgg.pth"
-    assert chain(tmp_path / "w", "--plan", "--align-preset", "paper", "--lpips-backbone", str(backbone),
-                 "--lpips-lin", str(lin)) == 0  # fmt: skip
-    text = capsys.readouterr().out
-    assert f"--preset paper --dfn-clip {tmp_path / 'w'}/parts/caption_scorer --hps" in text
-    assert f"--lpips-backbone {backbone} --lpips-lin {lin}" in text
+    files = ("--lpips-backbone", str(backbone), "--lpips-lin", str(lin))
+    args = align_args(work, "--align-consistency", "l1+lpips", *files, capsys=capsys)
+    assert (args.consistency, args.lpips_backbone, args.lpips_lin) == ("l1+lpips", backbone, lin)
+    assert_reward_options_fit(args, consistency="l1+lpips")
+    assert chain(work, "--plan", *files) == 2  # files without the choice that uses them
+    assert "--align-consistency l1+lpips" in capsys.readouterr().out
+
+    # released: the caption scorer as DFN-CLIP, PickScore left out
+    args = align_args(work, "--align-preset", "released", capsys=capsys)
+    assert (args.preset, args.pickscore_weight, args.pickscore) == ("released", 0.0, None)
+    assert_reward_options_fit(args, preset="released", pickscore_weight=0.0)
+    assert chain(work, "--plan", "--align-preset", "released", "--align-consistency", "l1") == 2
+    assert "no consistency term" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------- running (fake runner)
@@ -300,8 +344,11 @@ def test_the_smoke_chain_makes_a_bundle_that_generates(tmp_path):
     bundle.check_files()
     assert bundle.decoder_kind == "stitched" and bundle.lora == "generator_lora"
     assert json.loads((work / "parts" / "caption_scorer" / "caption_scorer.json").read_text())
-    reward_log = (work / "align" / "reward_log.jsonl").read_text().splitlines()
-    assert len(reward_log) == 1 and "clip" in reward_log[0]
+    (record,) = [json.loads(line) for line in (work / "align" / "reward_log.jsonl").read_text().splitlines()]
+    reward = json.loads((work / "align" / "align_config.json").read_text())["reward"]
+    assert (reward["preset"], reward["consistency"], reward["scorers"]) == ("paper", "l1", {"clip": "caption-scorer"})
+    assert list(record["terms"]) == reward["terms"] and "consistency_l1" in reward["terms"]
+    assert not any("lpips" in name or "hps" in name for name in reward["terms"])
 
     run = tmp_path / "scene"
     prompt = ["a red cube on a grey floor", "--frames", "5", "--height", "64", "--width", "64", "--steps", "2"]

@@ -3,10 +3,14 @@
 Loads a model bundle (Wan 2.1 + stitched AnySplat decoder, without a LoRA), wraps the Wan transformer
 in a rank-8 LoRA and trains it on flow matching over captioned synthetic clips minus the reward of
 truncated rollouts (``engine.alignment.train``). Reward presets: ``paper`` (DFN-CLIP + HPSv2.1 on
-decoded frames and renders, plus the LPIPS/L1 consistency term) and ``released`` (PickScore +
-DFN-CLIP). Reward models are local folders/files or hub ids (downloaded into the Hugging Face cache
-only when not cached and HF_HUB_OFFLINE is unset). Writes the EMA adapter (``adapter_ema/``), a bundle
-manifest for the finetuned model (``vist3a.json``), logs and resumable checkpoints into --out.
+decoded frames and renders, plus the L1/LPIPS consistency term) and ``released`` (PickScore +
+DFN-CLIP). Terms are left out only when asked: ``--consistency l1`` (the paper's consistency term
+without LPIPS, for machines without its weight files), ``--hps-weight 0`` (no HPSv2.1),
+``--pickscore-weight 0`` (no PickScore); the run's align_config.json and log record the active terms.
+Reward models are local folders/files or hub ids (downloaded into the Hugging Face cache only when not
+cached and HF_HUB_OFFLINE is unset); the default model's caption scorer folder can stand in for a
+CLIP-family scorer (--dfn-clip models/default/caption_scorer). Writes the EMA adapter (``adapter_ema/``),
+a bundle manifest for the finetuned model (``vist3a.json``), logs and resumable checkpoints into --out.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+
+from engine.alignment.rewards import CONSISTENCY_CHOICES, PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, type=Path, help="base model bundle (folder with vist3a.json)")
     p.add_argument("--out", required=True, type=Path, help="run folder (adapters, bundle manifest, logs)")
-    p.add_argument("--preset", choices=("paper", "released"), default="paper", help="reward preset")
+    p.add_argument("--preset", choices=PRESETS, help="reward preset (default paper; --resume: the run's)")
+    p.add_argument(
+        "--consistency",
+        choices=CONSISTENCY_CHOICES,
+        help="paper preset: the consistency term C between decoded frames and renders: l1+lpips (default, "
+        "the paper's -L1 - 0.25 LPIPS; needs --lpips-backbone and --lpips-lin) or l1 (-L1 alone)",
+    )
+    p.add_argument(
+        "--hps-weight",
+        type=float,
+        metavar="W",
+        help="paper preset: weight of the HPSv2.1 term in Q = (CLIP - 1) + W (HPS - 1) (default 1; 0 leaves it out)",
+    )
+    p.add_argument(
+        "--pickscore-weight",
+        type=float,
+        metavar="W",
+        help="released preset: weight of the PickScore loss (default 0.25; 0 leaves it out)",
+    )
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument(
         "--batch-size", type=int, default=1, help="samples (clip + rollout) per step, over all data-parallel processes"
@@ -91,6 +115,81 @@ def _read_prompts(path: Path | None) -> list[str] | None:
     return prompts
 
 
+def reward_settings(args: argparse.Namespace):
+    """The reward's settings from the command line, resolved; with --resume, completed by (and checked
+    against) the settings the run in --out was started with (its align_config.json)."""
+    import json
+
+    from engine.alignment.rewards import RewardSettings
+    from engine.alignment.train import CONFIG_FILE
+
+    given = RewardSettings(args.preset, args.consistency, args.hps_weight, args.pickscore_weight)
+    record = args.out / CONFIG_FILE
+    try:
+        if not (args.resume and record.is_file()):
+            return given.resolve()
+        try:
+            run = RewardSettings.of_run(json.loads(record.read_text(encoding="utf-8")).get("reward"))
+        except (OSError, ValueError, AttributeError) as error:
+            raise SystemExit(f"cannot read the run's reward settings from {record}: {error}") from None
+        if run is None:
+            return given.resolve()
+        settings, taken = given.for_resume(run)
+    except ValueError as error:
+        raise SystemExit(f"invalid setting: {error}") from None
+    if taken:
+        log.info(
+            "resuming with the run's reward settings (%s): %s",
+            record,
+            ", ".join(f"{name} {getattr(settings, name)}" for name in taken),
+        )
+    return settings
+
+
+def _reward_sources(args: argparse.Namespace, settings):
+    """The reward models' sources, checked against the settings before any model is loaded."""
+    from engine.alignment.rewards import RewardModelSources, check_sources
+    from engine.alignment.scorers import RewardWeightsMissing
+
+    sources = RewardModelSources(
+        dfn_clip=args.dfn_clip,
+        hps=args.hps,
+        pickscore=args.pickscore,
+        tokenizer=args.clip_tokenizer,
+        lpips_backbone=args.lpips_backbone,
+        lpips_lin=args.lpips_lin,
+        lpips_net=args.lpips_net,
+    )
+    try:
+        check_sources(settings, sources)
+    except RewardWeightsMissing as error:
+        raise SystemExit(f"reward model missing: {error}") from None
+    except ValueError as error:
+        raise SystemExit(f"invalid setting: {error}") from None
+    return sources
+
+
+def _build_reward(settings, sources, device):
+    from engine.alignment.rewards import build_reward
+    from engine.alignment.scorers import RewardWeightsMissing
+
+    try:
+        reward = build_reward(
+            settings.preset,
+            sources,
+            device=device,
+            consistency=settings.consistency,
+            hps_weight=settings.hps_weight,
+            pickscore_weight=settings.pickscore_weight,
+        )
+    except RewardWeightsMissing as error:
+        raise SystemExit(f"reward model missing: {error}") from None
+    except ValueError as error:
+        raise SystemExit(f"cannot build the reward: {error}") from None
+    log.info("%s", reward.summary())
+    return reward
+
+
 def run_train(args: argparse.Namespace) -> int:
     from engine.training.distributed import close_distributed, init_distributed
 
@@ -102,8 +201,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, context) -> int:
-    from engine.alignment.rewards import RewardModelSources, build_reward
-    from engine.alignment.scorers import RewardWeightsMissing
     from engine.alignment.train import AlignConfig, AlignmentTrainer
     from engine.pipeline.settings import ModelBundle, ModelLoadError, ModelNotFoundError, RuntimeOptions
     from engine.pipeline.vist3a import Vist3aPipeline
@@ -114,9 +211,11 @@ def _train(args: argparse.Namespace, context) -> int:
         )
     if not args.resume and any((args.out / "checkpoints").glob("step_*")):
         raise SystemExit(f"{args.out} already holds checkpoints of a run: pass --resume, or choose another --out")
+    settings = reward_settings(args)
+    sources = _reward_sources(args, settings)
     try:
         config = AlignConfig(
-            preset=args.preset,
+            preset=settings.preset,
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -155,19 +254,7 @@ def _train(args: argparse.Namespace, context) -> int:
         pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=runtime)
     except (ModelNotFoundError, ModelLoadError) as error:
         raise SystemExit(f"cannot load the model: {error}") from None
-    sources = RewardModelSources(
-        dfn_clip=args.dfn_clip,
-        hps=args.hps,
-        pickscore=args.pickscore,
-        tokenizer=args.clip_tokenizer,
-        lpips_backbone=args.lpips_backbone,
-        lpips_lin=args.lpips_lin,
-        lpips_net=args.lpips_net,
-    )
-    try:
-        reward = build_reward(args.preset, sources, device=pipeline.device)
-    except RewardWeightsMissing as error:
-        raise SystemExit(f"reward model missing: {error}") from None
+    reward = _build_reward(settings, sources, pipeline.device)
     try:
         context.per_rank(config.batch_size)
     except ValueError as error:

@@ -19,10 +19,11 @@ batch; every process takes its share of a step's samples, each drawn from its ow
 noise, sigma, prompt, rollout plan, views), so N processes compute what one process computes with the same
 ``batch_size``. The LoRA model runs in DistributedDataParallel; rank 0 logs, evaluates and writes.
 
-Outputs in ``out_dir``: ``align_config.json``, ``reward_log.jsonl`` (one record per step: losses,
-reward terms, the rollout's steps / gradient steps / CFG, timings), ``eval_log.jsonl`` (held-out
-rewards), ``checkpoints/step_<n>/`` (resumable: ``lora.safetensors``, ``ema.safetensors``, ``state.pt``
-with optimizer, step and RNG states, read with ``weights_only=True``), and the adapters as PEFT folders:
+Outputs in ``out_dir``: ``align_config.json`` (``config``: these hyper-parameters; ``reward``: the reward's
+``describe()``: preset, its settings such as the consistency choice, scorers and the names of the logged
+terms), ``reward_log.jsonl`` (one record per step: losses, reward terms, the rollout's steps / gradient
+steps / CFG, timings), ``eval_log.jsonl`` (held-out rewards), ``checkpoints/step_<n>/`` (resumable:
+``lora.safetensors``, ``ema.safetensors``, ``state.pt`` with optimizer, step and RNG states, read with ``weights_only=True``), and the adapters as PEFT folders:
 ``adapter_ema/`` (for inference, what a bundle's ``lora`` names) and ``adapter/`` (the raw weights),
 plus a ``vist3a.json`` bundle manifest that uses the base bundle's Wan model and decoder with
 ``adapter_ema`` — so ``python -m engine generate --model OUT_DIR`` runs the finetuned model.
@@ -283,7 +284,7 @@ class AlignmentTrainer:
         if self.writes_files:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.out_dir / CONFIG_FILE, "w") as f:
-                f.write(json.dumps({"config": asdict(config), "reward": reward.name}, indent=1))
+                f.write(json.dumps({"config": asdict(config), "reward": reward.describe()}, indent=1))
 
     @property
     def writes_files(self) -> bool:

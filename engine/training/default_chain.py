@@ -12,8 +12,9 @@ vggt            ``teacher train vggt`` + ``teacher export`` (W/vggt -> W/parts/v
 caption         ``teacher caption data|train|export`` (W/caption_data, W/caption -> W/parts/caption_scorer)
 search          ``stitch search``: the stitching layer of the VAE latent into the AnySplat teacher (W/search)
 stitch          ``stitch train``: LoRA self-distillation of the stitched decoder (W/stitch; export W/stitch/export)
-align           ``align train``: reward finetuning (LoRA) of the generator with the stitched decoder and the
-                caption scorer as the reward's CLIP scorers (base bundle W/align_base; run W/align)
+align           ``align train``: reward finetuning (LoRA) of the generator with the stitched decoder; the
+                paper preset with the caption scorer as its CLIP scorer and L1 consistency (base bundle
+                W/align_base; run W/align)
 bundle          W/bundle: generator + LoRA + stitched decoder + ``vist3a.json``; ``--install DIR`` copies it
 ==============  ====================================================================================
 
@@ -143,7 +144,8 @@ class ChainOptions:
     scale: str = "full"
     threads: Optional[int] = 1
     steps: Optional[dict] = None  # stage -> steps, overriding the scale's
-    align_preset: str = "released"
+    align_preset: str = "paper"
+    align_consistency: Optional[str] = None  # paper preset: "l1" (None: the chain's default) or "l1+lpips"
     lpips_backbone: Optional[Path] = None
     lpips_lin: Optional[Path] = None
 
@@ -293,20 +295,41 @@ def _stitch_stages(options: ChainOptions, w: SimpleNamespace) -> list[Stage]:
 
 
 def reward_args(options: ChainOptions, w: SimpleNamespace) -> tuple[str, ...]:
-    """``align train``'s reward options: the caption scorer in the CLIP-family scorers' places.
+    """``align train``'s reward options on the default model's parts, every choice on the command line.
 
-    ``released`` (PickScore + DFN-CLIP) needs nothing else; ``paper`` (DFN-CLIP + HPSv2.1 + the LPIPS/L1
-    consistency term) also needs the LPIPS weight files, which cannot be made here (ChainError)."""
+    ``paper`` (default): the caption scorer in DFN-CLIP's place; HPSv2.1 left out (``--hps-weight 0``:
+    nothing here scores human preference, and the caption scorer twice would only double the CLIP term);
+    the consistency term ``--consistency l1`` (C = -L1: the LPIPS weights cannot be downloaded here) unless
+    ``align_consistency`` is "l1+lpips", which needs both LPIPS files. ``released``: the caption scorer in
+    DFN-CLIP's place and PickScore left out (``--pickscore-weight 0``: the caption scorer's cosine is not on
+    PickScore's scale, where |1 - score/100| would be all but constant). ChainError for options that
+    cannot work together."""
     scorer = str(w.caption)
+    lpips_given = options.lpips_backbone is not None or options.lpips_lin is not None
     if options.align_preset == "released":
-        return ("--preset", "released", "--dfn-clip", scorer, "--pickscore", scorer)
+        if options.align_consistency is not None or lpips_given:
+            raise ChainError(
+                "--align-consistency and the LPIPS files belong to --align-preset paper: the released reward has "
+                "no consistency term"
+            )
+        return ("--preset", "released", "--dfn-clip", scorer, "--pickscore-weight", "0")
+    consistency = options.align_consistency or "l1"
+    if consistency == "l1" and lpips_given:
+        raise ChainError(
+            "--lpips-backbone/--lpips-lin are used by the L1+LPIPS consistency term: add --align-consistency "
+            "l1+lpips, or drop them"
+        )
+    args = ("--preset", "paper", "--dfn-clip", scorer, "--hps-weight", "0", "--consistency", consistency)
+    if consistency == "l1":
+        return args
     if options.lpips_backbone is None or options.lpips_lin is None:
         raise ChainError(
-            "--align-preset paper has a consistency term with LPIPS: give --lpips-backbone (torchvision's VGG16 "
-            "file) and --lpips-lin (LPIPS v0.1 vgg.pth); see README, 'Reward finetuning'"
+            "--align-consistency l1+lpips needs the LPIPS weights: give --lpips-backbone (torchvision's VGG16 "
+            "file) and --lpips-lin (LPIPS v0.1 vgg.pth), or use --align-consistency l1 (the default); see README, "
+            "'Reward finetuning'"
         )
     return (
-        *("--preset", "paper", "--dfn-clip", scorer, "--hps", scorer),
+        *args,
         *("--lpips-backbone", str(Path(options.lpips_backbone).resolve())),
         *("--lpips-lin", str(Path(options.lpips_lin).resolve())),
     )
@@ -346,6 +369,8 @@ def _final_stages(options: ChainOptions, w: SimpleNamespace) -> list[Stage]:
         "trained_by": "python -m engine train default",
         "scale": options.scale,
         "align_preset": options.align_preset,
+        # the align stage's reward options, the work folder's paths relative to it
+        "align_reward": shlex.join(reward_args(options, w)).replace(f"{w.work}/", ""),
     }
 
     def bundle() -> None:
@@ -427,12 +452,17 @@ def add_parser(stages_subparsers) -> argparse.ArgumentParser:
         parser.add_argument(f"--steps-{stage}", type=int, metavar="N", help=f"steps of stage {stage}")
     parser.add_argument(
         "--align-preset",
-        choices=("released", "paper"),
-        default="released",
-        help="reward of the align stage (paper: also give --lpips-backbone and --lpips-lin)",
+        choices=("paper", "released"),
+        default="paper",
+        help="reward of the align stage (default paper, with the caption scorer as its CLIP scorer)",
     )
-    parser.add_argument("--lpips-backbone", type=Path, help="torchvision VGG16 weights file (paper preset)")
-    parser.add_argument("--lpips-lin", type=Path, help="LPIPS v0.1 linear-layer weights file (paper preset)")
+    parser.add_argument(
+        "--align-consistency",
+        choices=("l1", "l1+lpips"),
+        help="paper preset: the consistency term (default l1; l1+lpips also needs --lpips-backbone and --lpips-lin)",
+    )
+    parser.add_argument("--lpips-backbone", type=Path, help="torchvision VGG16 weights file (l1+lpips)")
+    parser.add_argument("--lpips-lin", type=Path, help="LPIPS v0.1 linear-layer weights file (l1+lpips)")
     parser.set_defaults(func=run_default)
     return parser
 
@@ -449,6 +479,7 @@ def options_from_args(args: argparse.Namespace) -> ChainOptions:
         threads=args.threads,
         steps=steps,
         align_preset=args.align_preset,
+        align_consistency=args.align_consistency,
         lpips_backbone=args.lpips_backbone,
         lpips_lin=args.lpips_lin,
     )
@@ -458,10 +489,11 @@ def resume_command(args: argparse.Namespace) -> str:
     """The ``train default`` command line that continues this chain (every option but --plan)."""
     argv = ["python", "-m", "engine", "train", "default", "--work", str(Path(args.work).resolve())]
     argv += ["--scale", args.scale, "--threads", str(args.threads)]
-    for option in ("first", "last", "install", "align_preset", "lpips_backbone", "lpips_lin"):
+    options = ("first", "last", "install", "align_preset", "align_consistency", "lpips_backbone", "lpips_lin")
+    for option in options:
         value = getattr(args, option)
         flag = {"first": "--from", "last": "--until"}.get(option, "--" + option.replace("_", "-"))
-        if value is not None and not (option == "align_preset" and value == "released"):
+        if value is not None and not (option == "align_preset" and value == "paper"):
             argv += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
     for stage in TRAINED_STAGES:
         if getattr(args, f"steps_{stage}") is not None:
