@@ -292,6 +292,8 @@ def export_pipeline(model: Generator, tokenizer, vae_folder: Path, folder: Path)
         num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
     vae = AutoencoderKLWan.from_pretrained(str(vae_folder), torch_dtype=torch.float16)
+    # diffusers records the folder a model was loaded from; a shipped pipeline must not carry this machine's paths
+    vae.register_to_config(_name_or_path="")
     pipe = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=copy.deepcopy(model.text_encoder).to(torch.float16),
