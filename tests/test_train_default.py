@@ -104,7 +104,7 @@ def test_plan_lists_every_stage_with_its_commands_and_paths_and_runs_nothing(tmp
     expected = [
         f"teacher data --out {w}/teacher_data --train 800 --heldout 50",
         f"train vae --out {w}/vae --clip-cache {w}/clips --no-progress --steps 8000",
-        f"train video --out {w}/video --vae {w}/vae/vae --clip-cache {w}/clips --no-progress --steps 8000",
+        f"train video --out {w}/video --vae {w}/vae/vae --clip-cache {w}/clips --no-progress --steps 6000",
         f"teacher train anysplat --data {w}/teacher_data --out {w}/anysplat --steps 2000",
         "--weight camera=5 --threads 2",
         f"teacher export {w}/anysplat --out {w}/parts/anysplat_teacher",
@@ -115,7 +115,7 @@ def test_plan_lists_every_stage_with_its_commands_and_paths_and_runs_nothing(tmp
         f"--spec conv3d_k5x3x3_o96_s1x2x2_p2x1x1 --out {w}/search --world 240 --frames 13 --size 128",
         f"stitch train --base-model {w}/parts/anysplat_teacher --vae {w}/vae/vae --stitching-init {w}/search "
         f"--clip-cache {w}/clips --out {w}/stitch",
-        "--world 800 --views 13 13 --vae-size 128 --model-size 112",
+        "--world 800 --views 13 13 --vae-size 128 --model-size 112 --warmup 50 --save-every 50 --lora-rank 16",
         f"align train --model {w}/align_base --out {w}/align --no-progress --steps 1000 --preset paper "
         f"--dfn-clip {w}/parts/caption_scorer --hps-weight 0 --consistency l1 --frames 13",
         f"write the base bundle {w}/align_base/vist3a.json",
