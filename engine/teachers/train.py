@@ -138,19 +138,16 @@ def _load_initial_weights(model: nn.Module, folder: Path) -> None:
     """Start from the weights of an exported teacher ``folder``; ValueError if they do not fit ``model``."""
     from safetensors.torch import load_file
 
+    from engine.models.checkpoint import state_dict_problems
+
     path = folder / MODEL_FILE
     if not path.is_file():
         raise ValueError(f"{folder} is not a teacher folder (no {MODEL_FILE})")
     state = model.state_dict()
     tensors = load_file(str(path))
-    missing = sorted(set(state) - set(tensors))
-    unexpected = sorted(set(tensors) - set(state))
-    wrong = sorted(k for k in set(state) & set(tensors) if state[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"the weights in {folder} do not fit this teacher configuration "
-            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape)"
-        )
+    problems = state_dict_problems(state, tensors, "teacher")
+    if problems:
+        raise ValueError(f"the weights in {folder} do not fit this teacher configuration: " + "; ".join(problems))
     model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
 
 
