@@ -59,6 +59,7 @@ def evaluate_stitched(
     from engine.stitching.train import render_psnr
     from engine.teachers import losses
     from engine.teachers.data import normalise
+    from engine.teachers.train import write_sheet
 
     if not samples:
         raise ValueError("no held-out scenes to evaluate on")
@@ -89,14 +90,7 @@ def evaluate_stitched(
             record["stitched_vs_teacher_psnr"] = render_psnr(student_prediction, teacher_prediction)
         records.append(record)
     if sheet is not None and rows:
-        import imageio.v3 as iio
-
-        from engine.io.atomic import atomic_write
-
-        image = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        Path(sheet).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(Path(sheet), "wb") as f:
-            iio.imwrite(f, image, extension=".png")
+        write_sheet(rows, sheet)
     result = losses.mean_metrics(records)
     result["scenes"] = len(records)
     return result

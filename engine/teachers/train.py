@@ -495,12 +495,18 @@ def evaluate_model(model: nn.Module, samples: list[dict], sheet: Optional[Path] 
         records.append(metrics)
     model.train(was_training)
     if sheet is not None and rows:
-        import imageio.v3 as iio
-
-        sheet.parent.mkdir(parents=True, exist_ok=True)
-        image = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        iio.imwrite(sheet, image)
+        write_sheet(rows, sheet)
     return losses.mean_metrics(records)
+
+
+def write_sheet(rows: list[torch.Tensor], path: Path) -> None:
+    """Stacks image rows (each (H, W', 3) in [0, 1], same width) top to bottom into a PNG, atomically."""
+    import imageio.v3 as iio
+
+    image = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(Path(path), "wb") as f:
+        iio.imwrite(f, image, extension=".png")
 
 
 def plot_run(out_dir: Path) -> Optional[Path]:

@@ -49,14 +49,16 @@ def assemble_bundle(
         engine.pipeline.settings.ModelNotFoundError: the assembled bundle lacks a file a loader needs
             (``model_index.json`` of the pipeline, ``adapter_config.json`` / ``adapter_model.safetensors``).
     """
-    parts = [(GENERATOR_ENTRY, generator), (DECODER_ENTRY, decoder)] + ([(LORA_ENTRY, lora)] if lora else [])
-    for what, folder in (("generator", generator), ("LoRA adapter", lora), ("stitched decoder", decoder)):
-        if folder is not None and not Path(folder).is_dir():
+    parts = [("generator", GENERATOR_ENTRY, generator), ("stitched decoder", DECODER_ENTRY, decoder)]
+    if lora is not None:
+        parts.append(("LoRA adapter", LORA_ENTRY, lora))
+    for what, _, folder in parts:
+        if not Path(folder).is_dir():
             raise FileNotFoundError(f"the {what} folder {folder} does not exist")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(target, replace=True) as staging:
-        for entry, source in parts:
+        for _, entry, source in parts:
             shutil.copytree(source, staging / entry)
         bundle = ModelBundle(
             root=staging,
@@ -64,7 +66,7 @@ def assemble_bundle(
             wan=GENERATOR_ENTRY,
             decoder_kind=DECODER_KIND,
             decoder_checkpoint=DECODER_ENTRY,
-            lora=LORA_ENTRY if lora else None,
+            lora=LORA_ENTRY if lora is not None else None,
             extra=dict(extra or {}),
             defaults=dict(defaults or {}),
         )
