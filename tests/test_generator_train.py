@@ -15,7 +15,7 @@ TINY_VAE = [
     "--base-dim", "4", "--dim-mult", "1", "1", "1", "1", "--size", "32", "--num-frames", "5",
     "--crop-size", "16", "--crop-frames", "5", "--train-clips", "2", "--eval-clips", "1",
     "--stats-clips", "2", "--log-every", "1", "--no-progress", "--threads", "1",
-    "--image-steps", "1", "--image-batch-size", "2", "--image-crop-size", "16",
+    "--image-steps", "1", "--image-batch-size", "2", "--image-crop-size", "16", "--caption-check-clips", "2",
 ]  # fmt: skip
 TINY_VIDEO = [
     "--num-layers", "1", "--num-attention-heads", "2", "--attention-head-dim", "8", "--ffn-dim", "16",
@@ -46,6 +46,7 @@ def test_vae_run_writes_logs_plot_checkpoints_and_a_wan_vae_folder(tiny_vae_run)
     evals = read_jsonl(out / EVAL_LOG)
     assert [r["step"] for r in evals] == [0, 2, 4]
     assert all(5.0 < r["psnr"] < 60.0 and 5.0 < r["psnr_first_frame"] < 60.0 for r in evals)
+    assert all(0.0 <= r["color_accuracy"] <= 1.0 and 0.0 <= r["relation_accuracy"] <= 1.0 for r in evals)
     assert (out / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
 
@@ -202,3 +203,31 @@ def test_vae_export_only_writes_the_newest_checkpoint_and_leaves_the_run(tiny_va
     assert all(torch.equal(exported[k], checkpoint[k].half()) for k in checkpoint)
     assert engine_main(["train", "vae", "--out", str(tmp_path / "none"), "--export-only", "--export", str(target)]) == 2
     assert engine_main(["train", "vae", "--out", str(tiny_vae_run), "--export-only"]) == 2
+
+
+class _FakeVAE:
+    """``encode(x).latent_dist.mode()`` / ``decode(z).sample`` of a perfect (identity) or a grey autoencoder."""
+
+    def __init__(self, grey: bool):
+        self.grey = grey
+
+    def encode(self, video):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: video))
+
+    def decode(self, latent):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=torch.zeros_like(latent) if self.grey else latent)
+
+
+def test_caption_check_of_reconstructions_is_the_truth_for_a_perfect_vae_and_zero_for_a_grey_one():
+    from engine.generator.clipcache import ClipCache
+    from engine.generator.vae import caption_check_of_reconstructions
+
+    clips = ClipCache(None, "heldout", 4, num_frames=1, height=128, width=128)
+    perfect = caption_check_of_reconstructions(_FakeVAE(grey=False), clips)
+    assert perfect["color_accuracy"] >= 0.9 and perfect["relation_accuracy"] >= 0.6
+    grey = caption_check_of_reconstructions(_FakeVAE(grey=True), clips)
+    assert grey == {"color_accuracy": 0.0, "relation_accuracy": 0.0}
