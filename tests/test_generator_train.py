@@ -231,3 +231,31 @@ def test_caption_check_of_reconstructions_is_the_truth_for_a_perfect_vae_and_zer
     assert perfect["color_accuracy"] >= 0.9 and perfect["relation_accuracy"] >= 0.6
     grey = caption_check_of_reconstructions(_FakeVAE(grey=True), clips)
     assert grey == {"color_accuracy": 0.0, "relation_accuracy": 0.0}
+
+
+def test_video_init_starts_from_a_trained_pipeline_and_refuses_another_architecture(
+    tiny_video_run, tiny_vae_run, tmp_path
+):
+    from engine.generator.video import VideoConfig, VideoTrainer
+
+    source = tiny_video_run / "pipeline"
+    config = VideoConfig(**json.loads((tiny_video_run / "config.json").read_text()))
+    started = VideoTrainer(config, None, vae=tiny_vae_run / "vae", init=source, clip_cache=tiny_vae_run / "clips")
+    trained = load_file(str(source / "transformer" / "diffusion_pytorch_model.safetensors"))
+    own = started.model.transformer.state_dict()
+    assert own.keys() == trained.keys()
+    assert all(torch.equal(own[k], trained[k].float()) for k in trained)
+    text = load_file(str(source / "text_encoder" / "model.safetensors"))
+    own_text = started.model.text_encoder.state_dict()
+    assert all(torch.equal(own_text[k], text[k].float()) for k in text if k in own_text)
+    fresh = VideoTrainer(config, None, vae=tiny_vae_run / "vae", clip_cache=tiny_vae_run / "clips")
+    assert not all(torch.equal(fresh.model.transformer.state_dict()[k], own[k]) for k in own)
+
+    wider = ["--out", str(tmp_path / "r"), "--vae", str(tiny_vae_run / "vae"), "--init", str(source), "--steps", "1"]
+    changed = TINY_VIDEO.copy()
+    changed[changed.index("--ffn-dim") + 1] = "32"
+    assert engine_main(["train", "video"] + wider + changed) == 2  # a clear error, not a traceback
+    with pytest.raises(ValueError, match="does not fit"):
+        VideoTrainer(VideoConfig(**{**config.__dict__, "ffn_dim": 32}), None, vae=tiny_vae_run / "vae", init=source)
+    with pytest.raises(FileNotFoundError, match="not a WanPipeline folder"):
+        VideoTrainer(config, None, vae=tiny_vae_run / "vae", init=tmp_path)

@@ -90,6 +90,13 @@ def add_parser(subparsers) -> None:
     video.add_argument(
         "--text", type=Path, default=None, help="tokenizer + text encoder folder (default: built into OUT/text)"
     )
+    video.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="trained WanPipeline folder to start from (its transformer, and its text encoder unless --text): "
+        "a finetune, e.g. on the latents of a VAE trained further",
+    )
     video.add_argument("--clip-cache", type=Path, default=None, help="rendered clip folder (default: OUT/clips)")
     _add_config_options(video, VideoConfig, VIDEO_HELP)
     video.set_defaults(func=run_video)
@@ -197,6 +204,7 @@ def _run_video(args, context) -> int:
             args.out,
             vae=args.vae,
             text=args.text,
+            init=args.init,
             resume=args.resume,
             clip_cache=args.clip_cache,
             context=context,

@@ -115,6 +115,26 @@ def build_transformer(config: VideoConfig):
     )
 
 
+def load_transformer_weights(transformer, folder: Path) -> None:
+    """Copies the weights of the diffusers ``WanTransformer3DModel`` folder ``folder`` (safetensors, any
+    dtype) into ``transformer``; raises ValueError naming the missing, unexpected or mis-shaped weights."""
+    from safetensors.torch import load_file
+
+    from engine.models.checkpoint import state_dict_problems
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no .safetensors weights")
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    own = transformer.state_dict()
+    problems = state_dict_problems(own, state, "the configured transformer")
+    if problems:
+        raise ValueError(f"the transformer in {folder} does not fit this run's settings: " + "; ".join(problems))
+    transformer.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     """Wan's / SD3's timestep shift: sigma = shift·u / (1 + (shift - 1)·u) for u in [0, 1]."""
     return shift * u / (1 + (shift - 1) * u)
@@ -141,6 +161,10 @@ class VideoTrainer(Trainer):
         out_dir: run folder (None: nothing is written, latents kept in memory).
         vae: the trained VAE folder.
         text: optional WanPipeline-style folder with ``tokenizer/`` and ``text_encoder/`` to start from.
+        init: optional trained WanPipeline folder whose ``transformer/`` (and, unless ``text`` is given, whose
+            tokenizer and text encoder) the run starts from: a finetune, e.g. on the latents of a VAE trained
+            further. Its transformer must have the architecture ``config`` describes (ValueError naming the
+            differences otherwise). A resumed run continues from its own checkpoint instead.
         resume: continue the run in ``out_dir``.
         clip_cache: folder of rendered clips (default ``out_dir/clips``).
         context: this process's place in a data-parallel run (default: a single process).
@@ -156,6 +180,7 @@ class VideoTrainer(Trainer):
         *,
         vae: Path,
         text: Optional[Path] = None,
+        init: Optional[Path] = None,
         resume: bool = False,
         clip_cache: Optional[Path] = None,
         context=None,
@@ -165,6 +190,12 @@ class VideoTrainer(Trainer):
         self.config = config
         self.vae_folder = Path(vae)
         self.vae = load_vae(self.vae_folder)
+        if init is not None:
+            init = Path(init)
+            if not (init / "transformer").is_dir():
+                raise FileNotFoundError(f"{init} is not a WanPipeline folder (it has no transformer/ folder)")
+            if text is None:
+                text = init
         if text is not None:
             from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -177,7 +208,10 @@ class VideoTrainer(Trainer):
             raise ValueError(
                 f"the text encoder has width {text_encoder.config.d_model}, config.text_dim is {config.text_dim}"
             )
-        self.model = Generator(build_transformer(config), text_encoder)
+        transformer = build_transformer(config)
+        if init is not None:
+            load_transformer_weights(transformer, init / "transformer")
+        self.model = Generator(transformer, text_encoder)
         self.template = ORBIT_PROMPT_TEMPLATE if config.orbit_template else "{prompt}"
         self.unconditional = ("", DEFAULT_NEGATIVE_PROMPT)
         cache = clip_cache if clip_cache is not None else (None if out_dir is None else Path(out_dir) / "clips")
