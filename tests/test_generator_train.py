@@ -259,3 +259,20 @@ def test_video_init_starts_from_a_trained_pipeline_and_refuses_another_architect
         VideoTrainer(VideoConfig(**{**config.__dict__, "ffn_dim": 32}), None, vae=tiny_vae_run / "vae", init=source)
     with pytest.raises(FileNotFoundError, match="not a WanPipeline folder"):
         VideoTrainer(config, None, vae=tiny_vae_run / "vae", init=tmp_path)
+
+
+def test_a_run_started_before_a_setting_existed_resumes_with_its_default(tiny_vae_run, tmp_path):
+    """A setting missing from an older run's config.json counts as its default value, not as a change."""
+    run = tmp_path / "older"
+    shutil.copytree(tiny_vae_run, run)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["kl_weight"]  # the run used the default
+    del saved["stats_clips"]  # the run used 2, not the default 48
+    (run / "config.json").write_text(json.dumps(saved))
+    args = ["train", "vae", "--out", str(run), "--steps", "4", "--eval-every", "2", "--save-every", "2", "--resume"]
+    tiny = TINY_VAE.copy()
+    assert engine_main(args + ["--keep-checkpoints", "5"] + tiny) == 2  # stats_clips: 48 (default) -> 2
+    saved["stats_clips"] = 2
+    (run / "config.json").write_text(json.dumps(saved))
+    assert engine_main(args + ["--keep-checkpoints", "5"] + tiny) == 0
+    assert json.loads((run / "config.json").read_text())["kl_weight"] == 1e-6  # written back in full

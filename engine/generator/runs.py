@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Optional
 
@@ -64,6 +64,18 @@ class RunExistsError(RuntimeError):
     """The run folder already holds a run and ``--resume`` was not given."""
 
 
+def _field_defaults(config) -> dict:
+    """The default value of each field of the dataclass ``config`` that has one: a setting added to the
+    engine after a run was started is absent from the run's config.json and counts as its default."""
+    values = {}
+    for item in fields(config):
+        if item.default is not MISSING:
+            values[item.name] = item.default
+        elif item.default_factory is not MISSING:
+            values[item.name] = item.default_factory()
+    return values
+
+
 class Trainer:
     """Base of the trainers: subclasses set ``self.model`` (the trained module), ``self.config`` (a
     dataclass with seed, steps, lr, warmup_steps, log_every, eval_every, save_every, keep_checkpoints,
@@ -99,7 +111,7 @@ class Trainer:
         if config_file.is_file():
             if not resume:
                 raise RunExistsError(f"{self.out_dir} already holds a run: pass --resume to continue it")
-            saved = json.loads(config_file.read_text(encoding="utf-8"))
+            saved = {**_field_defaults(cfg), **json.loads(config_file.read_text(encoding="utf-8"))}
             changed = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
             if changed:
                 details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
