@@ -245,11 +245,21 @@ class EngineSession:
     ) -> str:
         """Sends a ``generate`` request (starting the worker if needed); returns its id.
 
+        The request asks for no ``flythrough.mp4``: Blender renders the scene itself and nothing in the
+        add-on shows that video, while rendering it on a CPU took longer than the whole rest of a
+        generation of the default model (19 of 24 s, benchmarks/prompt_to_blender.py).
+
         Raises EngineUnavailable when the worker cannot be started, RuntimeError when a request runs.
         """
         if self.busy:
             raise RuntimeError("a generation is already running")
-        fields = {"settings": settings, "model": model, "runtime": runtime, "output_root": output_root}
+        fields = {
+            "settings": settings,
+            "model": model,
+            "runtime": runtime,
+            "output_root": output_root,
+            "flythrough": False,
+        }
         if preview_every:
             fields["preview_every"] = preview_every
         # Validate here, so a bad request is reported without starting or bothering the worker.

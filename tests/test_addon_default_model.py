@@ -189,6 +189,8 @@ def test_installed_add_on_uses_its_default_model_and_sends_only_the_artists_choi
     requests = [json.loads(line) for line in Path(f"{started}.requests").read_text().splitlines()]
     assert len(requests) == 2, requests
     assert all(r["model"] == embedded for r in requests)
+    # Blender renders the scene itself: the worker is asked for no fly-through video (most of a CPU run's time).
+    assert all(r["flythrough"] is False for r in requests)
 
     # Model Defaults on: none of the panel's 512 px values is sent; the unknown word reaches the status.
     assert result["use_model_defaults"] is True and result["panel_before"][:2] == [13, 512]

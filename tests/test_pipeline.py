@@ -3,6 +3,7 @@ and the real stitched decoder: a tiny AnySplat behind a Wan-shaped stitching con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -285,6 +286,32 @@ def test_write_outputs_writes_every_file(tmp_path, result):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(FileExistsError):
         write_outputs(result, out)
+
+
+@pytest.mark.parametrize("decoder_depth", [True, False])
+def test_write_outputs_without_the_flythrough_renders_only_what_it_writes(tmp_path, result, monkeypatch, decoder_depth):
+    import imageio.v3 as iio
+
+    from engine.pipeline import run_folder
+
+    assert result.depth is not None  # the tiny stitched decoder predicts depth
+    run = result if decoder_depth else dataclasses.replace(result, depth=None, timings=dict(result.timings))
+    rendered = []  # poses_between of every render
+    original = run_folder.render_flythrough
+    monkeypatch.setattr(
+        run_folder, "render_flythrough", lambda *a, **k: rendered.append(k["poses_between"]) or original(*a, **k)
+    )
+    events = []
+    out = write_outputs(run, tmp_path / "run", flythrough=False, progress=lambda *event: events.append(event))
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(OUTPUT_FILES) - {"flythrough.mp4"})
+    outputs = read_run_metadata(out)["outputs"]
+    assert outputs["flythrough_frames"] == 0
+    # The decoder's depth needs no render at all; without it only the 5 predicted cameras are rendered.
+    assert rendered == ([] if decoder_depth else [0])
+    assert outputs["depth_source"] == ("decoder" if decoder_depth else "rendered")
+    assert len(iio.imread(out / "depth.mp4")) == 5
+    steps = [(step, total) for stage, step, total, _ in events]
+    assert [step for step, _ in steps] == list(range(1, len(OUTPUT_FILES))) and {t for _, t in steps} == {5}
 
 
 def test_point_outputs(tmp_path, pipeline):

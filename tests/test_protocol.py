@@ -23,7 +23,12 @@ def test_protocol_and_client_import_without_torch_or_numpy():
 
 def test_request_round_trip_is_one_line():
     message = make_request(
-        "generate", "r1", settings={"prompt": "two\nlines, ünïcode"}, output_root="/tmp/x", preview_every=2
+        "generate",
+        "r1",
+        settings={"prompt": "two\nlines, ünïcode"},
+        output_root="/tmp/x",
+        preview_every=2,
+        flythrough=False,
     )
     line = encode_message(message)
     assert line.endswith("\n") and line.count("\n") == 1
@@ -54,6 +59,7 @@ def test_request_round_trip_is_one_line():
             "f",
         ),
         ('{"type": "generate", "id": "f", "settings": {}, "output_dir": "a", "preview_every": -1}', "bad_request", "f"),
+        ('{"type": "generate", "id": "g", "settings": {}, "output_dir": "a", "flythrough": 0}', "bad_request", "g"),
     ],
 )
 def test_bad_requests_are_classified(line, error_type, request_id):

@@ -465,3 +465,28 @@ def test_gradients_reach_every_parameter_in_float32():
     (out.rgb.sum() + out.alpha.sum() + 0.1 * out.depth.sum()).backward()
     for p in params:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_compositing_adds_rows_without_multidimensional_index_add(tiny_segments, monkeypatch):
+    """Regression guard for a CPU speed trap, not for values (those are the reference tests above).
+
+    torch's ``index_add_`` along the first dimension of a tensor of more than one dimension stalls on a
+    CPU whose cores other processes also use: 80 ms instead of 0.02 ms per call with 2 threads on the shared
+    2-core machine, which made a fly-through render (one call per segment) twice as slow. The compositor
+    adds rows with ``torch_backend._add_to_rows`` instead; 1-D ``index_add_`` (the backward's gradient
+    scatter) is not affected.
+    """
+    dimensions = []
+    original = torch.Tensor.index_add_
+
+    def recording(self, *args, **kwargs):
+        dimensions.append(self.dim())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "index_add_", recording)
+    scene = random_scene(40, 1, seed=3)
+    for p in (scene.means, scene.opacity_logits, scene.sh):
+        p.requires_grad_(True)
+    out = rasterize(scene, orbit_cameras(2, 21, 17, seed=3), backend="torch")
+    (out.rgb.sum() + out.alpha.sum()).backward()
+    assert dimensions and set(dimensions) == {1}, dimensions  # the backward's scatter ran, only in 1-D

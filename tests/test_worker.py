@@ -282,6 +282,22 @@ def test_generate_takes_the_models_defaults_for_settings_left_out(tiny_worker, b
 
 
 @pytest.mark.slow
+def test_generate_without_the_flythrough_leaves_only_that_video_out(tiny_worker, bundle, tmp_path):
+    final, events = _collect(
+        tiny_worker,
+        tiny_worker.send(
+            "generate", settings=TINY, model=str(bundle), output_dir=str(tmp_path / "h"), flythrough=False
+        ),
+    )
+    assert final["type"] == "result", final
+    out = Path(final["output_dir"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(OUTPUT_FILES) - {"flythrough.mp4"})
+    assert read_run_metadata(out)["outputs"]["flythrough_frames"] == 0
+    writing = [e for e in events if e["stage"] == "write_outputs"]
+    assert writing[-1]["step"] == writing[-1]["total"] == len(OUTPUT_FILES) - 1
+
+
+@pytest.mark.slow
 def test_client_detects_a_worker_killed_mid_request(bundle, tmp_path):
     worker = start_worker(tmp_path, tiny_decoder=True)
     try:

@@ -11,6 +11,7 @@ Layout of a run folder::
     frames.mp4       the decoded video (the RGB the 3D decoder saw)
     depth.mp4        the decoder's depth per frame, colour-mapped (near = bright)
     flythrough.mp4   the scene rendered along the predicted cameras, with interpolated in-between poses
+                     (absent when the generate request asked for none, as the Blender add-on does)
     metadata.json    every setting, the seed, model identities, software versions and timings
                      (``{"format": "vist3a-run", "version": 1, ...}``)
 
@@ -32,7 +33,7 @@ FRAMES_FILE = "frames.mp4"
 DEPTH_FILE = "depth.mp4"
 FLYTHROUGH_FILE = "flythrough.mp4"
 METADATA_FILE = "metadata.json"
-# Every file of a complete run folder, in the order the engine writes them.
+# Every file of a complete run folder, in the order the engine writes them (FLYTHROUGH_FILE may be left out).
 OUTPUT_FILES = (SCENE_FILE, CAMERAS_FILE, FRAMES_FILE, DEPTH_FILE, FLYTHROUGH_FILE, METADATA_FILE)
 
 

@@ -177,8 +177,14 @@ def write_outputs(
     cancel: CancelCheck = None,
     render_device: Optional[torch.device] = None,
     render_backend: str = "auto",
+    flythrough: bool = True,
 ) -> Path:
     """Writes the run folder (``engine.io.run_format``) atomically; returns its path.
+
+    ``flythrough=False`` leaves ``flythrough.mp4`` out (metadata ``outputs.flythrough_frames`` is then 0):
+    rendering it is most of this function's time on a CPU, and the Blender add-on, which renders the
+    scene itself, never shows it. Without the decoder's depth, ``depth.mp4`` is then rendered at the
+    predicted cameras alone instead of being taken from the fly-through.
 
     Raises:
         FileExistsError: ``out_dir`` exists already (nothing is written).
@@ -189,7 +195,7 @@ def write_outputs(
         raise FileExistsError(f"output folder {out_dir} already exists")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    total = len(OUTPUT_FILES)
+    total = len(OUTPUT_FILES) - (0 if flythrough else 1)
     step = 0
 
     def advance():
@@ -214,18 +220,28 @@ def write_outputs(
         advance()
         _write_video(work / FRAMES_FILE, _to_uint8(result.frames.permute(0, 2, 3, 1)), VIDEO_FPS)
         advance()
-        flythrough_rgb, flythrough_depth = render_flythrough(
-            result.scene, cameras, device=render_device, backend=render_backend, cancel=cancel
-        )
+        if flythrough or result.depth is None:
+            # without the fly-through video, only the predicted cameras are rendered (for their depth)
+            poses_between = FLYTHROUGH_POSES_BETWEEN if flythrough else 0
+            flythrough_rgb, flythrough_depth = render_flythrough(
+                result.scene,
+                cameras,
+                poses_between=poses_between,
+                device=render_device,
+                backend=render_backend,
+                cancel=cancel,
+            )
         if result.depth is not None:
             depth, files["depth_source"] = result.depth, "decoder"
-        else:  # the rendered depth at the predicted cameras (every (poses_between+1)-th fly-through frame)
-            depth, files["depth_source"] = flythrough_depth[:: FLYTHROUGH_POSES_BETWEEN + 1], "rendered"
+        else:  # the rendered depth at the predicted cameras (every (poses_between+1)-th rendered frame)
+            depth, files["depth_source"] = flythrough_depth[:: poses_between + 1], "rendered"
         _write_video(work / DEPTH_FILE, colorize_depth(depth), VIDEO_FPS)
         advance()
-        _write_video(work / FLYTHROUGH_FILE, _to_uint8(flythrough_rgb), FLYTHROUGH_FPS)
-        files["flythrough_frames"] = len(flythrough_rgb)
-        advance()
+        files["flythrough_frames"] = 0
+        if flythrough:
+            _write_video(work / FLYTHROUGH_FILE, _to_uint8(flythrough_rgb), FLYTHROUGH_FPS)
+            files["flythrough_frames"] = len(flythrough_rgb)
+            advance()
         result.timings["write_outputs"] = round(time.perf_counter() - start, 3)
         with atomic_write(work / METADATA_FILE, "w") as f:
             json.dump(metadata_of(result, files), f, indent=2)

@@ -28,7 +28,7 @@ Requests (client -> worker)
 ---------------------------
 ``ping``       {}                                       -> ``done``
 ``load``       {model, runtime?}                        -> ``progress``* then ``done`` {model, reused}
-``generate``   {settings, model?, runtime?, output_dir | output_root, preview_every?}
+``generate``   {settings, model?, runtime?, output_dir | output_root, preview_every?, flythrough?}
                                                         -> ``progress``* then ``result``
 ``cancel``     {target?}                                -> ``done`` {cancelled: [ids]}; the cancelled
                request then ends with ``cancelled``. Without ``target`` it cancels the request running
@@ -49,6 +49,9 @@ Fields:
 - ``output_dir``: the run folder to create (must not exist); or ``output_root``: a folder in which
   the worker creates a new, uniquely named run folder.
 - ``preview_every``: send a low-resolution preview image every N denoising steps (0 or absent: none).
+- ``flythrough``: false leaves ``flythrough.mp4`` out of the run folder (true or absent: written).
+  Rendering it is most of the writing time on a CPU; the Blender add-on renders the scene itself and
+  sends false.
 
 Events (worker -> client)
 -------------------------
@@ -134,7 +137,14 @@ _REQUEST_FIELDS: dict[str, tuple[dict, dict]] = {
     LOAD: ({"model": _STR}, {"runtime": _DICT}),
     GENERATE: (
         {"settings": _DICT},
-        {"model": _STR, "runtime": _DICT, "output_dir": _STR, "output_root": _STR, "preview_every": _INT},
+        {
+            "model": _STR,
+            "runtime": _DICT,
+            "output_dir": _STR,
+            "output_root": _STR,
+            "preview_every": _INT,
+            "flythrough": _BOOL,
+        },
     ),
     CANCEL: ({}, {"target": _STR}),
     RELEASE: ({}, {}),

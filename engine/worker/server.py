@@ -316,7 +316,7 @@ class Worker:
             settings, progress=progress, cancel=cancel, preview_every=request.get("preview_every", 0)
         )
         pipeline.free_gpu_memory()
-        write_outputs(result, out_dir, progress=progress, cancel=cancel)
+        write_outputs(result, out_dir, progress=progress, cancel=cancel, flythrough=request.get("flythrough", True))
         logger.info("request %s: wrote %s", request.id, out_dir)
         answer = {"output_dir": str(out_dir), "seed": settings.seed, "timings": result.timings}
         if result.unknown_words:
