@@ -44,12 +44,28 @@ class EngineConfig:
         extension_dir: the folder that holds the bundled ``engine`` package (the worker's cwd).
         log_dir: where the worker's log and captured stderr go.
         allow_download: whether the worker may download models from the hub (Blender's online access).
+        cpu_threads: torch threads of the worker on the processor (``OMP_NUM_THREADS``); 0: automatic
+            (:func:`worker_threads`).
     """
 
     python: str
     extension_dir: str
     log_dir: str
     allow_download: bool
+    cpu_threads: int = 0
+
+
+def worker_threads(requested: int, cpu_count: Optional[int]) -> int:
+    """The worker's CPU thread count: ``requested`` when positive, else every core but one (at least one).
+
+    Blender keeps a core for its interface, and torch's parallel operations wait for their slowest thread:
+    on the 2-core development machine, a matmul of the default model took 0.07 ms on one thread and 7.8 ms
+    on two while another process used a core, and denoising was about 40 times slower
+    (``benchmarks/prompt_to_blender.py``, docs/default_model.md).
+    """
+    if requested > 0:
+        return requested
+    return max(1, (cpu_count or 1) - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +190,9 @@ class EngineSession:
         env["PYTHONUNBUFFERED"] = "1"
         if not config.allow_download:
             env["HF_HUB_OFFLINE"] = "1"
+        # An explicit setting wins; "automatic" respects an OMP_NUM_THREADS the user gave Blender.
+        if config.cpu_threads > 0 or "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(worker_threads(config.cpu_threads, os.cpu_count()))
         self._stderr_path = os.path.join(config.log_dir, "worker-stderr.log")
         self._stderr_file = open(self._stderr_path, "wb")  # noqa: SIM115 - kept open for the worker's life
         worker = worker_client.WorkerProcess(

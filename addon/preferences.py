@@ -131,6 +131,14 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
         "from the free GPU memory",
         default=False,
     )
+    cpu_threads: bpy.props.IntProperty(
+        name="CPU Threads",
+        description="Threads the engine uses on the processor. 0: automatic, every core but one (Blender keeps "
+        "one, and a core that is busy elsewhere slows all of the engine's threads down)",
+        default=0,
+        min=0,
+        soft_max=64,
+    )
     preview_every: bpy.props.IntProperty(
         name="Preview Every",
         description="Show a preview of the first frame every N denoising steps (0: no previews)",
@@ -167,6 +175,7 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
             extension_dir=extension_dir(),
             log_dir=user_path(LOGS_FOLDER, create=True),
             allow_download=bool(bpy.app.online_access),
+            cpu_threads=self.cpu_threads,
         )
 
     def runtime(self) -> dict:
@@ -324,6 +333,7 @@ class VIST3AAddonPreferences(bpy.types.AddonPreferences):
         box.label(text="Device and Memory", icon="MEMORY")
         box.prop(self, "device")
         box.prop(self, "dtype")
+        box.prop(self, "cpu_threads")
         box.prop(self, "cpu_offload")
         box.prop(self, "vae_tiling")
         box.prop(self, "preview_every")

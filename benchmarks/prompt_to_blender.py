@@ -20,8 +20,8 @@ Per prompt it prints, side by side:
   * import: the poll that read the result and imported the run folder (objects in the scene);
   * total: the Generate operator's call to the objects in the scene.
 
-``--threads N`` sets the worker's torch threads (``OMP_NUM_THREADS``); by default the add-on sets none, so
-torch uses one per physical core. ``--steps N`` overrides the model's denoising steps (unticks "Model
+``--threads N`` sets the add-on's "CPU Threads" preference (the worker's ``OMP_NUM_THREADS``); by default
+it is left automatic: every core but one. ``--steps N`` overrides the model's denoising steps (unticks "Model
 Defaults" with the model's other values). The panel's timer polls every 0.2 s; this polls every
 ``--poll`` s (0.02), so the UI may show the objects up to 0.2 s later than measured here.
 """
@@ -104,7 +104,12 @@ def print_table(runs: list) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", nargs="+", default=list(PROMPTS), help="the first runs cold, the others warm")
-    parser.add_argument("--threads", type=int, default=None, help="worker torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="the add-on's CPU Threads preference (default 0: automatic, every core but one)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--poll", type=float, default=0.02, help="seconds between polls of the worker's events")
@@ -124,15 +129,14 @@ def main() -> int:
             "seed": args.seed,
             "steps": args.steps,
             "poll": args.poll,
+            "cpu_threads": args.threads or 0,
         }
         params_file = tmp / "params.json"
         params_file.write_text(json.dumps(parameters), encoding="utf-8")
         env_dir = tmp / "blender_user"
         env_dir.mkdir()
         env = {**os.environ, "BLENDER_USER_RESOURCES": str(env_dir)}
-        env.pop("OMP_NUM_THREADS", None)
-        if args.threads is not None:
-            env["OMP_NUM_THREADS"] = str(args.threads)
+        env.pop("OMP_NUM_THREADS", None)  # the add-on's preference decides
         completed = subprocess.run(
             [sys.executable, "-X", "faulthandler", str(BLENDER_SCRIPT), str(params_file)],
             env=env,

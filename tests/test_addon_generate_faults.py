@@ -98,6 +98,7 @@ def test_generate_faults_leave_the_scene_and_blender_intact(extension_zip, tmp_p
     # The worker ran the extension's bundled engine, offline, with a log file in the user folder.
     started = json.loads((tmp_path / "started-garbage-mid.json").read_text())
     assert started["offline"] == "1" and started["cwd"] == result["extension_dir"]
+    assert started["omp_threads"] == "3"  # the "CPU Threads" preference
     assert started["pythonpath"].split(os.pathsep)[0] == result["extension_dir"]
     assert started["args"][:3] == ["-m", "engine.worker", "--log-file"] and started["args"][3].endswith("worker.log")
     for name in ("setup_engine", "download_models"):
@@ -245,3 +246,11 @@ def test_history_lists_complete_runs_newest_first_and_reports_broken_ones(tmp_pa
     assert len(problems) == 2 and any("no-scene" in p and "scene.ply" in p for p in problems)
     assert any("bad-json" in p for p in problems)
     assert history.scan_runs(str(tmp_path / "missing")) == ([], [])
+
+
+def test_worker_threads_leave_blender_a_core_unless_told():
+    client = load_addon_module("client")
+    assert client.worker_threads(0, 8) == 7
+    assert client.worker_threads(0, 2) == 1
+    assert client.worker_threads(0, 1) == 1 and client.worker_threads(0, None) == 1
+    assert client.worker_threads(4, 2) == 4

@@ -36,6 +36,7 @@ generation, state = addon.generation, addon.state
 prefs = bpy.context.preferences.addons[MODULE].preferences
 prefs.engine_python = p["python"]
 prefs.outputs_path = p["outputs"]
+prefs.cpu_threads = p["cpu_threads"]
 settings = bpy.context.scene.vist3a_generate
 if p["steps"] is not None:
     # "Model Defaults" unticked: the panel's fields start from the model's values; only the steps change.

@@ -28,6 +28,7 @@ if mode == "garbage-start":
 with open(sys.argv[2], "w") as file:  # what the add-on started it with
     started = {
         "offline": os.environ.get("HF_HUB_OFFLINE"),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
         "pythonpath": os.environ.get("PYTHONPATH", ""),
         "cwd": os.getcwd(),
         "args": sys.argv[3:],

@@ -57,8 +57,9 @@ prefs.engine_python = p["wrappers"]["garbage-start"]
 out["garbage_start"] = generate()
 out["garbage_start_busy"] = SESSION.busy
 
-# 3. garbage in the middle of a run
+# 3. garbage in the middle of a run (and an explicit thread count for the worker)
 prefs.engine_python = p["wrappers"]["garbage-mid"]
+prefs.cpu_threads = 3
 out["garbage_mid"] = generate()
 pid = SESSION.worker_pid
 outcome = generation.wait_for_generation(bpy.context, timeout=30)
