@@ -103,7 +103,7 @@ def test_plan_lists_every_stage_with_its_commands_and_paths_and_runs_nothing(tmp
     w = str(work.resolve())
     expected = [
         f"teacher data --out {w}/teacher_data --train 800 --heldout 50",
-        f"train vae --out {w}/vae --clip-cache {w}/clips --no-progress --steps 8000",
+        f"train vae --out {w}/vae --clip-cache {w}/clips --no-progress --steps 6000",
         f"train video --out {w}/video --vae {w}/vae/vae --clip-cache {w}/clips --no-progress --steps 6000",
         f"teacher train anysplat --data {w}/teacher_data --out {w}/anysplat --steps 2000",
         "--weight camera=5 --threads 2",
