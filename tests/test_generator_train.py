@@ -276,3 +276,38 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_default(tiny_va
     (run / "config.json").write_text(json.dumps(saved))
     assert engine_main(args + ["--keep-checkpoints", "5"] + tiny) == 0
     assert json.loads((run / "config.json").read_text())["kl_weight"] == 1e-6  # written back in full
+
+
+def test_object_mask_finds_the_objects_of_a_true_frame_and_the_weight_is_checked():
+    from engine.data import SyntheticClipDataset, generate_scene
+    from engine.generator.vae import object_mask
+
+    dataset = SyntheticClipDataset(2, seed=0, num_frames=1, height=64, width=64, split="heldout")
+    frames = torch.stack([dataset[i].frames[0] for i in range(2)])  # (2, H, W, 3) in [0, 1]
+    video = frames.permute(0, 3, 1, 2)[:, :, None] * 2.0 - 1.0  # (2, 3, 1, H, W)
+    mask = object_mask(video)
+    assert mask.shape == (2, 1, 1, 64, 64) and mask.dtype == torch.bool
+    for i in range(2):
+        fraction = float(mask[i].float().mean())
+        assert 0.01 < fraction < 0.5, fraction  # the objects: some pixels, never most of the frame
+        assert len(generate_scene(dataset.item_seed(i)).objects) >= 1
+    # a frame of sky alone has no object pixels
+    from engine.data import SKY_COLORS
+
+    sky = torch.tensor(list(SKY_COLORS.values())[0], dtype=torch.float32).view(1, 3, 1, 1, 1)
+    assert not object_mask(sky.expand(1, 3, 1, 8, 8) * 2.0 - 1.0).any()
+    with pytest.raises(ValueError, match="object_weight"):
+        VAEConfig(object_weight=0.0)
+
+
+def test_the_object_weight_changes_the_vae_loss(tiny_vae_run):
+    config = VAEConfig(**{**json.loads((tiny_vae_run / "config.json").read_text()), "image_steps": 0})
+    plain = VAETrainer(config, None, clip_cache=tiny_vae_run / "clips")
+    weighted = VAETrainer(
+        VAEConfig(**{**config.__dict__, "object_weight": 10.0}), None, clip_cache=tiny_vae_run / "clips"
+    )
+    torch.manual_seed(0)
+    a = float(plain.loss()[0].detach())
+    torch.manual_seed(0)
+    b = float(weighted.loss()[0].detach())
+    assert a > 0 and b > 0 and abs(a - b) > 1e-6 * a

@@ -57,6 +57,7 @@ VAE_HELP = {
     "base_dim": "AutoencoderKLWan base width",
     "train_clips": "distinct training clips (rendered once, cached)",
     "eval_clips": "held-out clips for the PSNR evaluation",
+    "object_weight": "loss weight of the pixels labelled as objects (1: plain MSE)",
     "caption_check_clips": "held-out first frames for the caption check of the reconstructions (0: none)",
     "eval_every": "held-out evaluation every N steps (0: never)",
     "stats_clips": "training clips encoded to measure latents_mean / latents_std",

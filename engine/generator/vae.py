@@ -60,6 +60,8 @@ class VAEConfig:
     crop_frames: int = 9
     crop_size: int = 40
     kl_weight: float = 1e-6
+    # Loss weight of the pixels the caption check labels as objects (1: plain MSE over all pixels).
+    object_weight: float = 1.0
     # Image stage (Wan's first stage): single-frame crops for the first image_steps steps.
     image_steps: int = 2000
     image_batch_size: int = 4
@@ -83,6 +85,8 @@ class VAEConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self):
+        if self.object_weight <= 0:
+            raise ValueError(f"object_weight must be positive, got {self.object_weight}")
         for name in ("crop_frames", "num_frames"):
             value = getattr(self, name)
             if value < 1 or (value - 1) % 4:
@@ -117,6 +121,24 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (computed on the [0, 1] scale, the reconstruction clamped)."""
     mse = ((reconstruction.clamp(-1, 1) - target) / 2).pow(2).mean().clamp_min(1e-12)
     return float(-10.0 * torch.log10(mse))
+
+
+def object_mask(video: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, H, W) bool: the pixels of ``video`` (B, 3, T, H, W) in [-1, 1] that
+    :func:`engine.generator.quality.label_pixels` explains by an object colour of the world's palette, not
+    by a floor or a sky (the objects, and the few floor pixels whose shade matches an object colour).
+
+    Why: floor and sky fill most of a frame, so a plain MSE hardly sees the small objects, which are what a
+    caption names (session 5: the caption check of the reconstructions plateaued near 70 %).
+    """
+    from engine.generator.quality import label_pixels
+
+    batch, _, frames, height, width = video.shape
+    pixels = video.detach().permute(0, 2, 3, 4, 1).add(1.0).div(2.0).clamp(0.0, 1.0)  # (B, T, H, W, 3)
+    names, labels = label_pixels(pixels.reshape(-1, width, 3).float().numpy())
+    is_object = np.array([name.startswith("object:") for name in names])
+    mask = torch.from_numpy(is_object[labels]).reshape(batch, frames, height, width)
+    return mask[:, None]
 
 
 @torch.no_grad()
@@ -231,7 +253,11 @@ class VAETrainer(Trainer):
         batch = self.crop_shape(self.step)[0]
         video = self.sample_crops(self.context.local_indices(batch))
         posterior, reconstruction = self.forward(self._reconstruct, video)
-        mse = F.mse_loss(reconstruction, video)
+        if self.config.object_weight == 1.0:
+            mse = F.mse_loss(reconstruction, video)
+        else:
+            weight = 1.0 + (self.config.object_weight - 1.0) * object_mask(video).float()
+            mse = (weight * (reconstruction - video).pow(2)).sum() / (weight.sum() * video.shape[1])
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
         extra = {"l1": float(F.l1_loss(reconstruction.detach(), video)), "kl": float(kl.detach())}
         return mse + self.config.kl_weight * kl, extra
