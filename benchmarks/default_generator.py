@@ -69,7 +69,7 @@ def generate_first_frame(pipe, caption: str, args, seed: int) -> np.ndarray:
 def caption_figures(pipe, vae, split: str, count: int, args) -> dict:
     from engine.data import SyntheticClipDataset, generate_scene
     from engine.generator.quality import check_frame
-    from engine.generator.vae import reconstruct
+    from engine.generator.vae import check_reconstruction
 
     dataset = SyntheticClipDataset(count, seed=0, num_frames=1, height=128, width=128, split=split)
     colours, relations, truth_colours, truth_relations, seconds = [], [], [], [], []
@@ -82,14 +82,12 @@ def caption_figures(pipe, vae, split: str, count: int, args) -> dict:
         check = check_frame(frame, scene)
         colours += list(check.colors_visible.values())
         relations += check.relations_correct
-        truth = check_frame(dataset[index].frames[0].numpy(), scene)
+        true_frame = dataset[index].frames[0]  # (H, W, 3) in [0, 1], rendered once
+        truth = check_frame(true_frame.numpy(), scene)
         truth_colours += list(truth.colors_visible.values())
         truth_relations += truth.relations_correct
         # The VAE's reconstruction of the true frame: a generator decoded by this VAE cannot do better.
-        with torch.no_grad():
-            true_frame = dataset[index].frames[:1].permute(3, 0, 1, 2)[None].float() * 2.0 - 1.0
-            rebuilt = reconstruct(vae, true_frame)[0, :, 0].permute(1, 2, 0).add(1.0).div(2.0).clamp(0.0, 1.0)
-        ceiling = check_frame(rebuilt.numpy(), scene)
+        ceiling = check_reconstruction(vae, true_frame.permute(2, 0, 1).float() * 2.0 - 1.0, scene)
         vae_colours += list(ceiling.colors_visible.values())
         vae_relations += ceiling.relations_correct
         if args.save_frames:

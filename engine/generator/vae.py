@@ -142,24 +142,30 @@ def object_mask(video: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def check_reconstruction(vae, frame: torch.Tensor, scene):
+    """:func:`engine.generator.quality.check_frame` of ``scene`` (a world scene or a parsed caption) on the
+    VAE's reconstruction of ``frame`` (3, H, W) in [-1, 1], encoded on its own (a causal VAE's first frame)."""
+    from engine.generator.quality import check_frame
+
+    image = reconstruct(vae, frame[:, None][None])[0, :, 0].permute(1, 2, 0).add(1.0).div(2.0).clamp(0.0, 1.0)
+    return check_frame(image.float().numpy(), scene)
+
+
 def caption_check_of_reconstructions(vae, clips: ClipCache) -> dict:
-    """The generator benchmark's caption check (:func:`engine.generator.quality.check_frame`) on the VAE's
-    reconstructions of the first frames of ``clips``: the ceiling of what a generator on this VAE can score,
-    since every generated video is decoded by it. Small objects are what a blurry VAE loses first, and PSNR,
-    dominated by floor and sky, hardly shows it (session 5: a VAE at 21.6 dB scored 27 % here).
+    """The generator benchmark's caption check on the VAE's reconstructions of the first frames of ``clips``
+    (:func:`check_reconstruction`): the ceiling of what a generator on this VAE can score, since every
+    generated video is decoded by it. Small objects are what a blurry VAE loses first, and PSNR, dominated
+    by floor and sky, hardly shows it (session 5: a VAE at 21.6 dB scored 27 % here).
 
     Returns:
         ``color_accuracy`` (fraction of named objects whose colour is visible) and ``relation_accuracy``
         (fraction of the captions' relations in place) over all clips.
     """
     from engine.data import generate_scene
-    from engine.generator.quality import check_frame
 
     colours, relations = [], []
     for index in range(len(clips)):
-        frame = clips.frames(index)[:1].permute(1, 0, 2, 3)[None]  # (1, 3, 1, H, W) in [-1, 1]
-        image = reconstruct(vae, frame)[0, :, 0].permute(1, 2, 0).add(1.0).div(2.0).clamp(0.0, 1.0)
-        check = check_frame(image.float().numpy(), generate_scene(clips.dataset.item_seed(index)))
+        check = check_reconstruction(vae, clips.frames(index)[0], generate_scene(clips.dataset.item_seed(index)))
         colours += list(check.colors_visible.values())
         relations += check.relations_correct
     return {
