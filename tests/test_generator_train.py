@@ -311,3 +311,33 @@ def test_the_object_weight_changes_the_vae_loss(tiny_vae_run):
     torch.manual_seed(0)
     b = float(weighted.loss()[0].detach())
     assert a > 0 and b > 0 and abs(a - b) > 1e-6 * a
+
+
+def test_vae_init_starts_from_a_trained_vae_and_refuses_another_architecture(tiny_vae_run, tmp_path):
+    """`train vae --init`: a finetune (e.g. with --object-weight) starts from the trained weights."""
+    source = tiny_vae_run / "vae"
+    config = VAEConfig(**json.loads((tiny_vae_run / "config.json").read_text()))
+    started = VAETrainer(config, None, init=source, clip_cache=tiny_vae_run / "clips")
+    trained = load_file(str(source / "diffusion_pytorch_model.safetensors"))
+    own = started.model.state_dict()
+    assert own.keys() == trained.keys()
+    assert all(torch.equal(own[k], trained[k].float()) for k in trained)
+    fresh = VAETrainer(config, None, clip_cache=tiny_vae_run / "clips")
+    assert not all(torch.equal(fresh.model.state_dict()[k], own[k]) for k in own)
+
+    out = tmp_path / "finetune"
+    args = ["train", "vae", "--out", str(out), "--init", str(source), "--steps", "1", "--eval-every", "1"]
+    assert engine_main(args + ["--object-weight", "5"] + TINY_VAE) == 0
+    first = read_jsonl(out / EVAL_LOG)[0]  # step 0: the initial weights, i.e. the trained VAE's
+    assert first["step"] == 0
+    assert first["psnr"] == pytest.approx(read_jsonl(tiny_vae_run / EVAL_LOG)[-1]["psnr"], abs=1e-3)
+    assert (out / "vae" / "config.json").is_file()
+
+    wider = TINY_VAE.copy()
+    wider[wider.index("--base-dim") + 1] = "8"
+    again = ["train", "vae", "--out", str(tmp_path / "r"), "--init", str(source), "--steps", "1"]
+    assert engine_main(again + wider) == 2  # a clear error, not a traceback
+    with pytest.raises(ValueError, match="the VAE in .* does not fit"):
+        VAETrainer(VAEConfig(**{**config.__dict__, "base_dim": 8}), None, init=source)
+    with pytest.raises(FileNotFoundError, match="not a VAE folder"):
+        VAETrainer(config, None, init=tmp_path)

@@ -74,6 +74,13 @@ def add_parser(subparsers) -> None:
     _common(vae)
     vae.add_argument("--clip-cache", type=Path, default=None, help="rendered clip folder (default: OUT/clips)")
     vae.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="trained VAE folder to start from (e.g. an earlier run's export): a finetune, e.g. with "
+        "--object-weight; the architecture options must match it",
+    )
+    vae.add_argument(
         "--export-only",
         action="store_true",
         help="no training: export the newest checkpoint of the run in --out to --export (the run is not changed)",
@@ -181,8 +188,10 @@ def _run_vae(args, context) -> int:
         return 0
     try:
         config = _config_from_args(args, VAEConfig)
-        trainer = VAETrainer(config, args.out, resume=args.resume, clip_cache=args.clip_cache, context=context)
-    except (ValueError, RunExistsError) as error:
+        trainer = VAETrainer(
+            config, args.out, init=args.init, resume=args.resume, clip_cache=args.clip_cache, context=context
+        )
+    except (ValueError, FileNotFoundError, RunExistsError) as error:
         log.error("%s", error)
         return 2
     trainer.train(progress=not args.no_progress)

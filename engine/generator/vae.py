@@ -188,6 +188,10 @@ class VAETrainer(Trainer):
     Args:
         config: the run's settings.
         out_dir: run folder (None: nothing is written).
+        init: optional trained VAE folder (diffusers ``AutoencoderKLWan``, e.g. an earlier run's export) the
+            run starts from: a finetune, e.g. with ``object_weight``. Its architecture must be the one
+            ``config`` describes (ValueError naming the differences otherwise). A resumed run continues from
+            its own checkpoint instead.
         resume: continue the run in ``out_dir`` from its newest checkpoint.
         clip_cache: folder of the rendered clips (default ``out_dir/clips``; may be shared by runs).
         context: this process's place in a data-parallel run (default: a single process).
@@ -201,12 +205,19 @@ class VAETrainer(Trainer):
         config: VAEConfig,
         out_dir: Optional[Path] = None,
         *,
+        init: Optional[Path] = None,
         resume: bool = False,
         clip_cache: Optional[Path] = None,
         context=None,
     ):
         self.config = config
         self.model = build_vae(config)
+        if init is not None:
+            from engine.models.checkpoint import load_safetensors_folder
+
+            if not (Path(init) / "config.json").is_file():
+                raise FileNotFoundError(f"{init} is not a VAE folder (it has no config.json)")
+            load_safetensors_folder(self.model, init, "the VAE")
         cache = clip_cache if clip_cache is not None else (None if out_dir is None else Path(out_dir) / "clips")
         common = dict(seed=config.data_seed, num_frames=config.num_frames, height=config.size, width=config.size)
         self.train_clips = ClipCache(cache, "train", config.train_clips, **common)

@@ -32,6 +32,7 @@ from engine.generator.clipcache import ClipCache
 from engine.generator.runs import Trainer
 from engine.generator.text import build_text_encoder, build_tokenizer, encode_texts
 from engine.io.atomic import atomic_directory, atomic_write
+from engine.models.checkpoint import load_safetensors_folder
 from engine.pipeline.vist3a import MAX_TEXT_TOKENS  # the text length of the pipeline (padding changes Wan)
 from engine.stitching.vae import WanVAEAdapter
 
@@ -115,26 +116,6 @@ def build_transformer(config: VideoConfig):
     )
 
 
-def load_transformer_weights(transformer, folder: Path) -> None:
-    """Copies the weights of the diffusers ``WanTransformer3DModel`` folder ``folder`` (safetensors, any
-    dtype) into ``transformer``; raises ValueError naming the missing, unexpected or mis-shaped weights."""
-    from safetensors.torch import load_file
-
-    from engine.models.checkpoint import state_dict_problems
-
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{folder} holds no .safetensors weights")
-    state = {}
-    for file in files:
-        state.update(load_file(str(file)))
-    own = transformer.state_dict()
-    problems = state_dict_problems(own, state, "the configured transformer")
-    if problems:
-        raise ValueError(f"the transformer in {folder} does not fit this run's settings: " + "; ".join(problems))
-    transformer.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-
-
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     """Wan's / SD3's timestep shift: sigma = shift·u / (1 + (shift - 1)·u) for u in [0, 1]."""
     return shift * u / (1 + (shift - 1) * u)
@@ -210,7 +191,7 @@ class VideoTrainer(Trainer):
             )
         transformer = build_transformer(config)
         if init is not None:
-            load_transformer_weights(transformer, init / "transformer")
+            load_safetensors_folder(transformer, init / "transformer", "the transformer")
         self.model = Generator(transformer, text_encoder)
         self.template = ORBIT_PROMPT_TEMPLATE if config.orbit_template else "{prompt}"
         self.unconditional = ("", DEFAULT_NEGATIVE_PROMPT)

@@ -103,6 +103,29 @@ def state_dict_problems(own: dict[str, Tensor], state: dict[str, Tensor], owner:
     return problems
 
 
+def load_safetensors_folder(model, folder: Union[str, Path], what: str) -> None:
+    """Copies the weights in the ``*.safetensors`` files of ``folder`` (a diffusers model folder; any dtype,
+    cast to the model's) into ``model`` (an ``nn.Module`` built with the architecture the run asks for).
+
+    ``what`` names the model in messages ("the transformer", "the VAE"). Raises FileNotFoundError when the
+    folder holds no safetensors file and ValueError naming the missing, unexpected or mis-shaped weights
+    (the folder's model has another architecture than the one configured).
+    """
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no .safetensors weights")
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    own = model.state_dict()
+    problems = state_dict_problems(own, state, f"the configured {what.removeprefix('the ')}")
+    if problems:
+        raise ValueError(f"{what} in {folder} does not fit this run's settings: " + "; ".join(problems))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
 def detect_model_type(keys) -> Optional[str]:
     """'vggt' / 'anysplat' from the key layout, None if it is neither."""
     keys = list(keys)
