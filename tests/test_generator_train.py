@@ -341,3 +341,16 @@ def test_vae_init_starts_from_a_trained_vae_and_refuses_another_architecture(tin
         VAETrainer(VAEConfig(**{**config.__dict__, "base_dim": 8}), None, init=source)
     with pytest.raises(FileNotFoundError, match="not a VAE folder"):
         VAETrainer(config, None, init=tmp_path)
+
+
+def test_a_resumed_run_without_a_checkpoint_keeps_one_step_zero_evaluation(tiny_vae_run, tmp_path):
+    """Stopped before its first checkpoint, a run restarts at step 0 and evaluates it again: one record, not two."""
+    run = tmp_path / "early"
+    shutil.copytree(tiny_vae_run, run)
+    shutil.rmtree(run / "checkpoints")
+    config = VAEConfig(**json.loads((run / "config.json").read_text()))
+    trainer = VAETrainer(config, run, resume=True, clip_cache=tiny_vae_run / "clips")
+    assert trainer.step == 0
+    assert read_jsonl(run / EVAL_LOG) == [] and read_jsonl(run / TRAIN_LOG) == []
+    resumed = VAETrainer(config, tiny_vae_run, resume=True, clip_cache=tiny_vae_run / "clips")
+    assert resumed.step == 4 and [r["step"] for r in read_jsonl(tiny_vae_run / EVAL_LOG)] == [0, 2, 4]

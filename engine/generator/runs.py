@@ -125,8 +125,9 @@ class Trainer:
         if found is not None:
             self.load_checkpoint(found)
         if self.writes:
-            for log in (TRAIN_LOG, EVAL_LOG):
-                truncate_log(self.out_dir / log, self.step)
+            truncate_log(self.out_dir / TRAIN_LOG, self.step)
+            # a run (re)starting at step 0 evaluates step 0 again: its old step-0 record goes
+            truncate_log(self.out_dir / EVAL_LOG, self.step if self.step else -1)
 
     def local_indices(self) -> range:
         """Indices (in the step's global batch of ``config.batch_size``) of the samples this process computes."""
