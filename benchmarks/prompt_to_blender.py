@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BLENDER_SCRIPT = Path(__file__).resolve().parent / "blender_scripts" / "prompt_to_blender.py"
 RESULT_MARKER = "@@RESULT@@ "
 PROMPTS = (
-    "a yellow tree to the left of a blue house on a beige floor under a sunset sky",
+    "a pink sphere to the left of a green house on a dark grey floor under a sunset sky",  # the README's
     "a red cube to the left of a green cone on a grey floor under a cloudy sky",
 )
 # The worker's stages in order (the add-on's client.STAGE_LABELS), and the column each is printed under.

@@ -4,11 +4,12 @@
 (``models/default``) generates the scene, the add-on imports it into Blender and Cycles renders the first
 generated camera (the caption's reference view).
 
-What the default model shows today (docs/default_model.md): the prompt's floor and sky, not yet its
-objects (the generator's benchmark: 15 % colour accuracy). The test asserts that much (a random or
-prompt-blind model fails it: the floor colour must be the named one in the Cycles render, the sky colour
-the named one in the generated video) and prints the objects' check (named colours visible, relations
-in place), whose assertion is issue 15's target and comes with a generator that meets its benchmark.
+What the default model shows today (docs/default_model.md): the generated video's first frame shows the
+prompt (its sky, and its named objects' colours where the caption puts them: the generator's part, asserted
+here), and the Cycles render of the imported scene reproduces that frame's overall picture (asserted as PSNR),
+but not its objects: the 3D decoder's cameras are not learned yet (issue 14), so the 13 views' Gaussians
+overlay each other and smear the objects away. The render's object check is printed; asserting it is the
+part of issue 15's target still open.
 """
 
 import json
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,9 +56,19 @@ def test_the_main_job_renders_the_prompt_with_cycles(tmp_path):
     render = iio.imread(out / "render.png")[..., :3].astype(np.float64) / 255.0
     first_frame = iio.imread(out / "frames.mp4")[0].astype(np.float64) / 255.0
     print(prompt, "objects in the render:", check_frame(render, layout))
-    names, labels = label_pixels(render)
-    floor = (labels[labels.shape[0] // 2 :] == names.index(f"floor:{layout.floor}")).mean()
-    assert floor >= 0.4, f"the render's lower half is {floor:.0%} {layout.floor} floor"
+
+    # the generator: the first frame shows the sky and the named objects, each where the caption puts it
     names, labels = label_pixels(first_frame)
     sky = (labels[: labels.shape[0] // 4] == names.index(f"sky:{layout.sky}")).mean()
     assert sky >= 0.6, f"the video's top quarter is {sky:.0%} {layout.sky} sky"
+    shown = check_frame(first_frame, layout)
+    assert all(shown.colors_visible.values()), f"named colours missing from the video's first frame: {shown}"
+    assert all(shown.relations_correct), f"a relation of the caption is wrong in the video's first frame: {shown}"
+
+    # decoder + add-on + Cycles: the render of the imported scene at the first camera reproduces that frame
+    # (session 6: 19.8 dB; against the same frame a black image scores 6.5 dB, the frame upside down 8.5 dB and
+    # a flat image of its mean colour 12.8 dB)
+    height, width = render.shape[:2]
+    frame = np.asarray(Image.fromarray(iio.imread(out / "frames.mp4")[0]).resize((width, height), Image.BILINEAR))
+    psnr = -10.0 * np.log10(np.mean((render - frame / 255.0) ** 2))
+    assert psnr >= 16.0, f"the Cycles render is {psnr:.1f} dB from the video's first frame"
