@@ -36,16 +36,12 @@ def without_lora(model: Path, workdir: Path) -> Path:
     if bundle.lora is None:
         raise SystemExit(f"{model} has no LoRA: give the models to compare with --models BEFORE AFTER")
 
-    def reference(value: str) -> str:
-        local = bundle._local(value)
-        return str(local.resolve()) if local.exists() else value
-
     base = dataclasses.replace(
         bundle,
         root=workdir,
         name=f"{bundle.name}-without-lora",
-        wan=reference(bundle.wan),
-        decoder_checkpoint=reference(bundle.decoder_checkpoint),
+        wan=bundle.portable_reference(bundle.wan),
+        decoder_checkpoint=bundle.portable_reference(bundle.decoder_checkpoint),
         lora=None,
     )
     base.save()

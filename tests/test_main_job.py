@@ -54,7 +54,8 @@ def test_the_main_job_renders_the_prompt_with_cycles(tmp_path):
     assert metadata["settings"]["height"] == 128 and metadata["settings"]["num_frames"] == 13
 
     render = iio.imread(out / "render.png")[..., :3].astype(np.float64) / 255.0
-    first_frame = iio.imread(out / "frames.mp4")[0].astype(np.float64) / 255.0
+    video_frame = iio.imread(out / "frames.mp4")[0]  # (H, W, 3) uint8, the caption's reference view
+    first_frame = video_frame.astype(np.float64) / 255.0
     print(prompt, "objects in the render:", check_frame(render, layout))
 
     # the generator: the first frame shows the sky and the named objects, each where the caption puts it
@@ -69,6 +70,6 @@ def test_the_main_job_renders_the_prompt_with_cycles(tmp_path):
     # (session 6: 19.8 dB; against the same frame a black image scores 6.5 dB, the frame upside down 8.5 dB and
     # a flat image of its mean colour 12.8 dB)
     height, width = render.shape[:2]
-    frame = np.asarray(Image.fromarray(iio.imread(out / "frames.mp4")[0]).resize((width, height), Image.BILINEAR))
+    frame = np.asarray(Image.fromarray(video_frame).resize((width, height), Image.BILINEAR))
     psnr = -10.0 * np.log10(np.mean((render - frame / 255.0) ** 2))
     assert psnr >= 16.0, f"the Cycles render is {psnr:.1f} dB from the video's first frame"

@@ -575,23 +575,19 @@ def write_finetuned_bundle(base: ModelBundle, out_dir: Path, adapter: str, steps
     Local parts of the base bundle are referenced by absolute path.
     """
 
-    def reference(value: str) -> str:
-        local = base._local(value)
-        return str(local.resolve()) if local.exists() else value
-
     bundle = ModelBundle(
         root=out_dir,
         name=f"{base.name}-reward-finetuned",
-        wan=reference(base.wan),
+        wan=base.portable_reference(base.wan),
         wan_revision=base.wan_revision,
         decoder_kind=base.decoder_kind,
-        decoder_checkpoint=reference(base.decoder_checkpoint),
+        decoder_checkpoint=base.portable_reference(base.decoder_checkpoint),
         lora=adapter,
         extra={**base.extra, "reward_finetuning": {"steps": steps, "base_bundle": str(base.root)}},
         defaults=base.defaults,  # the finetuned model works at the base model's sizes
     )
     if "anysplat" in bundle.extra:
-        bundle.extra["anysplat"] = reference(bundle.extra["anysplat"])
+        bundle.extra["anysplat"] = base.portable_reference(bundle.extra["anysplat"])
     with atomic_write(out_dir / "vist3a.json", "w") as f:
         f.write(json.dumps(bundle.to_manifest(), indent=2) + "\n")
     return out_dir / "vist3a.json"

@@ -435,6 +435,12 @@ class ModelBundle:
         path = Path(reference).expanduser()
         return path if path.is_absolute() else self.root / path
 
+    def portable_reference(self, reference: str) -> str:
+        """``reference`` (a part of this bundle) as another bundle folder can use it: an existing local part
+        by its absolute path, anything else (a hub id) unchanged."""
+        local = self._local(reference)
+        return str(local.resolve()) if local.exists() else reference
+
     @property
     def wan_is_hub_id(self) -> bool:
         return not self._local(self.wan).exists() and looks_like_hub_id(self.wan)
