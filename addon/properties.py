@@ -106,7 +106,12 @@ class VIST3AGenerateSettings(bpy.types.PropertyGroup):
         name="Output",
         items=(
             ("gaussians", "Gaussian Splats", "3D Gaussian splats"),
-            ("points", "Point Cloud", "Coloured points"),
+            (
+                "points",
+                "Point Cloud",
+                "Coloured points: the model's pointmap decoder (a stitched VGGT) when it has one, "
+                "else the centres of its Gaussians",
+            ),
         ),
         default="gaussians",
     )

@@ -245,6 +245,59 @@ def test_points_output_from_gaussians(pipeline):
     assert result.scene.colors.min() >= 0 and result.scene.colors.max() <= 1
 
 
+@pytest.fixture(scope="module")
+def points_bundle_dir(tmp_path_factory):
+    return build_tiny_bundle(tmp_path_factory.getbasetemp() / "tiny-bundle-points", with_points_decoder=True)
+
+
+def test_points_decoder_makes_the_points_and_the_main_decoder_the_gaussians(points_bundle_dir, result):
+    pipe = Vist3aPipeline.from_pretrained(points_bundle_dir, runtime=CPU)
+    assert pipe.model_identity["points_decoder"]["class"] == "StitchedSceneDecoder"
+    assert pipe.points_decoder.decoder.model_type == "vggt" and pipe.decoder.decoder.model_type == "anysplat"
+    gaussians = pipe.generate(tiny_settings())
+    # the same bundle without its points decoder: the Wan parts and the main decoder are the same files
+    assert torch.equal(gaussians.latent, result.latent)
+    assert torch.allclose(gaussians.scene.means, result.scene.means)
+    points = pipe.generate(tiny_settings(output_kind="points"))
+    assert type(points.scene).__name__ == "PointScene" and len(points.scene) == GAUSSIANS_PER_RUN
+    # the pointmap network's own points and cameras, not the Gaussians' centres
+    assert not torch.allclose(points.scene.points, gaussians.scene.means, atol=1e-3)
+    assert not torch.allclose(points.cameras.camera_to_world, gaussians.cameras.camera_to_world, atol=1e-4)
+    assert torch.allclose(points.cameras.camera_to_world[0], torch.eye(4), atol=1e-5)  # world = first camera
+    assert points.scene.colors.min() >= 0 and points.scene.colors.max() <= 1
+    # voxel merging is a Gaussians option (this bundle has no voxel size: the main decoder refuses it);
+    # the pointmap is never merged
+    with pytest.raises(ValueError, match="voxel"):
+        pipe.generate(tiny_settings(voxel_merge=True))
+    merged = pipe.generate(tiny_settings(output_kind="points", voxel_merge=True))
+    assert torch.equal(merged.scene.points, points.scene.points)
+
+
+def test_points_decoder_round_trips_through_the_manifest_and_save(points_bundle_dir, tmp_path):
+    bundle = ModelBundle.load(points_bundle_dir)
+    assert bundle.has_points_decoder and bundle.points_decoder_path == points_bundle_dir / "points_decoder"
+    assert ModelBundle.from_manifest(bundle.to_manifest(), points_bundle_dir) == bundle
+    pipe = Vist3aPipeline.from_pretrained(bundle, runtime=CPU)
+    saved = ModelBundle.load(pipe.save_pretrained(tmp_path / "saved"))
+    assert saved.points_decoder_checkpoint == "points_decoder" and saved.points_decoder_path.is_dir()
+    again = Vist3aPipeline.from_pretrained(saved, runtime=CPU)
+    first = pipe.generate(tiny_settings(output_kind="points"))
+    second = again.generate(tiny_settings(output_kind="points"))
+    assert torch.allclose(first.scene.points, second.scene.points, atol=1e-5)
+
+
+def test_points_decoder_errors_name_it(points_bundle_dir, tmp_path):
+    manifest = json.loads((points_bundle_dir / BUNDLE_MANIFEST).read_text())
+    bad = dict(manifest, points_decoder={"kind": "stitched"})
+    with pytest.raises(ModelBundleError, match="points_decoder"):
+        ModelBundle.from_manifest(bad, points_bundle_dir)
+    missing = ModelBundle.from_manifest(
+        dict(manifest, points_decoder={"kind": "stitched", "checkpoint": "nowhere"}), points_bundle_dir
+    )
+    with pytest.raises(ModelNotFoundError, match="points decoder checkpoint"):
+        missing.check_files()
+
+
 # ----------------------------------------------------------------------------- LoRA
 
 

@@ -28,9 +28,9 @@ def tiny_settings(**changes) -> GenerationSettings:
 
 
 @functools.cache
-def build_tiny_bundle(root: Path, with_lora: bool = False) -> Path:
+def build_tiny_bundle(root: Path, with_lora: bool = False, with_points_decoder: bool = False) -> Path:
     """``engine.testing.tiny.build_tiny_bundle``, once per folder."""
-    return _build_tiny_bundle(root, with_lora=with_lora)
+    return _build_tiny_bundle(root, with_lora=with_lora, with_points_decoder=with_points_decoder)
 
 
 def test_tiny_tokenizer_pads_and_ends_with_eos():

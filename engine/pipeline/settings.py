@@ -94,7 +94,7 @@ def _check_manifest_header(data, fail: Callable[[str], None]) -> None:
         fail(f"'format' must be {BUNDLE_FORMAT!r}, got {data.get('format')!r}")
     if data.get("version") != BUNDLE_VERSION:
         fail(f"'version' must be {BUNDLE_VERSION}, got {data.get('version')!r}")
-    known = {"format", "version", "name", "wan", "wan_revision", "lora", "decoder", "extra", "defaults"}
+    known = {"format", "version", "name", "wan", "wan_revision", "lora", "decoder", "points_decoder", "extra", "defaults"}
     unknown = sorted(set(data) - known)
     if unknown:
         fail(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -328,8 +328,13 @@ class ModelBundle:
           "wan_revision": null,                # hub revision (commit/tag) when "wan" is a hub id
           "lora": "vist3a_1.3b_lora_ema",      # PEFT adapter folder for the transformer, or null
           "decoder": {"kind": "anysplat-stitched", "checkpoint": "anysplat_stitched.safetensors"},
+          "points_decoder": {"kind": "stitched", "checkpoint": "vggt_stitched"},   # optional, see below
           "defaults": {"num_frames": 13, "height": 128, "width": 128}   # optional: what the model was made for
         }
+
+    ``points_decoder`` (optional) is a second 3D decoder, a pointmap network (a stitched VGGT), that makes
+    the scene when a generation asks for points (``output_kind`` "points"): the text-to-pointmap path.
+    Without it, points are derived from the main decoder's Gaussians.
 
     Relative paths are relative to the bundle folder. Attributes hold the manifest's values; the
     ``*_path`` properties resolve them. ``defaults`` (optional) holds generation settings
@@ -346,9 +351,30 @@ class ModelBundle:
     wan_revision: Optional[str] = None
     extra: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
+    points_decoder_kind: Optional[str] = None
+    points_decoder_checkpoint: Optional[str] = None
 
     def __post_init__(self):
         object.__setattr__(self, "defaults", check_model_defaults(self.defaults))
+        if (self.points_decoder_kind is None) != (self.points_decoder_checkpoint is None):
+            raise ModelBundleError("a points decoder needs both its kind and its checkpoint")
+
+    @property
+    def has_points_decoder(self) -> bool:
+        return self.points_decoder_checkpoint is not None
+
+    def points_decoder_bundle(self) -> ModelBundle:
+        """This bundle with its points decoder in the main decoder's place (what the decoder loaders read).
+        Raises ValueError when the bundle has no points decoder."""
+        if not self.has_points_decoder:
+            raise ValueError(f"bundle {self.name!r} has no points decoder")
+        return dataclasses.replace(
+            self,
+            decoder_kind=self.points_decoder_kind,
+            decoder_checkpoint=self.points_decoder_checkpoint,
+            points_decoder_kind=None,
+            points_decoder_checkpoint=None,
+        )
 
     def generation_settings(self, given: dict) -> GenerationSettings:
         """The settings of a generation with this model: ``given`` (the fields the user set, by
@@ -385,11 +411,16 @@ class ModelBundle:
         for key in ("lora", "wan_revision"):
             if data.get(key) is not None and (not isinstance(data[key], str) or not data[key]):
                 fail(f"{key!r} must be a non-empty string or null")
-        decoder = data.get("decoder")
-        if not isinstance(decoder, dict) or set(decoder) != {"kind", "checkpoint"}:
-            fail("'decoder' must be an object with exactly the keys 'kind' and 'checkpoint'")
-        if not all(isinstance(decoder[k], str) and decoder[k] for k in ("kind", "checkpoint")):
-            fail("'decoder.kind' and 'decoder.checkpoint' must be non-empty strings")
+        decoders = {"decoder": data.get("decoder")}
+        if data.get("points_decoder") is not None:
+            decoders["points_decoder"] = data["points_decoder"]
+        for key, decoder in decoders.items():
+            if not isinstance(decoder, dict) or set(decoder) != {"kind", "checkpoint"}:
+                fail(f"{key!r} must be an object with exactly the keys 'kind' and 'checkpoint'")
+            if not all(isinstance(decoder[k], str) and decoder[k] for k in ("kind", "checkpoint")):
+                fail(f"'{key}.kind' and '{key}.checkpoint' must be non-empty strings")
+        decoder = decoders["decoder"]
+        points = decoders.get("points_decoder") or {}
         extra = data.get("extra", {})
         if not isinstance(extra, dict):
             fail("'extra' must be an object")
@@ -407,6 +438,8 @@ class ModelBundle:
             wan_revision=data.get("wan_revision"),
             extra=extra,
             defaults=defaults,
+            points_decoder_kind=points.get("kind"),
+            points_decoder_checkpoint=points.get("checkpoint"),
         )
 
     def to_manifest(self) -> dict:
@@ -420,6 +453,8 @@ class ModelBundle:
             "decoder": {"kind": self.decoder_kind, "checkpoint": self.decoder_checkpoint},
             "extra": self.extra,
         }
+        if self.has_points_decoder:  # written only when set, as the defaults
+            manifest["points_decoder"] = {"kind": self.points_decoder_kind, "checkpoint": self.points_decoder_checkpoint}
         if self.defaults:  # written only when set, so bundles without defaults keep their manifest
             manifest["defaults"] = dict(self.defaults)
         return manifest
@@ -458,6 +493,10 @@ class ModelBundle:
     def decoder_path(self) -> Path:
         return self._local(self.decoder_checkpoint)
 
+    @property
+    def points_decoder_path(self) -> Optional[Path]:
+        return None if self.points_decoder_checkpoint is None else self._local(self.points_decoder_checkpoint)
+
     def check_files(self) -> None:
         """Raises ModelNotFoundError naming the first local part that is missing."""
         if not self.wan_is_hub_id:
@@ -474,6 +513,9 @@ class ModelBundle:
                     raise ModelNotFoundError(f"bundle {self.name!r}: LoRA adapter folder {lora} has no {required}")
         if not self.decoder_path.exists():
             raise ModelNotFoundError(f"bundle {self.name!r}: decoder checkpoint {self.decoder_path} does not exist")
+        points = self.points_decoder_path
+        if points is not None and not points.exists():
+            raise ModelNotFoundError(f"bundle {self.name!r}: points decoder checkpoint {points} does not exist")
 
 
 _QUICK_HASH_BYTES = 1 << 20
@@ -520,4 +562,7 @@ def bundle_identity(bundle: ModelBundle) -> dict:
         "wan": wan,
         "lora": None if bundle.lora_path is None else fingerprint(bundle.lora_path),
         "decoder": {"kind": bundle.decoder_kind, **fingerprint(bundle.decoder_path)},
+        "points_decoder": None
+        if bundle.points_decoder_path is None
+        else {"kind": bundle.points_decoder_kind, **fingerprint(bundle.points_decoder_path)},
     }

@@ -193,13 +193,16 @@ def check_cancel(cancel: CancelCheck) -> None:
         raise GenerationCancelled("generation cancelled")
 
 
-def _memory_policy(runtime: RuntimeOptions, device: torch.device, loaded: dict, decoder, device_memory):
-    """The memory policy for the loaded parts (explicit runtime choices kept, None decided)."""
+def _memory_policy(
+    runtime: RuntimeOptions, device: torch.device, loaded: dict, decoder, device_memory, points_decoder=None
+):
+    """The memory policy for the loaded parts (explicit runtime choices kept, None decided); a points
+    decoder counts with the main decoder (both are resident unless offloaded)."""
     from engine.pipeline.memory import choose_memory_policy, module_bytes
     from engine.pipeline.memory import device_memory as query
 
     sizes = {name: module_bytes(loaded[name]) for name in ("text_encoder", "transformer", "vae")}
-    sizes["decoder"] = module_bytes(decoder)
+    sizes["decoder"] = module_bytes(decoder) + (0 if points_decoder is None else module_bytes(points_decoder))
     if device.type not in ("cuda", "meta"):
         free, total = None, None
     elif device_memory is not None:
@@ -265,6 +268,7 @@ class Vist3aPipeline:
         load_seconds: float = 0.0,
         default_conditioning: str = "ours",
         memory_policy=None,
+        points_decoder: Optional[SceneDecoder] = None,
     ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
@@ -273,6 +277,9 @@ class Vist3aPipeline:
         self.vae_adapter = WanVAEAdapter(vae)
         self.scheduler_config = dict(scheduler_config)
         self.decoder = decoder
+        # the bundle's pointmap decoder (a stitched VGGT), used for output_kind "points"; None: points
+        # are derived from the main decoder's Gaussians
+        self.points_decoder = points_decoder
         self.runtime = runtime
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.dtype, self.device)
@@ -338,7 +345,18 @@ class Vist3aPipeline:
             decoder = _load_part("decoder", str(bundle.decoder_path), lambda: load_decoder(bundle, home, dtype))
         if isinstance(decoder, torch.nn.Module):
             decoder = decoder.to(home).eval().requires_grad_(False)
-        policy = _memory_policy(runtime, device, loaded, decoder, device_memory)
+        points_decoder = None
+        if bundle.has_points_decoder:
+            if progress:
+                progress("load", _load_steps(bundle) - 1, _load_steps(bundle), None)
+            check_cancel(cancel)
+            points_bundle = bundle.points_decoder_bundle()
+            points_decoder = _load_part(
+                "points decoder", str(bundle.points_decoder_path), lambda: load_decoder(points_bundle, home, dtype)
+            )
+            if isinstance(points_decoder, torch.nn.Module):
+                points_decoder = points_decoder.to(home).eval().requires_grad_(False)
+        policy = _memory_policy(runtime, device, loaded, decoder, device_memory, points_decoder)
         runtime = dataclasses.replace(runtime, cpu_offload=policy.cpu_offload, vae_tiling=policy.vae_tiling)
         logger.info("memory policy: %s", policy.reason)
         if home != device and not runtime.cpu_offload:
@@ -346,11 +364,15 @@ class Vist3aPipeline:
                 loaded[name] = loaded[name].to(device)
             if isinstance(decoder, torch.nn.Module):
                 decoder = decoder.to(device)
+            if isinstance(points_decoder, torch.nn.Module):
+                points_decoder = points_decoder.to(device)
         if progress:
             total = _load_steps(bundle)
             progress("load", total, total, None)
         identity = bundle_identity(bundle)
         identity["decoder"]["class"] = type(decoder).__qualname__
+        if points_decoder is not None:
+            identity["points_decoder"]["class"] = type(points_decoder).__qualname__
         return cls(
             tokenizer=loaded["tokenizer"],
             text_encoder=loaded["text_encoder"],
@@ -363,18 +385,20 @@ class Vist3aPipeline:
             load_seconds=time.perf_counter() - start,
             default_conditioning=default_conditioning_for(bundle),
             memory_policy=policy,
+            points_decoder=points_decoder,
         )
 
     def save_pretrained(self, directory: Union[str, Path], name: Optional[str] = None) -> Path:
         """Writes this pipeline as a model bundle that :meth:`from_pretrained` loads; returns the folder.
 
         Layout: ``wan/`` (a diffusers ``WanPipeline`` folder; a LoRA applied on load is saved merged into the
-        transformer), ``decoder/`` (``StitchedDecoder.save_pretrained``) and ``vist3a.json`` (decoder kind
+        transformer), ``decoder/`` (``StitchedDecoder.save_pretrained``), ``points_decoder/`` when the
+        pipeline has one (the same) and ``vist3a.json`` (decoder kind
         ``stitched``; the decoder's default voxel size as ``extra.voxel_size``; the loaded bundle's generation
         ``defaults``). Written atomically.
 
         Raises:
-            ValueError: the 3D decoder is not a stitched decoder whose settings the ``stitched`` kind keeps
+            ValueError: a 3D decoder is not a stitched decoder whose settings the ``stitched`` kind keeps
                 (a custom decoder, or the released kind, which reads unclamped frames).
         """
         from diffusers import UniPCMultistepScheduler, WanPipeline
@@ -383,11 +407,12 @@ class Vist3aPipeline:
         from engine.pipeline.decoders import STITCHED_KIND, StitchedSceneDecoder
 
         scene_decoder = self.decoder
-        if not isinstance(scene_decoder, StitchedSceneDecoder) or not scene_decoder.clamp_frames:
-            raise ValueError(
-                f"only a pipeline with a stitched decoder of kind {STITCHED_KIND!r} can be saved, "
-                f"not {type(scene_decoder).__name__} (clamped frames: {getattr(scene_decoder, 'clamp_frames', None)})"
-            )
+        for part in [self.decoder] + ([] if self.points_decoder is None else [self.points_decoder]):
+            if not isinstance(part, StitchedSceneDecoder) or not part.clamp_frames:
+                raise ValueError(
+                    f"only a pipeline with stitched decoders of kind {STITCHED_KIND!r} can be saved, "
+                    f"not {type(part).__name__} (clamped frames: {getattr(part, 'clamp_frames', None)})"
+                )
         directory = Path(directory)
         self._unpark()
         with atomic_directory(directory) as tmp:
@@ -400,6 +425,8 @@ class Vist3aPipeline:
             )
             wan.save_pretrained(str(tmp / "wan"))
             scene_decoder.decoder.save_pretrained(tmp / "decoder")
+            if self.points_decoder is not None:
+                self.points_decoder.decoder.save_pretrained(tmp / "points_decoder")
             extra = {} if scene_decoder.voxel_size is None else {"voxel_size": scene_decoder.voxel_size}
             ModelBundle(
                 root=tmp,
@@ -409,6 +436,8 @@ class Vist3aPipeline:
                 decoder_checkpoint="decoder",
                 extra=extra,
                 defaults=self.model_identity.get("manifest", {}).get("defaults", {}),
+                points_decoder_kind=None if self.points_decoder is None else STITCHED_KIND,
+                points_decoder_checkpoint=None if self.points_decoder is None else "points_decoder",
             ).save()
         return directory
 
@@ -605,14 +634,27 @@ class Vist3aPipeline:
             )
         return latents
 
-    @torch.no_grad()
-    def decode_scene(self, vae_latent: Tensor, frames: Tensor, voxel_merge: Optional[bool] = None) -> DecodedScene:
-        """Runs the 3D decoder (see the module docstring for the interface).
+    def scene_decoder(self, output_kind: str = "gaussians") -> SceneDecoder:
+        """The 3D decoder that makes ``output_kind``: the points decoder for "points" when the model has
+        one, else the main decoder."""
+        if output_kind == "points" and self.points_decoder is not None:
+            return self.points_decoder
+        return self.decoder
 
-        ``voxel_merge`` (None: the decoder's default) is handed to decoders that take it.
+    @torch.no_grad()
+    def decode_scene(
+        self, vae_latent: Tensor, frames: Tensor, voxel_merge: Optional[bool] = None, output_kind: str = "gaussians"
+    ) -> DecodedScene:
+        """Runs the 3D decoder of ``output_kind`` (:meth:`scene_decoder`; the module docstring gives the
+        interface).
+
+        ``voxel_merge`` (None: the decoder's default) is handed to decoders that take it; points from the
+        points decoder are never merged.
         """
-        options = {} if voxel_merge is None else {"voxel_merge": voxel_merge}
-        with self._on_device(self.decoder) as decoder:
+        chosen = self.scene_decoder(output_kind)
+        merge = None if chosen is self.points_decoder else voxel_merge
+        options = {} if merge is None else {"voxel_merge": merge}
+        with self._on_device(chosen) as decoder:
             try:
                 decoded = decoder(vae_latent.to(self.device, torch.float32), frames.to(self.device), **options)
             except TypeError as exc:
@@ -664,7 +706,7 @@ class Vist3aPipeline:
 
         check_cancel(cancel)
         start = time.perf_counter()
-        decoded = self.decode_scene(vae_latent, frames, settings.voxel_merge)
+        decoded = self.decode_scene(vae_latent, frames, settings.voxel_merge, settings.output_kind)
         scene = _scene_of_kind(decoded, settings.output_kind)
         timings["decode_scene"] = time.perf_counter() - start
         if progress:
@@ -688,7 +730,7 @@ class Vist3aPipeline:
         )
 
     def _models(self) -> list[torch.nn.Module]:
-        parts = (self.text_encoder, self.transformer, self.vae, self.decoder)
+        parts = (self.text_encoder, self.transformer, self.vae, self.decoder, self.points_decoder)
         return [m for m in parts if isinstance(m, torch.nn.Module)]
 
     def _unpark(self) -> None:
@@ -722,7 +764,7 @@ class Vist3aPipeline:
 
         The pipeline cannot be used afterwards.
         """
-        for name in ("tokenizer", "text_encoder", "transformer", "vae", "decoder"):
+        for name in ("tokenizer", "text_encoder", "transformer", "vae", "decoder", "points_decoder"):
             setattr(self, name, None)
         self._text_cache.clear()
         gc.collect()
@@ -745,8 +787,9 @@ def _scene_of_kind(decoded: DecodedScene, kind: str) -> Union[GaussianScene, Poi
 
 
 def _load_steps(bundle: ModelBundle) -> int:
-    """Progress steps of loading ``bundle``: five Wan parts, the LoRA if any, the 3D decoder."""
-    return 5 + 1 + (bundle.lora_path is not None)
+    """Progress steps of loading ``bundle``: five Wan parts, the LoRA if any, the 3D decoder, the points
+    decoder if any."""
+    return 5 + 1 + (bundle.lora_path is not None) + bundle.has_points_decoder
 
 
 def _load_wan_parts(bundle: ModelBundle, dtype: torch.dtype, home: torch.device, progress, cancel) -> dict:

@@ -134,17 +134,25 @@ def build_lora_adapter(transformer, out_dir: Path, seed: int = 1, rank: int = 4)
     return out_dir
 
 
-def build_stitched_decoder(seed: int = 0, embed_dim: int = 32, visible: bool = False):
-    """A tiny AnySplat stitched after DINOv2 block 1 to a Wan-shaped latent (16 channels, 8x, 4x).
+def build_stitched_decoder(seed: int = 0, embed_dim: int = 32, visible: bool = False, model_type: str = "anysplat"):
+    """A tiny AnySplat (or, with ``model_type`` "vggt", VGGT) stitched after DINOv2 block 1 to a
+    Wan-shaped latent (16 channels, 8x, 4x).
 
     ``visible``: the network of :func:`build_visible_anysplat` (textured, opaque renders) instead of a
-    plain random one (nearly transparent Gaussians).
+    plain random one (nearly transparent Gaussians); AnySplat only.
     """
     from engine.models.anysplat import AnySplat
+    from engine.models.vggt import VGGT
     from engine.stitching.decoder import StitchedDecoder, VAEReference
 
+    if model_type not in ("anysplat", "vggt") or (visible and model_type != "anysplat"):
+        raise ValueError(f"no tiny {'visible ' if visible else ''}{model_type} decoder")
     if visible:
         network = build_visible_anysplat(seed, embed_dim=embed_dim)
+    elif model_type == "vggt":
+        torch.manual_seed(seed)
+        network = VGGT(tiny_vggt_config(embed_dim=embed_dim))
+        _make_cameras_valid(network.camera_head, seed)
     else:
         torch.manual_seed(seed)
         network = AnySplat(tiny_anysplat_config(embed_dim=embed_dim))
@@ -178,12 +186,14 @@ def build_tiny_bundle(
     visible: bool = False,
     defaults: Optional[dict] = None,
     closed_vocabulary: bool = False,
+    with_points_decoder: bool = False,
 ) -> Path:
     """Writes a complete tiny bundle into ``root`` (created; must not hold a bundle yet); returns it.
 
     ``visible``: use the visible tiny AnySplat as the decoder's network (see :func:`build_stitched_decoder`).
     ``defaults``: the manifest's generation defaults (``ModelBundle.defaults``), e.g. small sizes.
     ``closed_vocabulary``: a tokenizer without single letters, so unknown words are reported.
+    ``with_points_decoder``: add a tiny stitched VGGT as the bundle's points decoder (``points_decoder/``).
     """
     root = Path(root)
     pipe = build_wan_pipeline(seed, closed_vocabulary)
@@ -193,6 +203,8 @@ def build_tiny_bundle(
         build_lora_adapter(pipe.transformer, root / "lora", seed=seed + 1)
         lora = "lora"
     build_stitched_decoder(seed, visible=visible).save_pretrained(root / "decoder")
+    if with_points_decoder:
+        build_stitched_decoder(seed + 2, model_type="vggt").save_pretrained(root / "points_decoder")
     bundle = ModelBundle(
         root=root,
         name="tiny-random-lora" if with_lora else "tiny-random",
@@ -202,6 +214,8 @@ def build_tiny_bundle(
         lora=lora,
         extra={"note": "randomly initialised tiny model for tests; its scenes are noise"},
         defaults=defaults or {},
+        points_decoder_kind=TINY_DECODER_KIND if with_points_decoder else None,
+        points_decoder_checkpoint="points_decoder" if with_points_decoder else None,
     )
     bundle.save()
     return root
