@@ -84,7 +84,8 @@ def stage_of(argv: list[str]) -> str:
     if argv[0] == "align":
         return "align"
     if argv[0] == "stitch":
-        return argv[1].replace("train", "stitch")
+        suffix = "-vggt" if "vggt_teacher" in argv[argv.index("--model" if argv[1] == "search" else "--base-model") + 1] else ""
+        return argv[1].replace("train", "stitch") + suffix
     if argv[0] == "train":
         return "vae-objects" if argv[1] == "vae" and "--init" in argv else argv[1]
     if argv[1] in ("caption", "data"):
@@ -132,7 +133,7 @@ def test_plan_lists_every_stage_with_its_commands_and_paths_and_runs_nothing(tmp
 def test_every_planned_command_is_accepted_by_the_engines_own_parser(tmp_path, scale):
     commands = [step for stage in build_stages(ChainOptions(work=tmp_path, scale=scale)) for step in stage.steps]
     commands = [c for c in commands if isinstance(c, Command)]
-    assert len(commands) == 14
+    assert len(commands) == 16  # two per teacher, caption scorer and stitch (AnySplat, VGGT); one per other stage
     for command in commands:
         args = parse(command.full_argv(threads=3))  # an unknown option would exit the parser
         assert callable(args.func)
@@ -214,10 +215,16 @@ def test_a_whole_chain_runs_each_stage_once_then_skips_everything(tmp_path, caps
     manifest = json.loads((work / "bundle" / "vist3a.json").read_text())
     assert manifest["wan"] == "generator" and manifest["lora"] == "generator_lora"
     assert manifest["decoder"] == {"kind": "stitched", "checkpoint": "stitched_decoder"}
+    assert manifest["points_decoder"] == {"kind": "stitched", "checkpoint": "stitched_points_decoder"}
     assert manifest["defaults"]["num_frames"] == 5 and manifest["defaults"]["height"] == 64  # smoke scale
     bundle = ModelBundle.load(work / "bundle")
     bundle.check_files()
     assert "stitch train" in (bundle.decoder_path / "model.safetensors").read_text()
+    # the points decoder is the VGGT stitch's export, the Gaussians decoder the AnySplat stitch's
+    stitch_runs = [a for a in runner.calls if a[:2] == ["stitch", "train"]]
+    assert [a[a.index("--out") + 1].split("/")[-1] for a in stitch_runs] == ["stitch", "stitch_vggt"]
+    assert stitch_runs[1][stitch_runs[1].index("--base-model") + 1].endswith("parts/vggt_teacher")
+    assert "stitch train" in (bundle.points_decoder_path / "model.safetensors").read_text()
 
     again = FakeRunner()
     assert chain(work, "--scale", "smoke", runner=again) == 0
@@ -295,9 +302,11 @@ def test_install_replaces_only_the_bundles_own_entries(tmp_path, capsys):
     installed = ModelBundle.load(models)
     installed.check_files()
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        ["anysplat_teacher", "generator", "generator_lora", "stitched_decoder", "vist3a.json"]
+        ["anysplat_teacher", "generator", "generator_lora", "stitched_decoder", "stitched_points_decoder", "vist3a.json"]
     )
-    assert f"installed generator, stitched_decoder, generator_lora, vist3a.json into {models}" in (
+    assert installed.points_decoder_path == models / "stitched_points_decoder"
+    installed_entries = "generator, stitched_decoder, generator_lora, stitched_points_decoder, vist3a.json"
+    assert f"installed {installed_entries} into {models}" in (
         capsys.readouterr().out
     )
 
@@ -320,6 +329,7 @@ def test_a_bundle_without_reward_finetuning_carries_the_models_defaults(tmp_path
     )
     bundle = ModelBundle.load(bundle_dir)
     assert bundle.lora is None and not (bundle_dir / "generator_lora").exists()
+    assert not bundle.has_points_decoder and "points_decoder" not in json.loads((bundle_dir / "vist3a.json").read_text())
     assert bundle.generation_settings({"prompt": "a red cube"}).height == 128
     assert bundle.generation_settings({"prompt": "a red cube", "height": 96}).height == 96
 
@@ -328,7 +338,7 @@ def test_build_py_train_default_forwards_its_arguments(tmp_path):
     command = [sys.executable, str(ROOT / "build.py"), "train-default", "--work", str(tmp_path / "w"), "--plan"]
     out = subprocess.run(command + ["--scale", "smoke"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "11. bundle [waiting]" in out.stdout and "--train 2 --heldout 1" in out.stdout
+    assert "13. bundle [waiting]" in out.stdout and "--train 2 --heldout 1" in out.stdout
     assert not (tmp_path / "w").exists()
 
 

@@ -4,9 +4,11 @@ A bundle folder (``engine.pipeline.settings.ModelBundle``) holds::
 
     generator/          the diffusers WanPipeline folder (``train video``'s export, with the trained VAE)
     generator_lora/     the PEFT adapter of reward finetuning (``align train``'s ``adapter_ema``)
-    stitched_decoder/   the stitched decoder checkpoint (``stitch train``'s merged export)
+    stitched_decoder/   the stitched decoder checkpoint (``stitch train``'s merged export, AnySplat: Gaussians)
+    stitched_points_decoder/  optional: the stitched VGGT (pointmaps), the bundle's ``points_decoder``
     vist3a.json         {"wan": "generator", "lora": "generator_lora",
-                         "decoder": {"kind": "stitched", "checkpoint": "stitched_decoder"}, ...}
+                         "decoder": {"kind": "stitched", "checkpoint": "stitched_decoder"},
+                         "points_decoder": {"kind": "stitched", "checkpoint": "stitched_points_decoder"}, ...}
 
 :func:`assemble_bundle` writes such a folder atomically. :func:`install_bundle` copies a bundle's own
 entries into a folder that may hold other parts too (the repository's ``models/default`` keeps the 3D
@@ -26,6 +28,7 @@ from engine.pipeline.settings import BUNDLE_MANIFEST, ModelBundle
 GENERATOR_ENTRY = "generator"
 LORA_ENTRY = "generator_lora"
 DECODER_ENTRY = "stitched_decoder"
+POINTS_DECODER_ENTRY = "stitched_points_decoder"
 DECODER_KIND = "stitched"
 
 
@@ -38,11 +41,14 @@ def assemble_bundle(
     name: str,
     extra: Optional[dict] = None,
     defaults: Optional[dict] = None,
+    points_decoder: Optional[Path] = None,
 ) -> Path:
     """Copies the parts into ``target`` (replaced atomically) with its ``vist3a.json``; returns it.
 
     ``lora`` None: a bundle without reward finetuning (the generator as trained). ``defaults``: the
     generation settings the model was made for (the manifest's ``defaults``, e.g. 13 frames of 128²).
+    ``points_decoder``: a stitched VGGT export, the bundle's pointmap decoder (None: points are derived
+    from the Gaussians).
 
     Raises:
         FileNotFoundError: a part folder does not exist.
@@ -52,6 +58,8 @@ def assemble_bundle(
     parts = [("generator", GENERATOR_ENTRY, generator), ("stitched decoder", DECODER_ENTRY, decoder)]
     if lora is not None:
         parts.append(("LoRA adapter", LORA_ENTRY, lora))
+    if points_decoder is not None:
+        parts.append(("stitched points decoder", POINTS_DECODER_ENTRY, points_decoder))
     for what, _, folder in parts:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"the {what} folder {folder} does not exist")
@@ -69,6 +77,8 @@ def assemble_bundle(
             lora=LORA_ENTRY if lora is not None else None,
             extra=dict(extra or {}),
             defaults=dict(defaults or {}),
+            points_decoder_kind=DECODER_KIND if points_decoder is not None else None,
+            points_decoder_checkpoint=POINTS_DECODER_ENTRY if points_decoder is not None else None,
         )
         bundle.save()
         ModelBundle.load(staging).check_files()
@@ -80,6 +90,8 @@ def bundle_entries(bundle: ModelBundle) -> list[str]:
 
     Raises ValueError for a part outside the folder or a hub id (install copies local folders only)."""
     references = [bundle.wan, bundle.decoder_checkpoint] + ([bundle.lora] if bundle.lora else [])
+    if bundle.points_decoder_checkpoint:
+        references.append(bundle.points_decoder_checkpoint)
     entries = []
     for reference in references:
         path = Path(reference)

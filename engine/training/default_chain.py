@@ -1,6 +1,6 @@
 """``python -m engine train default``: the embedded default model, reproduced stage by stage.
 
-Eleven stages, each made of the engine's own commands (see :mod:`engine.training.chain` for the resume and
+Thirteen stages, each made of the engine's own commands (see :mod:`engine.training.chain` for the resume and
 skip rules, the logs and the state files), all inside one work folder ``W``:
 
 ==============  ====================================================================================
@@ -14,10 +14,13 @@ vggt            ``teacher train vggt`` + ``teacher export`` (W/vggt -> W/parts/v
 caption         ``teacher caption data|train|export`` (W/caption_data, W/caption -> W/parts/caption_scorer)
 search          ``stitch search``: the stitching layer of the VAE latent into the AnySplat teacher (W/search)
 stitch          ``stitch train``: LoRA self-distillation of the stitched decoder (W/stitch; export W/stitch/export)
+search-vggt     ``stitch search`` into the VGGT teacher (W/search_vggt)
+stitch-vggt     ``stitch train`` of the stitched VGGT, the pointmap decoder (W/stitch_vggt; export W/stitch_vggt/export)
 align           ``align train``: reward finetuning (LoRA) of the generator with the stitched decoder; the
                 paper preset with the caption scorer as its CLIP scorer and L1 consistency (base bundle
                 W/align_base; run W/align)
-bundle          W/bundle: generator + LoRA + stitched decoder + ``vist3a.json``; ``--install DIR`` copies it
+bundle          W/bundle: generator + LoRA + stitched decoder + stitched points decoder + ``vist3a.json``;
+                ``--install DIR`` copies it
 ==============  ====================================================================================
 
 ``--scale full`` is the recipe of docs/default_model.md (hours to days on a CPU); ``--scale smoke``
@@ -56,10 +59,12 @@ STAGES = (
     "caption",
     "search",
     "stitch",
+    "search-vggt",
+    "stitch-vggt",
     "align",
     "bundle",
 )
-TRAINED_STAGES = ("vae", "vae-objects", "video", "anysplat", "vggt", "caption", "stitch", "align")
+TRAINED_STAGES = ("vae", "vae-objects", "video", "anysplat", "vggt", "caption", "stitch", "stitch-vggt", "align")
 
 # The stitching conv of the default model: the released stitch's kernel (5 x 3 x 3, stride 1 x 2 x 2) with
 # 96 output channels, the teachers' width (docs/default_model.md, "Stitching").
@@ -104,6 +109,8 @@ FULL_STEPS = {
     # the shipped stitched decoder (session 6): 500 steps (23.7 min, 2.4-4 s per step), novel views 0.05 dB above
     # its teacher
     "stitch": 500,
+    # the shipped stitched VGGT (session 7): the same recipe as the AnySplat stitch
+    "stitch-vggt": 500,
     # `align train` default (the paper's run length). The shipped LoRA: 150 steps with the reward weighted 10 and
     # lr 3e-4 to make up for the short run (26.5 min; consistency +0.61 dB, colour and relations not lower).
     "align": 1000,
@@ -129,7 +136,10 @@ FULL = {
 }
 
 # ---------------------------------------------------------------------------------------- smoke scale
-SMOKE_STEPS = {"vae": 2, "vae-objects": 1, "video": 2, "anysplat": 1, "vggt": 1, "caption": 1, "stitch": 1, "align": 1}
+SMOKE_STEPS = {
+    **{"vae": 2, "vae-objects": 1, "video": 2, "anysplat": 1, "vggt": 1, "caption": 1},
+    **{"stitch": 1, "stitch-vggt": 1, "align": 1},
+}
 SMOKE = {
     "teacher-data": ("--train", "2", "--heldout", "1"),
     "vae": (
@@ -201,6 +211,9 @@ LAYOUT = {
     "search": "search",
     "stitch_run": "stitch",
     "decoder": "stitch/export",
+    "search_vggt": "search_vggt",
+    "stitch_vggt_run": "stitch_vggt",
+    "points_decoder": "stitch_vggt/export",
     "align_base": "align_base",
     "align_run": "align",
     "lora": "align/adapter_ema",
@@ -305,32 +318,40 @@ def _caption_stage(options: ChainOptions, w: SimpleNamespace) -> Stage:
     )
 
 
-def _stitch_stages(options: ChainOptions, w: SimpleNamespace) -> list[Stage]:
+def _stitch_stages(options: ChainOptions, w: SimpleNamespace, kind: str = "anysplat") -> list[Stage]:
+    """``search`` + ``stitch`` (the AnySplat teacher: the Gaussians decoder), or with ``kind`` "vggt"
+    ``search-vggt`` + ``stitch-vggt`` (the VGGT teacher: the pointmap decoder), the same recipe."""
+    suffix = "" if kind == "anysplat" else "-vggt"
+    teacher = getattr(w, kind)
+    search_dir = w.search if kind == "anysplat" else w.search_vggt
+    run = w.stitch_run if kind == "anysplat" else w.stitch_vggt_run
+    export = w.decoder if kind == "anysplat" else w.points_decoder
     search = Command(
-        ("stitch", "search", "--vae", str(w.vae), "--model", str(w.anysplat), "--clip-cache", str(w.clips))
-        + ("--spec", STITCH_SPEC, "--out", str(w.search), *options.args_of("search"))
+        ("stitch", "search", "--vae", str(w.vae), "--model", str(teacher), "--clip-cache", str(w.clips))
+        + ("--spec", STITCH_SPEC, "--out", str(search_dir), *options.args_of("search"))
     )
     train = Command(
-        ("stitch", "train", "--base-model", str(w.anysplat), "--vae", str(w.vae), "--stitching-init", str(w.search))
-        + ("--clip-cache", str(w.clips), "--out", str(w.stitch_run), "--steps", str(options.steps_of("stitch")))
+        ("stitch", "train", "--base-model", str(teacher), "--vae", str(w.vae), "--stitching-init", str(search_dir))
+        + ("--clip-cache", str(w.clips), "--out", str(run), "--steps", str(options.steps_of("stitch" + suffix)))
         + options.args_of("stitch"),
-        run_dir=w.stitch_run,
+        run_dir=run,
         resume_probe="checkpoints/step_*",
     )
+    what = "stitched decoder" if kind == "anysplat" else "stitched points decoder (VGGT)"
     return [
         Stage(
-            "search",
-            f"the stitching layer search -> {w.search}",
+            "search" + suffix,
+            f"the stitching layer search{' into VGGT' if suffix else ''} -> {search_dir}",
             (search,),
-            outputs=(w.search / "layer_search.json", w.search / "stitching_layer.safetensors"),
-            inputs=(w.vae, w.anysplat),
+            outputs=(search_dir / "layer_search.json", search_dir / "stitching_layer.safetensors"),
+            inputs=(w.vae, teacher),
         ),
         Stage(
-            "stitch",
-            f"the stitched decoder -> {w.decoder}",
+            "stitch" + suffix,
+            f"the {what} -> {export}",
             (train,),
-            outputs=(w.decoder / "model.safetensors", w.decoder / "stitched_config.json"),
-            inputs=(w.vae, w.anysplat, w.search / "stitching_layer.safetensors"),
+            outputs=(export / "model.safetensors", export / "stitched_config.json"),
+            inputs=(w.vae, teacher, search_dir / "stitching_layer.safetensors"),
         ),
     ]
 
@@ -422,7 +443,14 @@ def _final_stages(options: ChainOptions, w: SimpleNamespace) -> list[Stage]:
     def bundle() -> None:
         defaults = MODEL_DEFAULTS if options.scale == "full" else SMOKE_MODEL_DEFAULTS
         assemble_bundle(
-            w.bundle, generator=w.generator, lora=w.lora, decoder=w.decoder, name=name, extra=extra, defaults=defaults
+            w.bundle,
+            generator=w.generator,
+            lora=w.lora,
+            decoder=w.decoder,
+            points_decoder=w.points_decoder,
+            name=name,
+            extra=extra,
+            defaults=defaults,
         )
 
     return [
@@ -436,21 +464,26 @@ def _final_stages(options: ChainOptions, w: SimpleNamespace) -> list[Stage]:
         Stage(
             "bundle",
             f"the model bundle -> {w.bundle}",
-            (InProcess(f"assemble {w.bundle} ({name}) from {w.generator}, {w.lora}, {w.decoder}", bundle),),
+            (
+                InProcess(
+                    f"assemble {w.bundle} ({name}) from {w.generator}, {w.lora}, {w.decoder}, {w.points_decoder}",
+                    bundle,
+                ),
+            ),
             outputs=(w.bundle / "vist3a.json",),
-            inputs=(w.generator, w.lora, w.decoder),
+            inputs=(w.generator, w.lora, w.decoder, w.points_decoder),
         ),
     ]
 
 
 def build_stages(options: ChainOptions) -> list[Stage]:
-    """All eleven stages, in order, for ``options``; raises ChainError for options that cannot work."""
+    """All thirteen stages, in order, for ``options``; raises ChainError for options that cannot work."""
     if options.scale not in SCALES:
         raise ChainError(f"unknown scale {options.scale!r}; choose one of {', '.join(SCALES)}")
     w = layout(Path(options.work).resolve())
     stages = _generator_stages(options, w)
     stages += [_teacher_stage(options, w, "anysplat"), _teacher_stage(options, w, "vggt"), _caption_stage(options, w)]
-    stages += _stitch_stages(options, w) + _final_stages(options, w)
+    stages += _stitch_stages(options, w) + _stitch_stages(options, w, "vggt") + _final_stages(options, w)
     assert tuple(stage.name for stage in stages) == STAGES
     return stages
 
