@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import pytest
@@ -168,12 +169,26 @@ def test_finetuning_lowers_l1_raises_render_psnr_and_export_matches(tmp_path):
     assert psnr_after > psnr_before + 1.0
     assert render_psnr(teacher_prediction, teacher_prediction) >= 99  # identical renders hit the MSE floor
 
-    exported = StitchedDecoder.from_pretrained(trainer.export(tmp_path / "export"))
+    exported = StitchedDecoder.from_pretrained(trainer.export(tmp_path / "export", dtype=None))
     assert exported.lora_info["rank"] == 4 and exported.lora_info["merged"]
     assert not any("lora" in k for k in exported.state_dict())
     merged_prediction = exported.predict(*batch[:2])
     torch.testing.assert_close(merged_prediction.depth, student_prediction.depth, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(merged_prediction.gaussian_raw, student_prediction.gaussian_raw, atol=1e-4, rtol=1e-4)
+
+    # the default export stores fp16 weights (half the bytes) that load into the fp32 decoder
+    from safetensors import safe_open
+
+    half_dir = trainer.export(tmp_path / "export_fp16")
+    with safe_open(str(half_dir / "model.safetensors"), "pt") as handle:
+        assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"F16"}
+    assert (half_dir / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "export" / "model.safetensors").stat().st_size
+    assert json.loads((half_dir / "stitched_config.json").read_text())["dtype"] == "float16"
+    half = StitchedDecoder.from_pretrained(half_dir)
+    assert next(half.parameters()).dtype == torch.float32
+    half_prediction = half.predict(*batch[:2])
+    torch.testing.assert_close(half_prediction.depth, student_prediction.depth, atol=2e-2, rtol=2e-2)
+    assert not torch.equal(half_prediction.depth, merged_prediction.depth)  # the rounding is real
 
 
 @pytest.mark.slow

@@ -269,8 +269,13 @@ class StitchedDecoder(nn.Module):
         decoder.lora_info = data["lora"]
         return decoder.eval()
 
-    def save_pretrained(self, directory: Union[str, Path], replace: bool = True) -> Path:
+    def save_pretrained(
+        self, directory: Union[str, Path], replace: bool = True, dtype: Optional[torch.dtype] = None
+    ) -> Path:
         """Writes this decoder (LoRA already merged) into ``directory`` atomically; returns the folder.
+
+        ``dtype``: the floating-point tensors are stored in it (e.g. ``torch.float16``, as the default
+        model ships its weights); None keeps the decoder's own. ``from_pretrained`` loads either.
 
         Raises StitchedCheckpointError if the decoder still holds unmerged LoRA layers (merge them first,
         e.g. with ``engine.stitching.train.merge_lora``).
@@ -284,10 +289,15 @@ class StitchedDecoder(nn.Module):
                 f"the decoder still has unmerged LoRA tensors {listing(unmerged)}; merge the adapters before saving"
             )
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         directory = Path(directory)
         with atomic_directory(directory, replace=replace) as tmp:
             save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-            (tmp / CONFIG_FILE).write_text(json.dumps(stitched_config(self), indent=1), encoding="utf-8")
+            config = stitched_config(self)
+            if dtype is not None:  # the dtype the weights are stored in
+                config["dtype"] = str(dtype).removeprefix("torch.")
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
         return directory
 
     # ------------------------------------------------------------------------------------------------

@@ -393,8 +393,9 @@ class DistillationTrainer:
         """The newest ``checkpoints/step_*`` folder of ``out_dir`` (None if there is none)."""
         return latest_checkpoint(self.out_dir)
 
-    def export(self, directory: Union[str, Path]) -> Path:
-        """Writes the student with LoRA merged in our stitched-decoder checkpoint format."""
+    def export(self, directory: Union[str, Path], dtype: Optional[torch.dtype] = torch.float16) -> Path:
+        """Writes the student with LoRA merged in our stitched-decoder checkpoint format, its weights in
+        ``dtype`` (fp16 by default, as the teachers' exports; None: the student's own)."""
         merged = merge_lora(self.student)
         merged.lora_info = {
             "rank": self.config.lora_rank,
@@ -404,7 +405,7 @@ class DistillationTrainer:
             "targets": "every nn.Linear and nn.Conv2d of the kept network",
             "steps": self.step,
         }
-        return merged.eval().save_pretrained(directory)
+        return merged.eval().save_pretrained(directory, dtype=dtype)
 
 
 @torch.no_grad()
