@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 
@@ -326,3 +327,39 @@ def test_stitch_evaluate_reports_both_networks_on_held_out_scenes(tmp_path, caps
     import imageio.v3 as iio
 
     assert iio.imread(tmp_path / "sheet.png").shape[0] == 2 * 3 * 56  # per scene: true views, teacher, stitched
+
+
+def test_stitch_evaluate_of_a_pointmap_decoder_reports_points(tmp_path, capsys):
+    """A stitched VGGT: the teacher's figures are its own evaluation, the pointmaps are compared with the
+    true points and with the teacher's, and no render figure is claimed."""
+    from engine.cli import main
+    from engine.models.vggt import VGGT
+    from engine.stitching.evaluate import evaluate_stitched
+    from engine.teachers.data import build_cache, load_cache
+    from engine.teachers.train import evaluate_model
+    from engine.testing.tiny import TINY_CUT_STAGE, TINY_SPEC, _make_cameras_valid, tiny_vggt_config, tiny_wan_adapter
+
+    torch.manual_seed(0)
+    teacher = VGGT(tiny_vggt_config()).eval()
+    _make_cameras_valid(teacher.camera_head, 0)  # a random camera head predicts degenerate fields of view
+    vae = tiny_wan_adapter(0)
+    network = copy.deepcopy(teacher)  # stitching cuts the network it is given
+    decoder = StitchedDecoder.from_network(network, TINY_CUT_STAGE, TINY_SPEC, VAEReference.from_adapter(vae))
+    build_cache(tmp_path / "data", "heldout", 2, num_views=5, size=56, progress=False)
+    samples = load_cache(tmp_path / "data", "heldout", 2)
+    result = evaluate_stitched(decoder, teacher, vae, samples, vae_size=32)
+    teacher_only = evaluate_model(teacher, samples, render=False)
+    for key in ("depth_absrel", "rot_err_deg", "points_err"):
+        assert result[f"teacher_{key}"] == pytest.approx(teacher_only[key], rel=1e-5), key
+        assert math.isfinite(result[f"stitched_{key}"]), key
+    assert "stitched_vs_teacher_psnr" not in result and "teacher_novel_psnr" not in result
+    assert 0 < result["stitched_vs_teacher_points"] < float("inf")  # a random stitching layer differs
+
+    decoder.save_pretrained(tmp_path / "decoder")
+    teacher.save_pretrained(tmp_path / "teacher")
+    vae.save_pretrained(tmp_path / "vae")
+    args = ["stitch", "evaluate", "--decoder", str(tmp_path / "decoder"), "--teacher", str(tmp_path / "teacher")]
+    args += ["--vae", str(tmp_path / "vae"), "--data", str(tmp_path / "data"), "--scenes", "2", "--vae-size", "32"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "points_err" in out and "stitched points vs teacher points" in out and "renders" not in out

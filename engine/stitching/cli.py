@@ -101,6 +101,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print(f"  {key:<26}{result[f'teacher_{key}']:>9.3f}  {result[f'stitched_{key}']:>9.3f}")
     if "stitched_vs_teacher_psnr" in result:
         print(f"  stitched renders vs teacher renders: {result['stitched_vs_teacher_psnr']:.2f} dB")
+    if "stitched_vs_teacher_points" in result:
+        print(f"  stitched points vs teacher points: {result['stitched_vs_teacher_points']:.4f} (mean distance)")
     if args.json:
         with atomic_write(args.json, "w") as f:
             f.write(json.dumps(result, indent=1))

@@ -14,7 +14,10 @@ Reported per network (``engine.teachers.losses.evaluate_prediction``): novel-vie
 Gaussians rendered at the held-out views against the true frames, depth AbsRel, camera rotation error
 (degrees); and the stitched decoder's render PSNR against the teacher's Gaussians at the teacher's
 cameras (``engine.stitching.train.render_psnr``). AnySplat (Gaussian) decoders give every figure; VGGT
-ones all but the renders.
+(pointmap) ones all but the renders, and instead the world-point error of each network against the true
+points (``points_err``) and the stitched decoder's mean distance to the teacher's points
+(``stitched_vs_teacher_points``), both in the normalised units of the teacher data (unit mean distance of
+the surface points).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-PAIRED_KEYS = ("novel_psnr", "depth_absrel", "rot_err_deg", "trans_err")
+PAIRED_KEYS = ("novel_psnr", "depth_absrel", "rot_err_deg", "trans_err", "points_err")
 
 
 @torch.no_grad()
@@ -50,8 +53,9 @@ def evaluate_stitched(
         sheet: optional PNG: per scene (first two), the true novel views, the teacher's renders and
             the stitched decoder's renders, one row each.
     Returns:
-        ``{"teacher_<metric>": ..., "stitched_<metric>": ..., "stitched_vs_teacher_psnr": ...,
-        "scenes": n}``; metrics as in ``engine.teachers.losses.evaluate_prediction``.
+        ``{"teacher_<metric>": ..., "stitched_<metric>": ..., "stitched_vs_teacher_psnr": ... (Gaussians)
+        or "stitched_vs_teacher_points": ... (pointmaps), "scenes": n}``; metrics as in
+        ``engine.teachers.losses.evaluate_prediction``.
     Raises:
         ValueError: no samples.
     """
@@ -88,6 +92,9 @@ def evaluate_stitched(
             record.update({f"{name}_{k}": v for k, v in metrics.items() if not k.startswith("_")})
         if gaussians:
             record["stitched_vs_teacher_psnr"] = render_psnr(student_prediction, teacher_prediction)
+        else:
+            gap = (student_prediction.world_points[0].float() - teacher_prediction.world_points[0].float()).norm(dim=-1)
+            record["stitched_vs_teacher_points"] = float(gap.mean())
         records.append(record)
     if sheet is not None and rows:
         write_sheet(rows, sheet)
