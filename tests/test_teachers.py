@@ -13,6 +13,7 @@ from engine.geometry.rotations import rotation_angle_deg
 from engine.models.pose_encoding import ANYSPLAT_FOV_EPS, closed_form_inverse_se3, pose_encoding_to_extri_intri
 from engine.teachers import losses
 from engine.teachers.data import (
+    SKY_DEPTH,
     build_cache,
     gt_pose_encoding,
     load_cache,
@@ -103,7 +104,14 @@ def test_metrics_are_zero_at_the_truth_and_grow_with_error(samples):
         [[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]], dtype=torch.float64
     )
     assert float(rotation_angle_deg(turn, torch.eye(3, dtype=torch.float64))) == pytest.approx(5.0, abs=1e-6)
-    assert float(losses.points_loss(batch.points.clone(), batch)) == 0.0
+    assert (~batch.valid).any() and batch.valid.any()  # the views show sky and surfaces
+    perfect = torch.where(batch.valid[..., None], batch.points, batch.sky_points)
+    assert float(losses.points_loss(perfect, batch)) == 0.0
+    # sky points: z-depth SKY_DEPTH in their own camera (view 0 is the identity), through every pixel
+    assert torch.allclose(batch.sky_points[0, 0, ..., 2], torch.full_like(batch.depth[0, 0], SKY_DEPTH), atol=1e-5)
+    surface_only = losses.points_loss(torch.where(batch.valid[..., None], batch.points, batch.points * 0), batch)
+    assert float(surface_only) > 0  # sky points that fall inside the scene are penalised
+    assert float(losses.points_loss(batch.points.clone(), batch, sky_weight=0.0)) == 0.0
 
 
 def _tiny_config(model_type, tmp_path, **kwargs):

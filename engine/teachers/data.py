@@ -137,6 +137,8 @@ class TeacherBatch:
         camera_to_world: (1, T, 4, 4) input cameras in view 0's frame, normalised translation.
         intrinsics: (1, T, 3, 3) pixel intrinsics.
         points: (1, T, H, W, 3) normalised world points of the input pixels (view 0's frame).
+        sky_points: (1, T, H, W, 3) the points at normalised z-depth ``SKY_DEPTH`` through every pixel (the
+            world-point target of sky pixels, as ``SKY_DEPTH`` is their depth target).
         target_images: (K, H, W, 3) held-out frames; target_cameras: their ``Cameras``.
         background: (3,) sky colour (what the renders are composited over).
         scale: the world units per normalised unit; caption: the scene's caption.
@@ -148,6 +150,7 @@ class TeacherBatch:
     camera_to_world: Tensor
     intrinsics: Tensor
     points: Tensor
+    sky_points: Tensor
     target_images: Tensor
     target_cameras: Cameras
     input_cameras: Cameras
@@ -191,6 +194,8 @@ def normalise(sample: dict, reverse: bool = False) -> TeacherBatch:
     c2w[:, :3, 3] /= scale
     depth = depth / scale
     points = points / scale
+    sky = torch.full_like(depth[inputs], SKY_DEPTH, dtype=torch.float64)
+    sky_points = _unproject_centres(sky, c2w[inputs], intrinsics[inputs].double())
     c2w = c2w.float()
     height, width = frames.shape[1:3]
     return TeacherBatch(
@@ -200,6 +205,7 @@ def normalise(sample: dict, reverse: bool = False) -> TeacherBatch:
         camera_to_world=c2w[inputs][None],
         intrinsics=intrinsics[inputs][None],
         points=points.float()[None],
+        sky_points=sky_points.float()[None],
         target_images=frames[held],
         target_cameras=Cameras(c2w[held], intrinsics[held], width=width, height=height),
         input_cameras=Cameras(c2w[inputs], intrinsics[inputs], width=width, height=height),

@@ -7,7 +7,9 @@ Losses (all on one normalised :class:`engine.teachers.data.TeacherBatch`):
   frame, normalised translation);
 * depth: L1 of log depth on surface pixels, plus ``sky_weight`` x the L1 of log depth to
   ``SKY_DEPTH`` on sky pixels (per-pixel Gaussians of the sky sit beyond the floor);
-* points (VGGT): L1 of the point head's world points on surface pixels;
+* points (VGGT): L1 of the point head's world points on surface pixels, plus ``sky_weight`` x their L1
+  to the points at ``SKY_DEPTH`` on sky pixels (as the depth: the sky's points form a backdrop beyond the
+  floor instead of falling anywhere inside the scene);
 * render (AnySplat): L1 + MSE between the Gaussians rendered with the project rasterizer at ground-truth
   cameras (held-out and input views, at a reduced resolution) and the frames, over the scene's sky colour.
 
@@ -61,9 +63,14 @@ def depth_loss(depth: Tensor, batch: TeacherBatch, sky_weight: float = 0.1) -> T
     return surface
 
 
-def points_loss(points: Tensor, batch: TeacherBatch) -> Tensor:
-    """L1 of (B, S, H, W, 3) predicted world points on surface pixels."""
-    return (points - batch.points).abs().sum(-1)[batch.valid].mean()
+def points_loss(points: Tensor, batch: TeacherBatch, sky_weight: float = 0.1) -> Tensor:
+    """L1 of (B, S, H, W, 3) predicted world points on surface pixels, plus ``sky_weight`` x the L1 to
+    ``batch.sky_points`` on sky pixels."""
+    surface = (points - batch.points).abs().sum(-1)[batch.valid].mean()
+    sky_mask = ~batch.valid
+    if sky_weight and sky_mask.any():
+        return surface + sky_weight * (points - batch.sky_points).abs().sum(-1)[sky_mask].mean()
+    return surface
 
 
 def scaled_cameras(cameras: Cameras, size: int) -> Cameras:
