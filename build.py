@@ -265,7 +265,7 @@ class BuildError(RuntimeError):
 def default_model_files(bundle_dir: Path) -> list[Path]:
     """The files of the default model bundle in ``bundle_dir`` that the extension ships, relative to it:
     its ``vist3a.json`` and every file of the parts it names (Wan pipeline folder, LoRA, decoder
-    checkpoint). Files the manifest does not name (e.g. the teachers trained on the way) stay out.
+    checkpoint, points decoder checkpoint). Files the manifest does not name (e.g. the teachers trained on the way) stay out.
 
     Returns [] when ``bundle_dir`` has no ``vist3a.json`` (no default model assembled yet). Raises
     BuildError when the manifest is malformed, names a missing part, or a part outside the folder (a hub
@@ -286,6 +286,8 @@ def default_model_files(bundle_dir: Path) -> list[Path]:
     parts = {"wan": bundle.wan, "decoder.checkpoint": bundle.decoder_checkpoint}
     if bundle.lora is not None:
         parts["lora"] = bundle.lora
+    if bundle.points_decoder_checkpoint is not None:
+        parts["points_decoder.checkpoint"] = bundle.points_decoder_checkpoint
     files = [Path(BUNDLE_MANIFEST)]
     for key, reference in parts.items():
         path = (root / reference).resolve()

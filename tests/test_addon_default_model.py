@@ -32,6 +32,8 @@ def _fake_model(root: Path, **manifest_changes) -> Path:
         "generator/transformer/diffusion_pytorch_model.safetensors": "weights",
         "stitched_anysplat/model.safetensors": "weights",
         "stitched_anysplat/stitched_config.json": "{}",
+        "stitched_vggt/model.safetensors": "weights",
+        "stitched_vggt/stitched_config.json": "{}",
         "lora/adapter_config.json": "{}",
         "lora/adapter_model.safetensors": "weights",
         "anysplat_teacher/model.safetensors": "teacher weights (not part of the bundle)",
@@ -46,6 +48,7 @@ def _fake_model(root: Path, **manifest_changes) -> Path:
         "wan": "generator",
         "lora": "lora",
         "decoder": {"kind": "stitched", "checkpoint": "stitched_anysplat"},
+        "points_decoder": {"kind": "stitched", "checkpoint": "stitched_vggt"},
         "defaults": DEFAULTS,
     }
     manifest.update(manifest_changes)
@@ -59,6 +62,8 @@ BUNDLE_FILES = {
     "generator/transformer/diffusion_pytorch_model.safetensors",
     "stitched_anysplat/model.safetensors",
     "stitched_anysplat/stitched_config.json",
+    "stitched_vggt/model.safetensors",
+    "stitched_vggt/stitched_config.json",
     "lora/adapter_config.json",
     "lora/adapter_model.safetensors",
 }
