@@ -183,7 +183,9 @@ def test_finetuning_lowers_l1_raises_render_psnr_and_export_matches(tmp_path):
     half_dir = trainer.export(tmp_path / "export_fp16")
     with safe_open(str(half_dir / "model.safetensors"), "pt") as handle:
         assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"F16"}
-    assert (half_dir / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "export" / "model.safetensors").stat().st_size
+    assert (half_dir / "model.safetensors").stat().st_size < 0.6 * (
+        tmp_path / "export" / "model.safetensors"
+    ).stat().st_size
     assert json.loads((half_dir / "stitched_config.json").read_text())["dtype"] == "float16"
     half = StitchedDecoder.from_pretrained(half_dir)
     assert next(half.parameters()).dtype == torch.float32

@@ -84,7 +84,11 @@ def stage_of(argv: list[str]) -> str:
     if argv[0] == "align":
         return "align"
     if argv[0] == "stitch":
-        suffix = "-vggt" if "vggt_teacher" in argv[argv.index("--model" if argv[1] == "search" else "--base-model") + 1] else ""
+        suffix = (
+            "-vggt"
+            if "vggt_teacher" in argv[argv.index("--model" if argv[1] == "search" else "--base-model") + 1]
+            else ""
+        )
         return argv[1].replace("train", "stitch") + suffix
     if argv[0] == "train":
         return "vae-objects" if argv[1] == "vae" and "--init" in argv else argv[1]
@@ -302,13 +306,18 @@ def test_install_replaces_only_the_bundles_own_entries(tmp_path, capsys):
     installed = ModelBundle.load(models)
     installed.check_files()
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        ["anysplat_teacher", "generator", "generator_lora", "stitched_decoder", "stitched_points_decoder", "vist3a.json"]
+        [
+            "anysplat_teacher",
+            "generator",
+            "generator_lora",
+            "stitched_decoder",
+            "stitched_points_decoder",
+            "vist3a.json",
+        ]
     )
     assert installed.points_decoder_path == models / "stitched_points_decoder"
     installed_entries = "generator, stitched_decoder, generator_lora, stitched_points_decoder, vist3a.json"
-    assert f"installed {installed_entries} into {models}" in (
-        capsys.readouterr().out
-    )
+    assert f"installed {installed_entries} into {models}" in (capsys.readouterr().out)
 
 
 def test_a_bundle_without_reward_finetuning_carries_the_models_defaults(tmp_path):
@@ -329,7 +338,9 @@ def test_a_bundle_without_reward_finetuning_carries_the_models_defaults(tmp_path
     )
     bundle = ModelBundle.load(bundle_dir)
     assert bundle.lora is None and not (bundle_dir / "generator_lora").exists()
-    assert not bundle.has_points_decoder and "points_decoder" not in json.loads((bundle_dir / "vist3a.json").read_text())
+    assert not bundle.has_points_decoder and "points_decoder" not in json.loads(
+        (bundle_dir / "vist3a.json").read_text()
+    )
     assert bundle.generation_settings({"prompt": "a red cube"}).height == 128
     assert bundle.generation_settings({"prompt": "a red cube", "height": 96}).height == 96
 

@@ -94,7 +94,18 @@ def _check_manifest_header(data, fail: Callable[[str], None]) -> None:
         fail(f"'format' must be {BUNDLE_FORMAT!r}, got {data.get('format')!r}")
     if data.get("version") != BUNDLE_VERSION:
         fail(f"'version' must be {BUNDLE_VERSION}, got {data.get('version')!r}")
-    known = {"format", "version", "name", "wan", "wan_revision", "lora", "decoder", "points_decoder", "extra", "defaults"}
+    known = {
+        "format",
+        "version",
+        "name",
+        "wan",
+        "wan_revision",
+        "lora",
+        "decoder",
+        "points_decoder",
+        "extra",
+        "defaults",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         fail(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -454,7 +465,10 @@ class ModelBundle:
             "extra": self.extra,
         }
         if self.has_points_decoder:  # written only when set, as the defaults
-            manifest["points_decoder"] = {"kind": self.points_decoder_kind, "checkpoint": self.points_decoder_checkpoint}
+            manifest["points_decoder"] = {
+                "kind": self.points_decoder_kind,
+                "checkpoint": self.points_decoder_checkpoint,
+            }
         if self.defaults:  # written only when set, so bundles without defaults keep their manifest
             manifest["defaults"] = dict(self.defaults)
         return manifest
