@@ -3,6 +3,7 @@ reconstruct) on tiny configurations, and the committed teacher weights."""
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,38 @@ def test_training_fits_one_scene(model_type, samples, tmp_path):
         assert "render" in last
     else:
         assert "points" in last
+
+
+def test_the_rendering_loss_makes_a_transparent_sky_cost(samples, tmp_path):
+    # Renders composited over the sky colour let a network leave the sky transparent (the session-7 teacher
+    # did: its sky rendered black in Blender); over a random colour per view, transparency is an error.
+    losses_by_background = {}
+    for background in ("sky", "random"):
+        trainer = TeacherTrainer(
+            _tiny_config("anysplat", tmp_path, render_background=background), None, samples[:1], samples[:1]
+        )
+        last = trainer.model.encoder.gaussian_param_head.scratch.output_conv2[2]
+        with torch.no_grad():  # every Gaussian transparent: the renders show only the background
+            last.weight[0].zero_()
+            last.bias[0] = -30.0
+        batch = normalise(samples[0])
+        sky = batch.background.view(-1, 1, 1)  # a clear-sky scene: every target pixel is the sky's colour
+        batch = replace(
+            batch,
+            images=torch.ones_like(batch.images) * sky,
+            target_images=torch.ones_like(batch.target_images) * batch.background,
+        )
+        views = trainer._render_views(len(batch.target_cameras), VIEWS)
+        assert (views[2] is None) == (background == "sky")
+        if views[2] is not None:
+            assert views[2].shape == (len(views[0]) + len(views[1]), 3) and 0 <= views[2].min() <= views[2].max() <= 1
+        with torch.no_grad():
+            _, terms = trainer.loss(batch, views)
+        losses_by_background[background] = terms["render"]
+    # over the sky colour a transparent sky is exactly right; over random colours it is an error
+    assert losses_by_background["sky"] < 1e-6 and losses_by_background["random"] > 0.05, losses_by_background
+    with pytest.raises(ValueError, match="render_background"):
+        _tiny_config("anysplat", tmp_path, render_background="black")
 
 
 def test_run_folder_resumes_exactly_and_exports(samples, tmp_path):

@@ -46,6 +46,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--eval-scenes", type=int, default=6)
     train.add_argument("--render-start", type=int, default=0, help="AnySplat: first step with the rendering loss")
     train.add_argument(
+        "--render-background",
+        choices=("random", "sky"),
+        default="random",
+        help="AnySplat: what the rendering loss composites its renders over: a random colour per view (default: "
+        "the Gaussians must cover the sky) or the scene's sky colour (the sky may stay transparent)",
+    )
+    train.add_argument(
         "--reverse-augment",
         action="store_true",
         help="also train on orbits run backwards (off: the world's orbits all run counter-clockwise)",
@@ -145,6 +152,7 @@ def _run_train(args, context) -> int:
             eval_every=args.eval_every,
             eval_scenes=args.eval_scenes,
             render_start=args.render_start,
+            render_background=args.render_background,
             reverse_augment=args.reverse_augment,
             seed=args.seed,
             batch_size=args.batch_size,

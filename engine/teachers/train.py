@@ -5,7 +5,8 @@ backwards at random, T = 13 input views of 112 x 112, normalised to view 0's fra
 distance. Loss (:mod:`engine.teachers.losses`): camera + depth, plus for VGGT the point head's world
 points, plus for AnySplat the rendering loss of its per-pixel Gaussians (project rasterizer,
 ground-truth cameras) at ``render_heldout`` held-out views and ``render_inputs`` input views at
-``render_size`` pixels. AdamW, linear warm-up then cosine decay, gradient-norm clipping.
+``render_size`` pixels, composited over a random colour per view (``render_background``), so that the
+Gaussians must cover the sky too. AdamW, linear warm-up then cosine decay, gradient-norm clipping.
 
 Network initialisation (the only departures from PyTorch's defaults): the camera head's last layer
 starts at the identity pose with a 60 degree field of view, and AnySplat's Gaussian head at opacity
@@ -56,6 +57,7 @@ LOSS_TERMS = ("camera", "depth", "points", "render")
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 MODEL_TYPES = ("anysplat", "vggt")
+RENDER_BACKGROUNDS = ("random", "sky")
 
 
 @dataclass
@@ -78,6 +80,11 @@ class TeacherTrainConfig:
     render_inputs: int = 0
     render_size: int = 56
     render_start: int = 0  # AnySplat: the rendering loss is used from this step on (geometry first)
+    # What AnySplat's renders are composited over in the rendering loss: "random" (a uniform random colour
+    # per rendered view, so every pixel, the sky's included, must be covered by opaque Gaussians) or "sky"
+    # (the scene's sky colour, which the target frames show where nothing is hit: the network may then
+    # leave the sky transparent, and a scene imported into Blender shows the world colour there instead).
+    render_background: str = "random"
     # Train on orbits run backwards half of the time. Off by default: the world's clips (and so the
     # generator's videos the decoder will see) always orbit counter-clockwise, and a reversed orbit is a
     # second camera motion the camera head would have to tell apart from the content alone.
@@ -97,6 +104,8 @@ class TeacherTrainConfig:
         unknown = sorted(set(self.weights) - set(LOSS_TERMS))
         if unknown:
             raise ValueError(f"unknown loss weight(s) {', '.join(unknown)}; the terms are {', '.join(LOSS_TERMS)}")
+        if self.render_background not in RENDER_BACKGROUNDS:
+            raise ValueError(f"render_background must be one of {RENDER_BACKGROUNDS}, got {self.render_background!r}")
 
 
 def build_teacher(config: TeacherTrainConfig) -> nn.Module:
@@ -223,7 +232,7 @@ class TeacherTrainer:
         reverse = self.config.reverse_augment and random_reverse(self.generator)
         return normalise(self.train_samples[index], reverse=reverse)
 
-    def sample_batches(self) -> list[tuple[TeacherBatch, Optional[tuple[list[int], list[int]]]]]:
+    def sample_batches(self) -> list[tuple[TeacherBatch, Optional[tuple]]]:
         """This process's share of a step's ``batch_size`` scenes: (batch, rendered views) pairs.
 
         Every scene's draws are made in order (scene, direction, then for AnySplat's rendering loss the
@@ -244,16 +253,21 @@ class TeacherTrainer:
                 batches.append((normalise(self.train_samples[index], reverse=reverse), views))
         return batches
 
-    def _render_views(self, held_out: int, inputs: int) -> tuple[list[int], list[int]]:
+    def _render_views(self, held_out: int, inputs: int) -> tuple[list[int], list[int], Optional[torch.Tensor]]:
+        """The rendering loss's draws for one scene: its held-out views, its input views and, with
+        ``render_background="random"``, one (3,) background colour per rendered view ((n, 3); None for
+        the sky colour), all from the run's generator (so processes stay in step and a resume is exact)."""
         cfg = self.config
         held = torch.randperm(held_out, generator=self.generator)[: cfg.render_heldout].tolist()
-        return held, torch.randperm(inputs, generator=self.generator)[: cfg.render_inputs].tolist()
+        chosen = torch.randperm(inputs, generator=self.generator)[: cfg.render_inputs].tolist()
+        backgrounds = None
+        if cfg.render_background == "random":
+            backgrounds = torch.rand(len(held) + len(chosen), 3, generator=self.generator)
+        return held, chosen, backgrounds
 
-    def loss(
-        self, batch: TeacherBatch, views: Optional[tuple[list[int], list[int]]] = None
-    ) -> tuple[torch.Tensor, dict]:
-        """The loss of one scene and its terms; ``views``: the (held-out, input) views of the rendering
-        loss (default: drawn now)."""
+    def loss(self, batch: TeacherBatch, views: Optional[tuple] = None) -> tuple[torch.Tensor, dict]:
+        """The loss of one scene and its terms; ``views``: the rendering loss's draws, (held-out views,
+        input views, background colours or None) as :meth:`_render_views` returns them (default: drawn now)."""
         cfg = self.config
         w = cfg.weights
         prediction = self.model(batch.images)
@@ -284,7 +298,7 @@ class TeacherTrainer:
         gaussians = prediction.gaussians()
         views = batch.images.shape[1]
         pixels = batch.images.shape[-1] * batch.images.shape[-2]
-        held, inputs = self._render_views(len(batch.target_cameras), views) if chosen is None else chosen
+        held, inputs, backgrounds = self._render_views(len(batch.target_cameras), views) if chosen is None else chosen
         jobs = [(batch.target_cameras, i, [i, i + 1], batch.target_images[i]) for i in held]
         jobs += [
             (
@@ -296,7 +310,7 @@ class TeacherTrainer:
             for i in inputs
         ]
         total, mse_sum = 0.0, 0.0
-        for cameras, index, sources, target in jobs:
+        for job, (cameras, index, sources, target) in enumerate(jobs):
             rows = torch.cat([torch.arange(v * pixels, (v + 1) * pixels) for v in sources])
             scene = _subset(gaussians, rows).to_scene(0)
             size = cameras.width
@@ -309,9 +323,8 @@ class TeacherTrainer:
                 ),
                 cfg.render_size,
             )
-            loss, mse = losses.render_loss(
-                scene, camera, losses.downsample(target[None], cfg.render_size), batch.background
-            )
+            background = batch.background if backgrounds is None else backgrounds[job].to(batch.background)
+            loss, mse = losses.render_loss(scene, camera, losses.downsample(target[None], cfg.render_size), background)
             total = total + loss
             mse_sum += float(mse.detach())
         return total / len(jobs), torch.tensor(mse_sum / len(jobs))
