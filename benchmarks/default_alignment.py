@@ -42,6 +42,11 @@ def without_lora(model: Path, workdir: Path) -> Path:
         name=f"{bundle.name}-without-lora",
         wan=bundle.portable_reference(bundle.wan),
         decoder_checkpoint=bundle.portable_reference(bundle.decoder_checkpoint),
+        points_decoder_checkpoint=(
+            None
+            if bundle.points_decoder_checkpoint is None
+            else bundle.portable_reference(bundle.points_decoder_checkpoint)
+        ),
         lora=None,
     )
     base.save()

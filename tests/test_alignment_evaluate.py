@@ -82,3 +82,20 @@ def test_summarize_pools_objects_and_relations():
     assert summary["consistency_psnr"] == pytest.approx(25.0)
     assert summary["color_accuracy"] == pytest.approx(4 / 5)
     assert summary["relation_accuracy"] == pytest.approx(1 / 3) and summary["relations"] == 3
+
+
+def test_the_benchmark_compares_the_default_model_with_itself_without_its_lora(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("default_alignment", root / "benchmarks" / "default_alignment.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+
+    shipped = ModelBundle.load(root / "models" / "default")
+    base = ModelBundle.load(benchmark.without_lora(root / "models" / "default", tmp_path))
+    base.check_files()  # every part the manifest names, its points decoder included, is found
+    assert base.lora is None and shipped.lora is not None
+    assert base.decoder_path.resolve() == shipped.decoder_path.resolve()
+    assert base.points_decoder_path.resolve() == shipped.points_decoder_path.resolve()
