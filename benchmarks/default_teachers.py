@@ -70,7 +70,15 @@ def main() -> int:
         start = time.perf_counter()
         metrics = evaluate_model(model, samples, render=name.startswith("anysplat"))
         seconds = time.perf_counter() - start
-        for key in ("novel_psnr", "depth_absrel", "rot_err_deg", "rot_err_max_deg", "trans_err", "points_err"):
+        for key in (
+            "novel_psnr",
+            "novel_coverage",
+            "depth_absrel",
+            "rot_err_deg",
+            "rot_err_max_deg",
+            "trans_err",
+            "points_err",
+        ):
             if key in metrics:
                 print(
                     f"{name:<18} {_folder_mb(folder):>6.2f} {key:<16} {metrics[key]:>9.4f}  {_verdict(key, metrics[key])}"

@@ -175,6 +175,8 @@ def test_the_rendering_loss_makes_a_transparent_sky_cost(samples, tmp_path):
         losses_by_background[background] = terms["render"]
     # over the sky colour a transparent sky is exactly right; over random colours it is an error
     assert losses_by_background["sky"] < 1e-6 and losses_by_background["random"] > 0.05, losses_by_background
+    # the held-out evaluation sees it: the transparent network's renders cover nothing
+    assert evaluate_model(trainer.model, samples[:1])["novel_coverage"] < 1e-6
     with pytest.raises(ValueError, match="render_background"):
         _tiny_config("anysplat", tmp_path, render_background="black")
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-PAIRED_KEYS = ("novel_psnr", "depth_absrel", "rot_err_deg", "trans_err", "points_err")
+PAIRED_KEYS = ("novel_psnr", "novel_coverage", "depth_absrel", "rot_err_deg", "trans_err", "points_err")
 
 
 @torch.no_grad()

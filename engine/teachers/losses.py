@@ -11,13 +11,16 @@ Losses (all on one normalised :class:`engine.teachers.data.TeacherBatch`):
   to the points at ``SKY_DEPTH`` on sky pixels (as the depth: the sky's points form a backdrop beyond the
   floor instead of falling anywhere inside the scene);
 * render (AnySplat): L1 + MSE between the Gaussians rendered with the project rasterizer at ground-truth
-  cameras (held-out and input views, at a reduced resolution) and the frames, over the scene's sky colour.
+  cameras (held-out and input views, at a reduced resolution) and the frames, over a background colour
+  the trainer chooses (``TeacherTrainConfig.render_background``: a random colour per view by default).
 
 Metrics: depth AbsRel = mean |d - d*| / d* over surface pixels (no scale alignment: the network's own
 scale convention is part of what is measured); camera rotation error = mean geodesic angle between
 predicted and true camera-to-world rotations of views 1..T-1, both in view 0's frame; novel-view PSNR
 of the Gaussians (re-expressed in view 0's predicted frame, as ``reconstruct`` writes them) rendered at
-the held-out cameras at full resolution.
+the held-out cameras at full resolution (over the scene's sky colour), and their coverage, the mean
+accumulated opacity of those renders (1: every pixel covered; a network that leaves the sky transparent
+scores the sky's share less, and Blender shows its world colour there).
 """
 
 from __future__ import annotations
@@ -162,6 +165,7 @@ def evaluate_prediction(prediction, batch: TeacherBatch, render: bool = True, ma
         out = rasterize(scene, cameras, background=batch.background)
         mse = (out.rgb.clamp(0, 1) - batch.target_images[pick]).square().mean(dim=(1, 2, 3))
         metrics["novel_psnr"] = float(torch.stack([torch.tensor(psnr_from_mse(float(m))) for m in mse]).mean())
+        metrics["novel_coverage"] = float(out.alpha.mean())
         metrics["_renders"] = out.rgb.clamp(0, 1)
     return metrics
 
