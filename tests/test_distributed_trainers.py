@@ -146,7 +146,7 @@ def test_teacher_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path,
     head_loss = "render" if model_type == "anysplat" else "points"  # the Gaussian renders / the point map
     assert all(head_loss in r and not r.get("skipped") for r in two)
     assert_same_curve(one, two, keys=("loss", "camera", "depth", head_loss))
-    assert [r["step"] for r in read_jsonl(double / "eval_log.jsonl")] == [3]
+    assert [r["step"] for r in read_jsonl(double / "eval_log.jsonl")] == [0, 3]  # the starting weights, then step 3
     checkpoint = Path("checkpoints") / "step_00000003" / "model.safetensors"
     assert_same_weights(single / checkpoint, double / checkpoint)
     assert (double / "loss_curve.png").is_file()
@@ -158,6 +158,7 @@ def test_teacher_train_on_two_processes_follows_one_and_resumes_on_one(tmp_path,
     one, two = read_jsonl(single / "loss_log.jsonl"), read_jsonl(double / "loss_log.jsonl")
     assert [r["step"] for r in two] == [1, 2, 3, 4, 5]
     assert_same_curve(one[3:], two[3:], rel=1e-3)
+    assert [r["step"] for r in read_jsonl(double / "eval_log.jsonl")] == [0, 3, 5]  # the resume adds no step 0
 
 
 def test_fsdp_units_are_the_transformer_blocks_and_only_lora_may_train():

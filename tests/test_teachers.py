@@ -190,7 +190,9 @@ def test_run_folder_resumes_exactly_and_exports(samples, tmp_path):
     assert (out / "eval_log.jsonl").is_file() and (out / "loss_curve.png").is_file()
     assert (out / "eval" / "step_00000002.png").is_file()
     evals = [json.loads(line) for line in (out / "eval_log.jsonl").read_text().splitlines()]
-    assert {"depth_absrel", "rot_err_deg", "novel_psnr"} <= set(evals[0])
+    # the starting weights are evaluated first (step 0), then every eval_every steps
+    assert [e["step"] for e in evals] == [0, 2] and (out / "eval" / "step_00000000.png").is_file()
+    assert {"depth_absrel", "rot_err_deg", "novel_psnr", "novel_coverage"} <= set(evals[0])
     trainer.train(steps=4, progress=False)
     reference = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
 

@@ -15,7 +15,7 @@ depth) and the identity rotation, so that the first renders are opaque, pixel-si
 
 Run folder (outside the repository): ``train_config.json``, ``loss_log.jsonl`` (per step: losses, lr,
 grad norm, seconds), ``eval_log.jsonl`` (every ``eval_every`` steps: held-out metrics averaged over
-``eval_scenes`` scenes), ``loss_curve.png``, ``eval/step_<n>.png`` (held-out frames above their
+``eval_scenes`` scenes, and at step 0 for the starting weights), ``loss_curve.png``, ``eval/step_<n>.png`` (held-out frames above their
 renders), ``checkpoints/step_<n>/`` (``model.safetensors`` fp32 + ``state.pt``: optimizer, scheduler,
 step, RNG; ``--resume`` continues exactly), and ``final/`` (the model, ``save_pretrained`` layout).
 
@@ -391,6 +391,8 @@ class TeacherTrainer:
         writes = self.writes
         progress = progress and self.context.is_main
         bar = tqdm(total=total, initial=self.step, disable=not progress, desc=f"{self.config.model_type} teacher")
+        if writes and self.out_dir is not None and self.step == 0 and total > 0:
+            self._evaluate_start()
         while self.step < total:
             record = self.train_step()
             bar.update(1)
@@ -399,17 +401,7 @@ class TeacherTrainer:
                 with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
             if self.out_dir is not None and (self.step % self.config.eval_every == 0 or self.step == total):
-                if writes:
-                    self.save_checkpoint()
-                if self._refresh and len(self.train_samples) < self.config.train_scenes:
-                    self.train_samples = self._available_train_samples()  # on every process alike
-                    log.info("%d training scenes", len(self.train_samples))
-                if writes:
-                    metrics = self.evaluate(sheet=self.out_dir / "eval" / f"step_{self.step:08d}.png")
-                    with open(self.out_dir / EVAL_FILE, "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"step": self.step, **metrics}) + "\n")
-                    log.info("step %d held-out: %s", self.step, json.dumps(metrics))
-                    self.plot()
+                self._checkpoint_and_evaluate()
             elif writes and self.step % self.config.save_every == 0:
                 self.save_checkpoint()
             if max_minutes is not None:
@@ -422,6 +414,32 @@ class TeacherTrainer:
         bar.close()
         if writes:
             self.plot()
+
+    def _checkpoint_and_evaluate(self) -> None:
+        """Every ``eval_every`` steps and at the end: a checkpoint, the training scenes written since (every
+        process alike), the held-out evaluation."""
+        if self.writes:
+            self.save_checkpoint()
+        if self._refresh and len(self.train_samples) < self.config.train_scenes:
+            self.train_samples = self._available_train_samples()
+            log.info("%d training scenes", len(self.train_samples))
+        if self.writes:
+            self._evaluate_and_log()
+
+    def _evaluate_start(self) -> None:
+        """The held-out figures of the starting weights, as step 0 (the baseline of a run, an --init run's
+        above all); a run restarting at step 0 drops the records of its abandoned start first."""
+        truncate_log(self.out_dir / LOG_FILE, -1)
+        truncate_log(self.out_dir / EVAL_FILE, -1)
+        self._evaluate_and_log()
+
+    def _evaluate_and_log(self) -> None:
+        """Held-out evaluation at the current step: a record in ``eval_log.jsonl``, a sheet, the plot."""
+        metrics = self.evaluate(sheet=self.out_dir / "eval" / f"step_{self.step:08d}.png")
+        with open(self.out_dir / EVAL_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        log.info("step %d held-out: %s", self.step, json.dumps(metrics))
+        self.plot()
 
     # ------------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
