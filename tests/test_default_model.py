@@ -155,6 +155,31 @@ def test_demo_without_any_model_stops_with_the_message(places, tmp_path, capsys,
     assert "TINY" not in capsys.readouterr().out  # no tiny random model on a user path
 
 
+def test_demo_names_a_bad_setting_by_its_option(tmp_path, caplog):
+    from engine.pipeline import demo
+
+    assert demo.run(_demo_args(tmp_path / "run", size=100)) == 2
+    assert "--size must be a multiple of 16 in 16..2048, got 100" in caplog.text and "height" not in caplog.text
+    assert demo.run(_demo_args(tmp_path / "run", frames=12)) == 2
+    assert "--frames must be 4k+1" in caplog.text and not (tmp_path / "run").exists()
+
+
+def test_setting_errors_in_option_terms():
+    from engine.pipeline.settings import in_option_terms
+
+    options = {"height": "--size", "width": "--size", "num_frames": "--frames"}
+    message = "height and width must be multiples of 16 x 16 for this model, got 100 x 100"
+    assert (
+        in_option_terms(ValueError(message), options)
+        == "--size must be multiples of 16 x 16 for this model, got 100 x 100"
+    )
+    # whole names only: a field name inside another word is left alone
+    assert in_option_terms(ValueError("num_frames_total and heights"), options) == "num_frames_total and heights"
+    assert in_option_terms(ValueError("height and width"), {"height": "--height", "width": "--width"}) == (
+        "--height and --width"
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_with_defaults(tmp_path_factory):
     """A tiny bundle with small defaults and a closed vocabulary (unknown words are reported)."""

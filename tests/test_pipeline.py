@@ -442,4 +442,8 @@ def test_generate_command_line(tmp_path, bundle_dir, capsys, caplog):
     )
     assert (tmp_path / "run" / "scene.ply").read_bytes() == (tmp_path / "again" / "scene.ply").read_bytes()
     assert main(argv[:-2] + ["--frames", "6"]) == 2  # invalid setting: clear message, exit status 2
-    assert "num_frames must be 4k+1" in caplog.text
+    # named by the option the user gave, not by the setting's field name
+    assert "--frames must be 4k+1" in caplog.text and "num_frames" not in caplog.text
+    caplog.clear()
+    assert main(argv[:-2] + ["--height", "40"]) == 2
+    assert "--height must be a multiple of 16" in caplog.text

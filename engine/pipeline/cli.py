@@ -18,6 +18,7 @@ from engine.pipeline.settings import (
     ModelBundleError,
     RuntimeOptions,
     SettingsError,
+    in_option_terms,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,17 @@ _SETTING_OPTIONS = {
 }
 
 
+# GenerationSettings field -> the option that sets it, for error messages in the command line's terms
+_OPTION_OF_SETTING = {
+    **{field_name: "--" + option.replace("_", "-") for option, field_name in _SETTING_OPTIONS.items()},
+    "output_kind": "--points",
+    "orbit_template": "--no-orbit-template",
+    "voxel_merge": "--no-voxel-merge",
+    "seed": "--seed",
+    "prompt": "PROMPT",
+}
+
+
 def given_settings(args: argparse.Namespace) -> dict:
     """The settings given on the command line (GenerationSettings field names); the rest is the model's."""
     given = {"prompt": args.prompt, "seed": args.seed}
@@ -153,8 +165,11 @@ def run(args: argparse.Namespace) -> int:
             pipeline.free_gpu_memory()
             out = write_outputs(result, args.out, progress=progress)
             if result.unknown_words:
-                print(unknown_words_message(result.unknown_words), file=sys.stderr)
-    except (SettingsError, ModelBundleError, FileNotFoundError, FileExistsError) as exc:
+                tqdm.write(unknown_words_message(result.unknown_words), file=sys.stderr)  # below any progress bar
+    except SettingsError as exc:
+        logger.error("%s", in_option_terms(exc, _OPTION_OF_SETTING))
+        return 2
+    except (ModelBundleError, FileNotFoundError, FileExistsError) as exc:
         logger.error("%s", exc)
         return 2
     except (GenerationCancelled, KeyboardInterrupt):

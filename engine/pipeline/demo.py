@@ -12,10 +12,20 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sys
 import time
 from pathlib import Path
 
 log = logging.getLogger("engine.pipeline.demo")
+
+# GenerationSettings field -> the demo option that sets it, for error messages in the command line's terms
+DEMO_OPTIONS = {
+    "num_frames": "--frames",
+    "height": "--size",
+    "width": "--size",
+    "num_steps": "--steps",
+    "seed": "--seed",
+}
 
 
 def default_output(prompt: str) -> Path:
@@ -33,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         ModelNotFoundError,
         RuntimeOptions,
         SettingsError,
+        in_option_terms,
     )
 
     out = Path(args.out) if args.out else default_output(args.prompt)
@@ -52,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         generation = bundle.generation_settings(given)
     except SettingsError as error:
-        log.error("%s", error)
+        log.error("%s", in_option_terms(error, DEMO_OPTIONS))
         return 2
     from tqdm import tqdm
 
@@ -70,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
         pipeline = Vist3aPipeline.from_pretrained(bundle, runtime=RuntimeOptions(device=args.device))
         pipeline.check_settings(generation)
         result = pipeline.generate(generation, progress=progress)
-    except (ModelNotFoundError, ModelBundleError, ModelLoadError, SettingsError) as error:
+    except SettingsError as error:
+        log.error("%s", in_option_terms(error, DEMO_OPTIONS))
+        return 2
+    except (ModelNotFoundError, ModelBundleError, ModelLoadError) as error:
         log.error("%s", error)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         f"{used.guidance_scale:g}, flow shift {used.flow_shift:g}"
     )
     if result.unknown_words:
-        print(unknown_words_message(result.unknown_words), flush=True)
+        tqdm.write(unknown_words_message(result.unknown_words), file=sys.stdout)  # below any progress bar
     print(folder)
     return 0
 

@@ -82,6 +82,16 @@ class SettingsError(ValueError):
     """A generation setting or runtime option is invalid; the message names it and the allowed range."""
 
 
+def in_option_terms(error: Exception, options: dict[str, str]) -> str:
+    """The message of ``error`` (a SettingsError) with each setting's field name replaced by the command-line
+    option that sets it, e.g. ``{"num_frames": "--frames"}``: "--frames must be 4k+1 ...". Two fields set
+    by one option ("height and width", both ``--size``) are named once."""
+    text = str(error)
+    for field_name, option in options.items():
+        text = re.sub(rf"(?<![\w-]){re.escape(field_name)}(?![\w-])", option, text)
+    return re.sub(r"(?<!\S)(--[\w-]+) and \1(?![\w-])", r"\1", text)
+
+
 class ModelNotFoundError(FileNotFoundError):
     """A model bundle, one of its folders or a required file does not exist."""
 

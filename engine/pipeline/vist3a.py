@@ -689,8 +689,8 @@ class Vist3aPipeline:
         settings = settings.resolved(self.default_conditioning).replace(seed=seed)
         timings = {"load": round(self.load_seconds, 3)}
         unknown = self.unknown_words(settings.prompt)
-        if unknown:
-            logger.warning("%s", unknown_words_message(unknown))
+        if unknown:  # reported by the front ends (command line, worker, add-on) from the result
+            logger.debug("%s", unknown_words_message(unknown))
 
         start = time.perf_counter()
         latent = self.sample_latent(settings, seed, progress=progress, cancel=cancel, preview_every=preview_every)
