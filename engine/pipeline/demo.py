@@ -18,13 +18,12 @@ from pathlib import Path
 
 log = logging.getLogger("engine.pipeline.demo")
 
+# demo option (argparse dest) -> the GenerationSettings fields it sets; None leaves them to the model
+DEMO_SETTING_OPTIONS = {"frames": ("num_frames",), "size": ("height", "width"), "steps": ("num_steps",)}
 # GenerationSettings field -> the demo option that sets it, for error messages in the command line's terms
 DEMO_OPTIONS = {
-    "num_frames": "--frames",
-    "height": "--size",
-    "width": "--size",
-    "num_steps": "--steps",
     "seed": "--seed",
+    **{field_name: f"--{option}" for option, fields in DEMO_SETTING_OPTIONS.items() for field_name in fields},
 }
 
 
@@ -58,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"Model: {choice.path} (from {choice.source})", flush=True)
     given = {"prompt": args.prompt, "seed": args.seed}
-    overrides = {"num_frames": args.frames, "height": args.size, "width": args.size, "num_steps": args.steps}
-    given.update({key: value for key, value in overrides.items() if value is not None})
+    for option, fields in DEMO_SETTING_OPTIONS.items():
+        if getattr(args, option) is not None:
+            given.update(dict.fromkeys(fields, getattr(args, option)))
     try:
         generation = bundle.generation_settings(given)
     except SettingsError as error:
