@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -354,3 +355,125 @@ def test_a_resumed_run_without_a_checkpoint_keeps_one_step_zero_evaluation(tiny_
     assert read_jsonl(run / EVAL_LOG) == [] and read_jsonl(run / TRAIN_LOG) == []
     resumed = VAETrainer(config, tiny_vae_run, resume=True, clip_cache=tiny_vae_run / "clips")
     assert resumed.step == 4 and [r["step"] for r in read_jsonl(tiny_vae_run / EVAL_LOG)] == [0, 2, 4]
+
+
+def test_object_pixels_are_the_objects_of_a_clip_and_never_its_floor_or_sky():
+    from engine.data import SyntheticClipDataset, generate_scene, object_pixels
+    from engine.generator.quality import label_pixels
+
+    dataset = SyntheticClipDataset(3, seed=0, num_frames=5, height=64, width=64, split="train")
+    for i in range(3):
+        clip = dataset[i]
+        scene = generate_scene(dataset.item_seed(i))
+        mask = object_pixels(clip)
+        assert mask.shape == (5, 64, 64) and mask.dtype == torch.bool
+        assert 0.01 < float(mask.float().mean()) < 0.6
+        assert not (mask & (clip.alpha < 0.5)).any()  # the sky is never an object
+        # a point inside each object (at height `size` on its axis) projects onto an object pixel
+        for obj in scene.objects:
+            if obj.shape in ("torus", "table"):  # hollow at that point
+                continue
+            point = torch.tensor([[obj.position[0], obj.position[1], obj.size]], dtype=torch.float32)
+            pixels, depth = clip.cameras.project(point)
+            for view in range(5):
+                u, v = pixels[view, 0].floor().long().tolist()
+                if 0 <= u < 64 and 0 <= v < 64 and depth[view, 0] > 0:
+                    assert mask[view, v, u], (i, obj, view)
+        # the pixels of the mask are mostly explained by the scene's own object colours
+        names, labels = label_pixels(clip.frames[0].numpy())
+        own = {names.index(f"object:{o.color_name}") for o in scene.objects}
+        explained = torch.from_numpy(np.isin(labels, sorted(own)))
+        assert float(explained[mask[0]].float().mean()) > 0.7
+
+
+def test_latent_object_mask_follows_the_causal_vae_grouping():
+    from engine.generator.video import latent_object_mask
+
+    mask = torch.zeros(1, 1, 9, 32, 16, dtype=torch.bool)
+    mask[0, 0, 0, 3, 3] = True  # frame 0: latent frame 0 alone
+    mask[0, 0, 6, 17, 9] = True  # frames 5..8: latent frame 2
+    latent = latent_object_mask(mask)
+    assert latent.shape == (1, 1, 3, 4, 2)
+    assert latent.nonzero().tolist() == [[0, 0, 0, 0, 0], [0, 0, 2, 2, 1]]
+    with pytest.raises(ValueError, match="does not map onto latent pixels"):
+        latent_object_mask(torch.zeros(1, 1, 8, 32, 32, dtype=torch.bool))
+
+
+def test_the_object_weight_weights_the_flow_matching_loss_on_the_objects(tiny_video_run, tiny_vae_run, tmp_path):
+    from engine.generator.video import VideoConfig, VideoTrainer
+
+    config = VideoConfig(**json.loads((tiny_video_run / "config.json").read_text()))
+    trainer = VideoTrainer(config, None, vae=tiny_vae_run / "vae", clip_cache=tiny_vae_run / "clips")
+    x0 = torch.stack([trainer.latent("train", i) for i in range(2)])
+    texts = [trainer.caption("train", i) for i in range(2)]
+    sigma, noise = torch.tensor([0.3, 0.7]), torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = trainer.flow_loss(x0, texts, sigma, noise)
+        assert torch.allclose(trainer.flow_loss(x0, texts, sigma, noise, torch.ones_like(x0[:, :1])), plain)
+        only = torch.zeros_like(x0[:, :1])
+        only[:, :, 0, 0, 0] = 1.0  # all the weight on one latent pixel: the mean over its channels
+        s = sigma.view(-1, 1, 1, 1, 1)
+        prediction = trainer.model.transformer(
+            hidden_states=(1 - s) * x0 + s * noise,
+            timestep=sigma * 1000,
+            encoder_hidden_states=trainer.embed(texts),
+            return_dict=False,
+        )[0]
+        expected = (prediction - (noise - x0)).pow(2)[:, :, 0, 0, 0].mean(dim=1)
+        assert torch.allclose(trainer.flow_loss(x0, texts, sigma, noise, only), expected, rtol=1e-4)
+
+    # the training loss with --object-weight: the clips' object masks are cached next to their latents
+    out = tmp_path / "weighted"
+    args = ["train", "video", "--out", str(out), "--vae", str(tiny_vae_run / "vae"), "--steps", "2"]
+    args += ["--eval-every", "0", "--clip-cache", str(tiny_vae_run / "clips"), "--object-weight", "5"]
+    assert engine_main(args + TINY_VIDEO) == 0
+    masks = sorted((out / "latents").glob("train_*_objects.npy"))
+    assert masks and all(np.load(m).dtype == bool and np.load(m).shape == (1, 2, 4, 4) for m in masks)
+    assert any(np.load(m).any() for m in masks)
+    assert json.loads((out / "config.json").read_text())["object_weight"] == 5.0
+    weighted = VideoTrainer(
+        VideoConfig(**{**config.__dict__, "object_weight": 5.0}), None, vae=tiny_vae_run / "vae",
+        clip_cache=tiny_vae_run / "clips",
+    )  # fmt: skip
+    weighted.model.load_state_dict(trainer.model.state_dict())
+    trainer.generator.manual_seed(3)
+    weighted.generator.manual_seed(3)
+    with torch.no_grad():
+        a, b = float(trainer.loss()[0]), float(weighted.loss()[0])
+    assert a > 0 and b > 0 and abs(a - b) > 1e-6 * a
+    with pytest.raises(ValueError, match="object_weight"):
+        VideoConfig(object_weight=0.0)
+
+
+def test_a_frozen_encoder_run_trains_the_decoder_alone_and_keeps_the_latent_space(
+    tiny_vae_run, tmp_path, capsys, caplog
+):
+    """`train vae --freeze-encoder yes`: models trained on the VAE's latents stay valid."""
+    source = tiny_vae_run / "vae"
+    out = tmp_path / "decoder"
+    args = ["train", "vae", "--out", str(out), "--init", str(source), "--steps", "2", "--eval-every", "0"]
+    tiny = TINY_VAE.copy()
+    tiny[tiny.index("--image-steps") + 1] = "0"
+    assert engine_main(args + ["--freeze-encoder", "yes", "--lr", "1e-2"] + tiny) == 0
+    before = load_file(str(source / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(out / "vae" / "diffusion_pytorch_model.safetensors"))
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert not all(torch.equal(before[k], after[k]) for k in decoder)
+    old, new = (json.loads((f / "config.json").read_text()) for f in (source, out / "vae"))
+    assert new["latents_mean"] == old["latents_mean"] and new["latents_std"] == old["latents_std"]
+    # a resume finds the initial VAE's statistics in the run folder
+    assert engine_main(["train", "vae", "--out", str(out), "--resume", "--steps", "3", "--eval-every", "0",
+                        "--freeze-encoder", "yes", "--lr", "1e-2"] + tiny) == 0  # fmt: skip
+    resumed = json.loads((out / "vae" / "config.json").read_text())
+    assert resumed["latents_mean"] == old["latents_mean"]
+
+    capsys.readouterr()
+    alone = ["train", "vae", "--out", str(tmp_path / "alone"), "--steps", "1", "--freeze-encoder", "yes"]
+    assert engine_main(alone + tiny) == 2
+    assert "give the VAE to start from" in caplog.text
+    with pytest.raises(SystemExit):
+        engine_main(alone + ["--freeze-encoder", "maybe"] + tiny)
+    assert "expected yes or no" in capsys.readouterr().err

@@ -91,6 +91,21 @@ def render_clip(scene: SyntheticScene, cameras: Cameras, *, background=None) -> 
     )
 
 
+OBJECT_MIN_HEIGHT = 0.15  # world units above the floor (z = 0); the floor's rendered surface reaches ~0.1
+
+
+def object_pixels(clip: Clip, min_height: float = OBJECT_MIN_HEIGHT) -> Tensor:
+    """(T, H, W) bool: the pixels of ``clip`` that show an object, not the floor or the sky.
+
+    Read from the clip's own geometry: a pixel is an object's when it is covered (alpha > 0.5) and its
+    surface point (the rendered depth unprojected through the clip's camera) lies more than ``min_height``
+    above the floor plane z = 0. An object's lowest ``min_height`` (where it touches the floor) is left out:
+    the floor's Gaussians, blended, render up to about 0.1 above z = 0.
+    """
+    points = clip.cameras.unproject_depth(clip.depth)
+    return (clip.alpha > 0.5) & (points[..., 2] > min_height)
+
+
 def clip_cameras(
     scene: SyntheticScene,
     path: str,

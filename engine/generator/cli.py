@@ -22,13 +22,26 @@ from pathlib import Path
 log = logging.getLogger("engine.train")
 
 
+def _yes_or_no(text: str) -> bool:
+    """An on/off option's value: yes/no, true/false, on/off or 1/0 (argparse's ``type=bool`` would read
+    "false" as true)."""
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
 def _add_config_options(parser: argparse.ArgumentParser, config_class, helps: dict[str, str]) -> None:
-    """One --option per config field (defaults shown by --help)."""
+    """One --option per config field (defaults shown by --help; on/off settings take yes or no)."""
     for f in fields(config_class):
         default = f.default_factory() if f.default is MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, list):
             parser.add_argument(flag, type=type(default[0]), nargs="+", default=None, help=helps.get(f.name))
+        elif isinstance(default, bool):
+            parser.add_argument(flag, type=_yes_or_no, default=None, metavar="yes|no", help=helps.get(f.name))
         else:
             parser.add_argument(flag, type=type(default), default=None, help=helps.get(f.name))
         parser.set_defaults(**{f"_field_{f.name}": default})
@@ -58,6 +71,7 @@ VAE_HELP = {
     "train_clips": "distinct training clips (rendered once, cached)",
     "eval_clips": "held-out clips for the PSNR evaluation",
     "object_weight": "loss weight of the pixels labelled as objects (1: plain MSE)",
+    "freeze_encoder": "train the decoder alone (with --init): the latent space and latents_mean/std stay",
     "caption_check_clips": "held-out first frames for the caption check of the reconstructions (0: none)",
     "eval_every": "held-out evaluation every N steps (0: never)",
     "stats_clips": "training clips encoded to measure latents_mean / latents_std",
@@ -120,6 +134,7 @@ VIDEO_HELP = {
     "train_clips": "distinct training orbit clips (encoded once, cached)",
     "caption_dropout": "probability of training a sample with the empty caption (for CFG)",
     "flow_shift": "sigma shift of the flow-matching schedule (Wan: 3.0 at 480p)",
+    "object_weight": "loss weight of the latent pixels that hold an object (1: plain flow matching)",
     "eval_every": "held-out flow-matching loss every N steps (0: never)",
 }
 

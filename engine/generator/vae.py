@@ -28,6 +28,7 @@ fields with which Wan pipelines normalise latents (``(z - mean) / std``).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +40,13 @@ import torch.nn.functional as F
 
 from engine.generator.clipcache import ClipCache
 from engine.generator.runs import Trainer
+from engine.io.atomic import atomic_write
 from engine.strict_config import dataclass_from_json_file
 
 log = logging.getLogger(__name__)
 
 VAE_FOLDER = "vae"  # inside a run folder: the exported diffusers folder
+LATENT_STATS_FILE = "latent_stats.json"  # a frozen-encoder run: the initial VAE's latents_mean/std
 
 
 @dataclass
@@ -62,6 +65,9 @@ class VAEConfig:
     kl_weight: float = 1e-6
     # Loss weight of the pixels the caption check labels as objects (1: plain MSE over all pixels).
     object_weight: float = 1.0
+    # Train the decoder alone (needs an initial VAE): the latent space, and with it every model trained on
+    # its latents (the transformer, the stitched decoders), stays valid; latents_mean/std are the initial VAE's.
+    freeze_encoder: bool = False
     # Image stage (Wan's first stage): single-frame crops for the first image_steps steps.
     image_steps: int = 2000
     image_batch_size: int = 4
@@ -191,7 +197,8 @@ class VAETrainer(Trainer):
         init: optional trained VAE folder (diffusers ``AutoencoderKLWan``, e.g. an earlier run's export) the
             run starts from: a finetune, e.g. with ``object_weight``. Its architecture must be the one
             ``config`` describes (ValueError naming the differences otherwise). A resumed run continues from
-            its own checkpoint instead.
+            its own checkpoint instead. ``config.freeze_encoder`` needs it (ValueError otherwise): the
+            decoder alone trains, and the export keeps this VAE's ``latents_mean``/``latents_std``.
         resume: continue the run in ``out_dir`` from its newest checkpoint.
         clip_cache: folder of the rendered clips (default ``out_dir/clips``; may be shared by runs).
         context: this process's place in a data-parallel run (default: a single process).
@@ -218,6 +225,7 @@ class VAETrainer(Trainer):
             if not (Path(init) / "config.json").is_file():
                 raise FileNotFoundError(f"{init} is not a VAE folder (it has no config.json)")
             load_safetensors_folder(self.model, init, "the VAE")
+        self.latent_stats = self._frozen_encoder_statistics(init, out_dir, resume)
         cache = clip_cache if clip_cache is not None else (None if out_dir is None else Path(out_dir) / "clips")
         common = dict(seed=config.data_seed, num_frames=config.num_frames, height=config.size, width=config.size)
         self.train_clips = ClipCache(cache, "train", config.train_clips, **common)
@@ -226,6 +234,29 @@ class VAETrainer(Trainer):
         if context is not None:  # the image stage's batch too must split over the processes (raises)
             context.per_rank(config.image_batch_size)
         self.setup(out_dir, resume, context)
+
+    def _frozen_encoder_statistics(self, init, out_dir, resume) -> Optional[dict]:
+        """With ``freeze_encoder``: freezes the encoder side and returns the initial VAE's latent statistics
+        (kept in the run folder, so that a resume and :func:`export_run_checkpoint` find them); else None."""
+        if not self.config.freeze_encoder:
+            return None
+        stats_file = None if out_dir is None else Path(out_dir) / LATENT_STATS_FILE
+        if init is not None:
+            saved = json.loads((Path(init) / "config.json").read_text(encoding="utf-8"))
+            stats = {"latents_mean": saved.get("latents_mean"), "latents_std": saved.get("latents_std")}
+            if not stats["latents_mean"] or not stats["latents_std"]:
+                raise ValueError(f"{init}: a frozen encoder keeps its VAE's latents_mean/std, and this VAE has none")
+        elif resume and stats_file is not None and stats_file.is_file():
+            stats = json.loads(stats_file.read_text(encoding="utf-8"))
+        else:
+            raise ValueError("freeze_encoder trains the decoder of a trained VAE: give the VAE to start from (init)")
+        for module in (self.model.encoder, self.model.quant_conv):
+            module.requires_grad_(False)
+        if stats_file is not None and not stats_file.is_file():
+            stats_file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(stats_file, "w") as f:
+                f.write(json.dumps(stats))
+        return stats
 
     @property
     def find_unused_parameters(self) -> bool:
@@ -299,7 +330,9 @@ class VAETrainer(Trainer):
 
     def export(self, folder: Path, stats_clips: Optional[int] = None) -> Path:
         """Writes the trained VAE as a diffusers folder (fp16 safetensors) with latent statistics."""
-        return export_vae(self.model, self.train_clips, folder, stats_clips or self.config.stats_clips)
+        return export_vae(
+            self.model, self.train_clips, folder, stats_clips or self.config.stats_clips, self.latent_stats
+        )
 
 
 def export_run_checkpoint(run_dir: Path, folder: Path, clip_cache: Optional[Path] = None) -> tuple[Path, int]:
@@ -324,7 +357,9 @@ def export_run_checkpoint(run_dir: Path, folder: Path, clip_cache: Optional[Path
     common = dict(seed=config.data_seed, num_frames=config.num_frames, height=config.size, width=config.size)
     clips = ClipCache(cache, "train", config.train_clips, **common)
     step = int(checkpoint.name.split("_")[-1])
-    return export_vae(vae.eval(), clips, folder, config.stats_clips), step
+    stats_file = run_dir / LATENT_STATS_FILE
+    stats = json.loads(stats_file.read_text(encoding="utf-8")) if config.freeze_encoder else None
+    return export_vae(vae.eval(), clips, folder, config.stats_clips, stats), step
 
 
 @torch.no_grad()
@@ -345,13 +380,17 @@ def latent_statistics(vae, clips: ClipCache, count: int) -> tuple[list[float], l
     return [round(float(v), 6) for v in channel_mean], [round(float(v), 6) for v in channel_std]
 
 
-def export_vae(vae, clips: ClipCache, folder: Path, stats_clips: int) -> Path:
-    """``vae`` with measured ``latents_mean``/``latents_std`` saved as fp16 diffusers folder ``folder``."""
+def export_vae(vae, clips: ClipCache, folder: Path, stats_clips: int, latent_stats: Optional[dict] = None) -> Path:
+    """``vae`` saved as fp16 diffusers folder ``folder`` with its ``latents_mean``/``latents_std``: measured on
+    ``stats_clips`` training clips, or ``latent_stats`` as given (a frozen encoder keeps its VAE's)."""
     import copy
 
     from engine.io.atomic import atomic_directory
 
-    mean, std = latent_statistics(vae, clips, stats_clips)
+    if latent_stats is not None:
+        mean, std = list(latent_stats["latents_mean"]), list(latent_stats["latents_std"])
+    else:
+        mean, std = latent_statistics(vae, clips, stats_clips)
     exported = copy.deepcopy(vae).to(torch.float16)
     exported.register_to_config(latents_mean=mean, latents_std=std)
     folder = Path(folder)

@@ -8,7 +8,9 @@ generation time). Latents are encoded progressively (``encode_per_step`` new cli
 
 Objective (rectified flow, as Wan 2.1): u ~ U(0, 1), sigma = shift·u / (1 + (shift - 1)·u), noise n,
 x_sigma = (1 - sigma)·x0 + sigma·n; the transformer at timestep 1000·sigma predicts the velocity n - x0
-(MSE). Caption dropout: with probability ``caption_dropout`` the caption is replaced by the empty text
+(MSE), optionally weighted ``object_weight`` times on the latent pixels whose footprint holds an object
+(:func:`latent_object_mask` of :func:`engine.data.object_pixels`): objects fill a few latent pixels of a frame, and binding a caption's colour
+words to them is what the generator learns last (the VAE's object weight, session 5). Caption dropout: with probability ``caption_dropout`` the caption is replaced by the empty text
 or by the pipeline's default negative prompt (half each), which is what classifier-free guidance
 contrasts with at generation time.
 
@@ -56,6 +58,7 @@ class VideoConfig:
     caption_dropout: float = 0.1
     flow_shift: float = 3.0
     orbit_template: bool = True
+    object_weight: float = 1.0
     # Architecture (WanTransformer3DModel; Wan 2.1 1.3B: 12 heads x 128, 30 layers, ffn 8960).
     num_attention_heads: int = 4
     attention_head_dim: int = 32
@@ -82,6 +85,8 @@ class VideoConfig:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.flow_shift <= 0:
             raise ValueError(f"flow_shift must be positive, got {self.flow_shift}")
+        if self.object_weight <= 0:
+            raise ValueError(f"object_weight must be positive, got {self.object_weight}")
         if self.batch_size < 1 or self.train_clips < self.batch_size:
             raise ValueError("batch_size must be at least 1 and at most train_clips")
 
@@ -119,6 +124,30 @@ def build_transformer(config: VideoConfig):
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     """Wan's / SD3's timestep shift: sigma = shift·u / (1 + (shift - 1)·u) for u in [0, 1]."""
     return shift * u / (1 + (shift - 1) * u)
+
+
+def latent_object_mask(mask: torch.Tensor, spatial: int = 8, temporal: int = 4) -> torch.Tensor:
+    """(B, 1, 1 + (T - 1) / temporal, H / spatial, W / spatial) bool: the latent pixels of a causal Wan VAE
+    whose footprint holds at least one pixel of ``mask`` (B, 1, T, H, W) bool (e.g.
+    :func:`engine.data.object_pixels`).
+
+    Latent frame 0 covers frame 0 and latent frame j >= 1 frames temporal·(j - 1) + 1 .. temporal·j (the
+    causal VAE's grouping, T = 1 + temporal·k); a latent pixel covers a ``spatial`` x ``spatial`` block.
+    Raises ValueError for sizes the VAE does not take.
+    """
+    import torch.nn.functional as F
+
+    _, _, frames, height, width = mask.shape
+    if (frames - 1) % temporal or height % spatial or width % spatial:
+        raise ValueError(
+            f"a video of {frames} x {height} x {width} does not map onto latent pixels "
+            f"({temporal}k + 1 frames, sides multiples of {spatial})"
+        )
+    mask = mask.float()
+    grouped = [F.max_pool3d(mask[:, :, :1], (1, spatial, spatial))]
+    if frames > 1:
+        grouped.append(F.max_pool3d(mask[:, :, 1:], (temporal, spatial, spatial)))
+    return torch.cat(grouped, dim=2) > 0
 
 
 def load_vae(folder: Path):
@@ -201,6 +230,7 @@ class VideoTrainer(Trainer):
         self.eval_clips = ClipCache(cache, "heldout", config.eval_clips, **common)
         self.latent_dir = None if out_dir is None else Path(out_dir) / "latents"
         self._latents: dict[tuple[str, int], torch.Tensor] = {}
+        self._objects: dict[int, torch.Tensor] = {}
         self.vae_adapter = WanVAEAdapter(self.vae)  # the pipeline's latent normalisation
         self.setup(out_dir, resume, context)
 
@@ -227,6 +257,25 @@ class VideoTrainer(Trainer):
         self._latents[key] = value
         return value
 
+    def objects(self, index: int) -> torch.Tensor:
+        """(1, T_lat, h, w) bool :func:`latent_object_mask` of training clip ``index``; cached like the latents."""
+        if index in self._objects:
+            return self._objects[index]
+        file = None if self.latent_dir is None else self.latent_dir / f"train_{index:06d}_objects.npy"
+        if file is not None and file.is_file():
+            value = torch.from_numpy(np.load(file))
+        else:
+            from engine.data import object_pixels
+
+            clip = self.train_clips.dataset[index]  # rendered again: the cache keeps frames, not depth
+            value = latent_object_mask(object_pixels(clip)[None, None])[0]
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_write(file) as f:
+                    np.save(f, value.numpy())
+        self._objects[index] = value
+        return value
+
     def caption(self, split: str, index: int) -> str:
         clips = self.train_clips if split == "train" else self.eval_clips
         return self.template.format(prompt=clips.caption(index))
@@ -239,14 +288,26 @@ class VideoTrainer(Trainer):
     def embed(self, texts: list[str]) -> torch.Tensor:
         return encode_texts(self.tokenizer, self.model.text_encoder, texts, MAX_TEXT_TOKENS)
 
-    def flow_loss(self, x0: torch.Tensor, texts: list[str], sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Per-sample MSE between predicted and true velocity (B,)."""
+    def flow_loss(
+        self,
+        x0: torch.Tensor,
+        texts: list[str],
+        sigma: torch.Tensor,
+        noise: torch.Tensor,
+        weight: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Per-sample MSE between predicted and true velocity (B,); with ``weight`` (B, 1, T_lat, h, w), the
+        weighted mean over the latent pixels (every channel alike)."""
         s = sigma.view(-1, 1, 1, 1, 1)
         noisy = (1 - s) * x0 + s * noise
         prediction = self.model.transformer(
             hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=self.embed(texts), return_dict=False
         )[0]
-        return (prediction.float() - (noise - x0)).pow(2).mean(dim=(1, 2, 3, 4))
+        error = (prediction.float() - (noise - x0)).pow(2)
+        if weight is None:
+            return error.mean(dim=(1, 2, 3, 4))
+        weight = weight.expand_as(error)
+        return (weight * error).sum(dim=(1, 2, 3, 4)) / weight.sum(dim=(1, 2, 3, 4))
 
     def loss(self):
         cfg, g = self.config, self.generator
@@ -268,7 +329,11 @@ class VideoTrainer(Trainer):
         x0 = torch.stack([self.latent("train", indices[j]) for j in local])
         noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=g)[local.start : local.stop]
         texts = [self.caption("train", indices[j]) if texts[j] is None else texts[j] for j in local]
-        loss = self.forward(self.flow_loss, x0, texts, sigma[local.start : local.stop], noise).mean()
+        weight = None
+        if cfg.object_weight != 1.0:
+            objects = torch.stack([self.objects(indices[j]) for j in local]).float()
+            weight = 1.0 + (cfg.object_weight - 1.0) * objects
+        loss = self.forward(self.flow_loss, x0, texts, sigma[local.start : local.stop], noise, weight).mean()
         return loss, {"clips": available}
 
     def evaluate(self) -> dict:
