@@ -6,6 +6,9 @@ own sampler through ``Vist3aPipeline``) makes a 13 x 128 x 128 video; the first 
 reference view) is checked with ``engine.generator.quality.check_frame``: colour accuracy (named objects
 whose colour is visible) and relation accuracy (left/right, front/behind from the colour regions). The
 same check on the ground-truth render of each scene is printed alongside (the ceiling of the check).
+Since a colour counts as visible from 0.3 % of the frame, a frame flooded with the named colours passes it;
+the object area (share of the frame in object colours) and the named share (of those pixels, the share in
+colours the caption names), next to the true renders', tell the two apart.
 The VAE's reconstruction PSNR is measured on whole held-out and training clips.
 
     .venv/bin/python benchmarks/default_generator.py                        # models/default/generator
@@ -74,6 +77,7 @@ def caption_figures(pipe, vae, split: str, count: int, args) -> dict:
     dataset = SyntheticClipDataset(count, seed=0, num_frames=1, height=128, width=128, split=split)
     colours, relations, truth_colours, truth_relations, seconds = [], [], [], [], []
     vae_colours, vae_relations = [], []
+    areas, shares, truth_areas, truth_shares = [], [], [], []
     for index in range(count):
         scene = generate_scene(dataset.item_seed(index))
         start = time.perf_counter()
@@ -82,10 +86,14 @@ def caption_figures(pipe, vae, split: str, count: int, args) -> dict:
         check = check_frame(frame, scene)
         colours += list(check.colors_visible.values())
         relations += check.relations_correct
+        areas.append(check.object_area)
+        shares.append(check.named_share)
         true_frame = dataset[index].frames[0]  # (H, W, 3) in [0, 1], rendered once
         truth = check_frame(true_frame.numpy(), scene)
         truth_colours += list(truth.colors_visible.values())
         truth_relations += truth.relations_correct
+        truth_areas.append(truth.object_area)
+        truth_shares.append(truth.named_share)
         # The VAE's reconstruction of the true frame: a generator decoded by this VAE cannot do better.
         ceiling = check_reconstruction(vae, true_frame.permute(2, 0, 1).float() * 2.0 - 1.0, scene)
         vae_colours += list(ceiling.colors_visible.values())
@@ -105,6 +113,10 @@ def caption_figures(pipe, vae, split: str, count: int, args) -> dict:
         "truth_relation_accuracy": float(np.mean(truth_relations)),
         "vae_color_accuracy": float(np.mean(vae_colours)),
         "vae_relation_accuracy": float(np.mean(vae_relations)),
+        "object_area": float(np.mean(areas)),
+        "named_share": float(np.mean(shares)),
+        "truth_object_area": float(np.mean(truth_areas)),
+        "truth_named_share": float(np.mean(truth_shares)),
         "seconds_per_video": float(np.mean(seconds)),
     }
 
@@ -176,6 +188,18 @@ def main(argv=None) -> int:
         print(
             "targets on held-out captions: colour >= 90 %, relation >= 75 %  (GT = the check on the true renders,"
             " VAE = on the VAE's reconstructions of them: the ceiling for a generator decoded by this VAE)"
+        )
+        print(f"{'captions':<10}{'object area':>13}{'named share':>13}{'GT area':>9}{'GT share':>10}")
+        for split in ("heldout", "train"):
+            if split in figures:
+                f = figures[split]
+                print(
+                    f"{split:<10}{f['object_area']:>13.1%}{f['named_share']:>13.1%}"
+                    f"{f['truth_object_area']:>9.1%}{f['truth_named_share']:>10.1%}"
+                )
+        print(
+            "object area: share of the first frame in object colours; named share: of those pixels, the share in"
+            " colours the caption names (a frame flooded with a named colour passes the colour check, not this)"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))

@@ -66,3 +66,28 @@ def test_every_world_caption_parses_to_its_layout():
         parse_caption("a red chair to the left of a blue cube")
     with pytest.raises(ValueError, match="says where nothing is"):
         parse_caption("a red cube and a blue cube")
+
+
+def test_a_frame_flooded_with_the_named_colours_passes_visibility_but_not_the_named_share():
+    from engine.data import OBJECT_COLORS
+
+    for scene, frame in heldout_frames(4):
+        truth = check_frame(frame, scene)
+        assert 0.02 < truth.object_area < 0.5 and truth.named_share > 0.6
+        # the lower half of the frame painted in stripes of the named colours, at full brightness
+        flooded = frame.copy()
+        names = [obj.color_name for obj in scene.objects]
+        rows = np.arange(48, 96)
+        for k, row in enumerate(rows):
+            flooded[row] = OBJECT_COLORS[names[k % len(names)]]
+        check = check_frame(flooded, scene)
+        assert all(check.colors_visible.values())  # what the colour check alone would accept
+        assert check.object_area > 0.45 and check.object_area > 2 * truth.object_area
+        # flooded with a colour the caption does not name: its share of the object pixels drops
+        unnamed = next(c for c in OBJECT_COLORS if c not in names)
+        other = frame.copy()
+        other[48:] = OBJECT_COLORS[unnamed]
+        assert check_frame(other, scene).named_share < 0.3
+    sky = np.broadcast_to(np.asarray(SKY_COLORS[scene.sky_color_name]), frame.shape)
+    blank = check_frame(sky, scene)
+    assert blank.object_area == 0.0 and blank.named_share == 0.0

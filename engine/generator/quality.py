@@ -131,6 +131,11 @@ class FrameCheck:
 
     colors_visible: dict[str, bool]  # object colour name -> visible
     relations_correct: list[bool]  # one per relation of the caption, in order
+    # Fraction of the frame's pixels labelled with any object colour (true renders of the world: about 0.16).
+    object_area: float = float("nan")
+    # Fraction of those pixels whose colour the caption names: a frame flooded with one named colour
+    # passes the visibility check for it; this says how much of what looks like an object is what was asked.
+    named_share: float = float("nan")
 
     @property
     def color_accuracy(self) -> float:
@@ -147,7 +152,9 @@ def check_frame(
     """Colour visibility and relation correctness of ``scene``'s caption in ``frame`` (H, W, 3) in [0, 1];
     ``scene`` is a world scene or a parsed caption (:func:`parse_caption`).
 
-    A relation whose subject or anchor colour is not visible counts as wrong.
+    A relation whose subject or anchor colour is not visible counts as wrong. ``object_area`` and
+    ``named_share`` (see :class:`FrameCheck`) tell a frame that shows the named objects from one flooded
+    with their colours.
     """
     names, labels = label_pixels(np.asarray(frame))
     height, width = labels.shape
@@ -169,4 +176,9 @@ def check_frame(
         else:
             difference = np.percentile(np.nonzero(subject)[0], 95) - np.percentile(np.nonzero(anchor)[0], 95)
             correct.append(bool(difference > 0) if relation.relation == "in front of" else bool(difference < 0))
-    return FrameCheck(visible, correct)
+    is_object = np.array([name.startswith("object:") for name in names])[labels]
+    named = {f"object:{obj.color_name}" for obj in scene.objects}
+    is_named = np.array([name in named for name in names])[labels]
+    object_area = float(is_object.mean())
+    named_share = float(is_named.sum() / is_object.sum()) if is_object.any() else 0.0
+    return FrameCheck(visible, correct, object_area, named_share)
