@@ -91,7 +91,9 @@ def stage_of(argv: list[str]) -> str:
         )
         return argv[1].replace("train", "stitch") + suffix
     if argv[0] == "train":
-        return "vae-objects" if argv[1] == "vae" and "--init" in argv else argv[1]
+        if "--init" not in argv:
+            return argv[1]
+        return "vae-decoder" if "--freeze-encoder" in argv else "vae-objects"
     if argv[1] in ("caption", "data"):
         return {"caption": "caption", "data": "teacher-data"}[argv[1]]
     return argv[2] if argv[1] == "train" else Path(argv[2]).name
@@ -111,16 +113,19 @@ def test_plan_lists_every_stage_with_its_commands_and_paths_and_runs_nothing(tmp
         f"train vae --out {w}/vae --clip-cache {w}/clips --no-progress --steps 6000",
         f"train vae --out {w}/vae_objects --init {w}/vae/vae --clip-cache {w}/clips --no-progress --steps 1200 "
         "--eval-every 250 --save-every 250 --image-steps 0 --lr 1e-4 --warmup-steps 20 --object-weight 5",
-        f"train video --out {w}/video --vae {w}/vae_objects/vae --clip-cache {w}/clips --no-progress --steps 6000",
+        f"train vae --out {w}/vae_decoder --init {w}/vae_objects/vae --clip-cache {w}/clips --no-progress --steps 2000 "
+        "--eval-every 250 --save-every 250 --image-steps 0 --lr 1e-4 --warmup-steps 20 --object-weight 5 "
+        "--freeze-encoder yes",
+        f"train video --out {w}/video --vae {w}/vae_decoder/vae --clip-cache {w}/clips --no-progress --steps 6000",
         f"teacher train anysplat --data {w}/teacher_data --out {w}/anysplat --steps 2000",
         "--weight camera=5 --threads 2",
         f"teacher export {w}/anysplat --out {w}/parts/anysplat_teacher",
         f"teacher export {w}/vggt --out {w}/parts/vggt_teacher",
         f"teacher caption train --data {w}/caption_data --out {w}/caption --steps 700 --batch-size 48 --lr 1e-3",
         f"teacher caption export {w}/caption --out {w}/parts/caption_scorer",
-        f"stitch search --vae {w}/vae_objects/vae --model {w}/parts/anysplat_teacher --clip-cache {w}/clips "
+        f"stitch search --vae {w}/vae_decoder/vae --model {w}/parts/anysplat_teacher --clip-cache {w}/clips "
         f"--spec conv3d_k5x3x3_o96_s1x2x2_p2x1x1 --out {w}/search --world 240 --frames 13 --size 128",
-        f"stitch train --base-model {w}/parts/anysplat_teacher --vae {w}/vae_objects/vae --stitching-init {w}/search "
+        f"stitch train --base-model {w}/parts/anysplat_teacher --vae {w}/vae_decoder/vae --stitching-init {w}/search "
         f"--clip-cache {w}/clips --out {w}/stitch",
         "--world 800 --views 13 13 --vae-size 128 --model-size 112 --warmup 50 --save-every 50 --lora-rank 16",
         f"align train --model {w}/align_base --out {w}/align --no-progress --steps 1000 --preset paper "
@@ -137,7 +142,7 @@ def test_plan_lists_every_stage_with_its_commands_and_paths_and_runs_nothing(tmp
 def test_every_planned_command_is_accepted_by_the_engines_own_parser(tmp_path, scale):
     commands = [step for stage in build_stages(ChainOptions(work=tmp_path, scale=scale)) for step in stage.steps]
     commands = [c for c in commands if isinstance(c, Command)]
-    assert len(commands) == 16  # two per teacher, caption scorer and stitch (AnySplat, VGGT); one per other stage
+    assert len(commands) == 17  # two per teacher, caption scorer and stitch (AnySplat, VGGT); one per other stage
     for command in commands:
         args = parse(command.full_argv(threads=3))  # an unknown option would exit the parser
         assert callable(args.func)
@@ -241,7 +246,7 @@ def test_a_failed_stage_stops_the_chain_names_its_log_and_the_resume_command(tmp
     work = tmp_path / "w"
     broken = FakeRunner(fail={("train", "video"): 1})
     assert chain(work, "--scale", "smoke", "--threads", "1", runner=broken) == 1
-    assert [stage_of(a) for a in broken.calls] == ["teacher-data", "vae", "vae-objects", "video"]
+    assert [stage_of(a) for a in broken.calls] == ["teacher-data", "vae", "vae-objects", "vae-decoder", "video"]
     out = capsys.readouterr().out
     log = work.resolve() / "logs" / "video.log"
     assert "video: FAILED" in out and "exit status 1" in out
@@ -349,7 +354,7 @@ def test_build_py_train_default_forwards_its_arguments(tmp_path):
     command = [sys.executable, str(ROOT / "build.py"), "train-default", "--work", str(tmp_path / "w"), "--plan"]
     out = subprocess.run(command + ["--scale", "smoke"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "13. bundle [waiting]" in out.stdout and "--train 2 --heldout 1" in out.stdout
+    assert "14. bundle [waiting]" in out.stdout and "--train 2 --heldout 1" in out.stdout
     assert not (tmp_path / "w").exists()
 
 
