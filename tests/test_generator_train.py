@@ -469,6 +469,9 @@ def test_a_frozen_encoder_run_trains_the_decoder_alone_and_keeps_the_latent_spac
                         "--freeze-encoder", "yes", "--lr", "1e-2"] + tiny) == 0  # fmt: skip
     resumed = json.loads((out / "vae" / "config.json").read_text())
     assert resumed["latents_mean"] == old["latents_mean"]
+    exported = tmp_path / "exported"  # --export-only reads them from the run folder too
+    assert engine_main(["train", "vae", "--out", str(out), "--export-only", "--export", str(exported)] + tiny) == 0
+    assert json.loads((exported / "config.json").read_text())["latents_std"] == old["latents_std"]
 
     capsys.readouterr()
     alone = ["train", "vae", "--out", str(tmp_path / "alone"), "--steps", "1", "--freeze-encoder", "yes"]
