@@ -93,6 +93,8 @@ def stage_of(argv: list[str]) -> str:
     if argv[0] == "train":
         if "--init" not in argv:
             return argv[1]
+        if argv[1] == "video":
+            return "video-objects"
         return "vae-decoder" if "--freeze-encoder" in argv else "vae-objects"
     if argv[1] in ("caption", "data"):
         return {"caption": "caption", "data": "teacher-data"}[argv[1]]
@@ -117,6 +119,8 @@ def test_plan_lists_every_stage_with_its_commands_and_paths_and_runs_nothing(tmp
         "--eval-every 250 --save-every 250 --image-steps 0 --lr 1e-4 --warmup-steps 20 --object-weight 5 "
         "--freeze-encoder yes",
         f"train video --out {w}/video --vae {w}/vae_decoder/vae --clip-cache {w}/clips --no-progress --steps 6000",
+        f"train video --out {w}/video_objects --vae {w}/vae_decoder/vae --init {w}/video/pipeline --clip-cache "
+        f"{w}/clips --no-progress --steps 1500 --lr 2e-4 --warmup-steps 50 --object-weight 2 --eval-every 500",
         f"teacher train anysplat --data {w}/teacher_data --out {w}/anysplat --steps 2000",
         "--weight camera=5 --threads 2",
         f"teacher export {w}/anysplat --out {w}/parts/anysplat_teacher",
@@ -142,7 +146,7 @@ def test_plan_lists_every_stage_with_its_commands_and_paths_and_runs_nothing(tmp
 def test_every_planned_command_is_accepted_by_the_engines_own_parser(tmp_path, scale):
     commands = [step for stage in build_stages(ChainOptions(work=tmp_path, scale=scale)) for step in stage.steps]
     commands = [c for c in commands if isinstance(c, Command)]
-    assert len(commands) == 17  # two per teacher, caption scorer and stitch (AnySplat, VGGT); one per other stage
+    assert len(commands) == 18  # two per teacher, caption scorer and stitch (AnySplat, VGGT); one per other stage
     for command in commands:
         args = parse(command.full_argv(threads=3))  # an unknown option would exit the parser
         assert callable(args.func)
@@ -354,7 +358,7 @@ def test_build_py_train_default_forwards_its_arguments(tmp_path):
     command = [sys.executable, str(ROOT / "build.py"), "train-default", "--work", str(tmp_path / "w"), "--plan"]
     out = subprocess.run(command + ["--scale", "smoke"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "14. bundle [waiting]" in out.stdout and "--train 2 --heldout 1" in out.stdout
+    assert "15. bundle [waiting]" in out.stdout and "--train 2 --heldout 1" in out.stdout
     assert not (tmp_path / "w").exists()
 
 
