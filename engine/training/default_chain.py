@@ -284,41 +284,30 @@ def _teacher_stage(options: ChainOptions, w: SimpleNamespace, kind: str) -> Stag
 def _generator_stages(options: ChainOptions, w: SimpleNamespace) -> list[Stage]:
     data = Command(("teacher", "data", "--out", str(w.teacher_data), *options.args_of("teacher-data")))
     common = ("--clip-cache", str(w.clips), "--no-progress")
-    vae = Command(
-        ("train", "vae", "--out", str(w.vae_run), *common, "--steps", str(options.steps_of("vae")))
-        + options.args_of("vae"),
-        run_dir=w.vae_run,
-        resume_probe="config.json",
-        threads=True,
-    )
-    vae_objects = Command(
-        ("train", "vae", "--out", str(w.vae_objects_run), "--init", str(w.vae_base), *common)
-        + ("--steps", str(options.steps_of("vae-objects")), *options.args_of("vae"), *options.args_of("vae-objects")),
-        run_dir=w.vae_objects_run,
-        resume_probe="config.json",
-        threads=True,
-    )
-    vae_decoder = Command(
-        ("train", "vae", "--out", str(w.vae_decoder_run), "--init", str(w.vae_objects), *common)
-        + ("--steps", str(options.steps_of("vae-decoder")), *options.args_of("vae"), *options.args_of("vae-decoder")),
-        run_dir=w.vae_decoder_run,
-        resume_probe="config.json",
-        threads=True,
-    )
-    video = Command(
-        ("train", "video", "--out", str(w.video_run), "--vae", str(w.vae), *common)
-        + ("--steps", str(options.steps_of("video")), *options.args_of("video")),
-        run_dir=w.video_run,
-        resume_probe="config.json",
-        threads=True,
-    )
-    video_objects = Command(
-        ("train", "video", "--out", str(w.video_objects_run), "--vae", str(w.vae), "--init", str(w.video_base))
-        + (*common, "--steps", str(options.steps_of("video-objects")))
-        + (*options.args_of("video"), *options.args_of("video-objects")),
-        run_dir=w.video_objects_run,
-        resume_probe="config.json",
-        threads=True,
+
+    def train(kind: str, stage: str, run: Path, inputs: tuple[str, ...], option_keys: tuple[str, ...]) -> Command:
+        """``train KIND`` of ``stage`` in ``run`` (resumable): ``inputs``, the clip cache, the stage's steps, then
+        the options of ``option_keys`` in order."""
+        options_given = tuple(arg for key in option_keys for arg in options.args_of(key))
+        return Command(
+            ("train", kind, "--out", str(run), *inputs, *common, "--steps", str(options.steps_of(stage)))
+            + options_given,
+            run_dir=run,
+            resume_probe="config.json",
+            threads=True,
+        )
+
+    vae = train("vae", "vae", w.vae_run, (), ("vae",))
+    vae_objects = train("vae", "vae-objects", w.vae_objects_run, ("--init", str(w.vae_base)), ("vae", "vae-objects"))
+    vae_decoder = train("vae", "vae-decoder", w.vae_decoder_run, ("--init", str(w.vae_objects)), ("vae", "vae-decoder"))
+    vae_input = ("--vae", str(w.vae))
+    video = train("video", "video", w.video_run, vae_input, ("video",))
+    video_objects = train(
+        "video",
+        "video-objects",
+        w.video_objects_run,
+        (*vae_input, "--init", str(w.video_base)),
+        ("video", "video-objects"),
     )
     return [
         Stage(
